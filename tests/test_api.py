@@ -1,0 +1,108 @@
+"""End to end: seed-named folders open as one array equal to the files stacked by hand."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+import tiffstore
+from tiffstore.sample import sample_name
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "chunks"),
+    [
+        ((6, 32, 24), "uint16", None),
+        ((5, 17, 13), "uint8", "page"),
+        ((7, 16, 16), "float32", 3),
+        ((4, 20, 10), "int16", "file"),
+        ((9, 8, 12), "uint32", (1, 2, 4, 8, 12)),
+        ((24, 18), "uint16", None),
+    ],
+)
+def test_dask_and_zarr_equal_stack_built_file_by_file(make_sample, shape, dtype, chunks):
+    directory, ref = make_sample(channels=3, stacks=4, shape=shape, dtype=dtype, missing=[(2, 3)])
+    store = tiffstore.open(directory, chunks=chunks)
+    assert store.shape == ref.shape
+    assert store.dtype == ref.dtype
+    np.testing.assert_array_equal(da.from_zarr(store).compute(), ref)
+    np.testing.assert_array_equal(zarr.open_array(store, mode="r")[...], ref)
+
+
+def test_seed_naming_dims_and_coords(sample_dir):
+    directory, _ref = sample_dir
+    store = tiffstore.open(directory)
+    assert store.dims == ("ch", "stack", "z", "y", "x")
+    assert store.shape == (3, 4, 6, 32, 24)
+    assert store.coords["wavelength"] == {"dims": ["ch"], "values": [488, 560, 642], "units": "nm"}
+    msec = store.coords["msec"]
+    assert msec["dims"] == ["ch", "stack"]
+    assert msec["values"][0][1] == 10_123  # channel 0, stack 1
+    assert msec["values"][1][2] is None  # the missing file has no timestamp
+    attrs = store.attrs
+    assert attrs["_ARRAY_DIMENSIONS"] == list(store.dims)
+    assert attrs["tiffstore"]["missing"] == [{"ch": 1, "stack": 2}]
+    assert attrs["tiffstore"]["files"]["names"][0] == sample_name(0, 0)
+
+
+def test_files_ordered_by_parsed_index_not_listing(make_sample):
+    directory, ref = make_sample(channels=1, stacks=12, shape=(2, 8, 8))
+    names = sorted(os.listdir(directory))  # lexical order happens to agree; shuffle the list
+    store = tiffstore.open([directory / n for n in reversed(names)])
+    assert store.dims[:2] == ("stack", "z")  # one channel: no ch axis
+    np.testing.assert_array_equal(da.from_zarr(store).compute(), ref[0])
+
+
+def test_stack10_sorts_after_stack9_without_padding(tmp_path):
+    import tifffile
+
+    for s in (1, 2, 9, 10, 11):
+        tifffile.imwrite(tmp_path / f"img_stack{s}.tif", np.full((2, 3), s, np.uint8))
+    store = tiffstore.open(tmp_path)
+    assert store.coords["stack"]["values"] == [1, 2, 9, 10, 11]
+    np.testing.assert_array_equal(zarr.open_array(store, mode="r")[:, 0, 0], [1, 2, 9, 10, 11])
+
+
+def test_glob_and_list_sources(sample_dir):
+    directory, ref = sample_dir
+    by_glob = tiffstore.open(str(directory / "*_ch0_*.tif"))
+    assert by_glob.shape == (4, 6, 32, 24)
+    np.testing.assert_array_equal(da.from_zarr(by_glob).compute(), ref[0])
+
+
+def test_missing_file_is_fill_value(make_sample):
+    directory, _ref = make_sample(missing=[(0, 1)])
+    store = tiffstore.open(directory, fill_value=7)
+    got = zarr.open_array(store, mode="r")[0, 1]
+    assert (got == 7).all()
+
+
+def test_store_pickles_small_and_reads_after_unpickling(sample_dir):
+    directory, ref = sample_dir
+    store = tiffstore.open(directory)
+    blob = pickle.dumps(store)
+    assert len(blob) < 20_000
+    clone = pickle.loads(blob)
+    assert clone == store
+    np.testing.assert_array_equal(da.from_zarr(clone).compute(), ref)
+
+
+def test_memory_filesystem_source(sample_dir):
+    """fsspec URLs list and read through the file system object, not local paths."""
+    import fsspec
+
+    directory, ref = sample_dir
+    fs = fsspec.filesystem("memory")
+    for path in Path(directory).iterdir():
+        fs.pipe(f"/acq/{path.name}", path.read_bytes())
+    try:
+        store = tiffstore.open("memory://acq/")
+        np.testing.assert_array_equal(da.from_zarr(store).compute(), ref)
+    finally:
+        fs.rm("/acq", recursive=True)

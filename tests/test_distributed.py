@@ -1,0 +1,30 @@
+"""The store works in dask.distributed worker processes (it pickles; no open handles)."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+
+import tiffstore
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.mark.slow
+def test_compute_with_two_worker_processes(make_sample):
+    directory, ref = make_sample(channels=3, stacks=3, shape=(8, 24, 20), missing=[(0, 2)])
+    store = tiffstore.open(directory, chunks=3)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        arr = da.from_zarr(store)
+        np.testing.assert_array_equal(client.compute(arr).result(), ref)
+        # Reads really happened in other processes.
+        pids = set(client.run(lambda: __import__("os").getpid()).values())
+        assert len(pids) == 2
+        total = client.compute(arr.sum(dtype="u8")).result()
+        assert total == ref.sum(dtype="u8")

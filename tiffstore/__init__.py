@@ -1,0 +1,33 @@
+"""tiffstore: many microscope TIFF files, one virtual Zarr array, no copy.
+
+>>> import tiffstore, dask.array as da
+>>> store = tiffstore.open("raw/")  # doctest: +SKIP
+>>> array = da.from_zarr(store)  # doctest: +SKIP
+"""
+
+from ._version import __version__
+from .api import open
+from .errors import (
+    LayoutMismatchError,
+    NamingError,
+    ReadOnlyError,
+    SourceError,
+    TiffReadError,
+    TiffStoreError,
+)
+from .manifest import Manifest
+from .store import TiffMapping, TiffStore
+
+__all__ = [
+    "LayoutMismatchError",
+    "Manifest",
+    "NamingError",
+    "ReadOnlyError",
+    "SourceError",
+    "TiffMapping",
+    "TiffReadError",
+    "TiffStore",
+    "TiffStoreError",
+    "__version__",
+    "open",
+]

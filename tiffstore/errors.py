@@ -1,0 +1,43 @@
+"""The errors tiffstore raises.
+
+Every message names the file (or files) concerned and says what to do about it,
+so that a user never has to read a traceback from deep inside a dependency.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LayoutMismatchError",
+    "NamingError",
+    "ReadOnlyError",
+    "SourceError",
+    "TiffReadError",
+    "TiffStoreError",
+]
+
+
+class TiffStoreError(Exception):
+    """Base class of every error tiffstore raises on purpose."""
+
+
+class SourceError(TiffStoreError, FileNotFoundError):
+    """The source (folder, glob or list of files) holds no usable TIFF files."""
+
+
+class NamingError(TiffStoreError, ValueError):
+    """The file names cannot be mapped onto the axes of one array.
+
+    The message shows the fields that were found and a template to start from.
+    """
+
+
+class LayoutMismatchError(TiffStoreError, ValueError):
+    """Files that should form one array disagree in shape, dtype, samples or byte order."""
+
+
+class TiffReadError(TiffStoreError, OSError):
+    """A TIFF file could not be read or is not what its header promised (truncated, corrupt)."""
+
+
+class ReadOnlyError(TiffStoreError, PermissionError):
+    """A write was attempted on the virtual store, which is read-only by design."""

@@ -1,0 +1,606 @@
+"""The virtual array: shape, dtype, dims, coordinates, and chunk -> where its bytes are.
+
+A :class:`Manifest` is plain data (frozen dataclasses, tuples and numpy arrays,
+no open files). It pickles small, compares equal, and is all that the store, the
+reference writer and materialize need: none of them parse names or headers.
+
+The array's dims are the axes from the file names, outermost first, followed
+by the files' own dims (``ch, stack, z, y, x``). A chunk's bytes come from
+:meth:`Manifest.chunk_plan`: contiguous runs of pages where the files are
+uncompressed, page reads to decode otherwise.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._version import __version__
+from .errors import LayoutMismatchError
+from .layout import FileLayout, read_layout
+from .naming import Axis, Coordinate, NameGrid, axis_kind, understand_names
+from .sources import FileSource, SourceFile
+
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "ByteRun",
+    "ChunkPlan",
+    "ChunkSpec",
+    "Manifest",
+    "PageRead",
+    "build_manifest",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Default chunks group whole pages up to about this many bytes: big enough that
+#: a 189 GB acquisition is a graph of thousands of tasks, small enough that a
+#: worker holds a few of them without strain.
+DEFAULT_CHUNK_BYTES = 16 * 2**20
+
+#: Uniform files whose pixel data starts within this many bytes are checked by
+#: comparing their header bytes to a parsed reference rather than parsing each.
+MAX_SIGNATURE_BYTES = 64 * 2**10
+
+ChunkSpec = str | int | Sequence[int | None] | None
+
+
+@dataclass(frozen=True)
+class ByteRun:
+    """Pages ``page .. page + n_pages`` of a file, landing at byte ``dest`` of the chunk."""
+
+    file: int
+    page: int
+    n_pages: int
+    dest: int
+
+
+@dataclass(frozen=True)
+class PageRead:
+    """A region of one page, to be decoded and placed at ``dest`` in the chunk."""
+
+    file: int
+    page: int
+    region: tuple[slice, ...]
+    dest: tuple[slice, ...]
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How to assemble one chunk: its full shape and the pieces that fill it."""
+
+    shape: tuple[int, ...]
+    runs: tuple[ByteRun, ...]
+    reads: tuple[PageRead, ...]
+    complete: bool
+
+    @property
+    def empty(self) -> bool:
+        return not self.runs and not self.reads
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+@dataclass(frozen=True, eq=False)
+class Manifest:
+    """The description of a virtual array built from TIFF files.
+
+    Attributes
+    ----------
+    source
+        Where the files are (a local folder or an fsspec root).
+    files
+        File names relative to the source root.
+    file_index
+        Array over the name axes holding each cell's file number (-1: no file).
+    file_layout
+        For each file, the number of its layout in ``layouts``.
+    layouts
+        The distinct file layouts (usually one).
+    signatures
+        For each layout, the header bytes that identify files written the same way,
+        or ``None``.
+    verified
+        For each file, whether its own header was parsed or compared at open.
+    name_axes
+        Axes from the file names, outermost first.
+    file_dims
+        The dims of each file's array.
+    chunks
+        Chunk shape over all dims.
+    fill_value
+        Value of cells with no file.
+    coords
+        Coordinates from the names (besides each name axis's own values).
+    template
+        A template reproducing how the names were understood.
+    """
+
+    source: FileSource
+    files: tuple[str, ...]
+    file_index: np.ndarray
+    file_layout: np.ndarray
+    layouts: tuple[FileLayout, ...]
+    signatures: tuple[bytes | None, ...]
+    verified: np.ndarray
+    name_axes: tuple[Axis, ...]
+    file_dims: tuple[str, ...]
+    chunks: tuple[int, ...]
+    fill_value: int | float
+    coords: tuple[Coordinate, ...] = ()
+    template: str = ""
+    file_sizes: tuple[int, ...] = field(default=())
+
+    # -- the array --------------------------------------------------------
+
+    @property
+    def layout(self) -> FileLayout:
+        """The layout of the first file (all files share its shape, dtype and dims)."""
+        return self.layouts[0]
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.name_axes) + self.file_dims
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.file_index.shape) + self.layout.shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(self.layout.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    @property
+    def chunk_grid(self) -> tuple[int, ...]:
+        return tuple(-(-s // c) for s, c in zip(self.shape, self.chunks, strict=True))
+
+    @property
+    def n_name_dims(self) -> int:
+        return len(self.name_axes)
+
+    def missing(self) -> list[dict[str, Any]]:
+        """Axis values of the grid cells that have no file."""
+        cells = zip(*np.nonzero(self.file_index < 0), strict=True)
+        return [
+            {a.name: _json_value(a.values[i]) for a, i in zip(self.name_axes, cell, strict=True)}
+            for cell in cells
+        ]
+
+    def file_layout_of(self, file: int) -> FileLayout:
+        return self.layouts[int(self.file_layout[file])]
+
+    def url(self, file: int) -> str:
+        return self.source.url(self.files[file])
+
+    # -- equality and pickling -------------------------------------------
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Manifest):
+            return NotImplemented
+        return (
+            self.source == other.source
+            and self.files == other.files
+            and np.array_equal(self.file_index, other.file_index)
+            and np.array_equal(self.file_layout, other.file_layout)
+            and self.layouts == other.layouts
+            and self.signatures == other.signatures
+            and self.name_axes == other.name_axes
+            and self.file_dims == other.file_dims
+            and self.chunks == other.chunks
+            and self.fill_value == other.fill_value
+            and self.coords == other.coords
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.source, self.files, self.chunks, self.layouts))
+
+    # -- chunks -----------------------------------------------------------
+
+    def chunk_plan(self, index: Sequence[int]) -> ChunkPlan:
+        """Where the bytes of chunk ``index`` (its position in the chunk grid) come from.
+
+        Raises
+        ------
+        IndexError
+            When ``index`` is outside the chunk grid.
+        """
+        if len(index) != len(self.shape) or any(
+            not 0 <= i < g for i, g in zip(index, self.chunk_grid, strict=True)
+        ):
+            raise IndexError(f"chunk {tuple(index)} is outside the chunk grid {self.chunk_grid}")
+        starts = [i * c for i, c in zip(index, self.chunks, strict=True)]
+        stops = [min(s + c, n) for s, c, n in zip(starts, self.chunks, self.shape, strict=True)]
+        complete = stops == [s + c for s, c in zip(starts, self.chunks, strict=True)]
+
+        nn = self.n_name_dims
+        layout = self.layout
+        nl = len(layout.leading_shape)
+        page_shape = layout.page_shape
+        itemsize = self.dtype.itemsize
+        # Chunk dims beyond the name dims and leading dims cover one page region.
+        p_starts, p_stops = starts[nn + nl :], stops[nn + nl :]
+        whole_pages = all(
+            s == 0 and e == n and c == n
+            for s, e, n, c in zip(
+                p_starts, p_stops, page_shape, self.chunks[nn + nl :], strict=True
+            )
+        )
+        region = tuple(slice(s, e) for s, e in zip(p_starts, p_stops, strict=True))
+        region_dest = tuple(slice(0, e - s) for s, e in zip(p_starts, p_stops, strict=True))
+
+        runs: list[ByteRun] = []
+        reads: list[PageRead] = []
+        lead_ranges = [
+            range(s, e) for s, e in zip(starts[nn : nn + nl], stops[nn : nn + nl], strict=True)
+        ]
+        name_ranges = [range(s, e) for s, e in zip(starts[:nn], stops[:nn], strict=True)]
+        chunk_lead = self.chunks[nn : nn + nl]
+        page_bytes = math.prod(page_shape) * itemsize
+        for cell in itertools.product(*name_ranges):
+            file = int(self.file_index[cell]) if nn else 0
+            if file < 0:
+                complete = False
+                continue
+            cell_dest = tuple(c - s for c, s in zip(cell, starts[:nn], strict=True))
+            storage_uncompressed = self.file_layout_of(file).storage != "tifffile"
+            for lead in itertools.product(*lead_ranges):
+                page = int(np.ravel_multi_index(lead, layout.leading_shape)) if nl else 0
+                lead_dest = tuple(i - s for i, s in zip(lead, starts[nn : nn + nl], strict=True))
+                if whole_pages and storage_uncompressed:
+                    flat = (
+                        np.ravel_multi_index(cell_dest + lead_dest, self.chunks[:nn] + chunk_lead)
+                        if (nn + nl)
+                        else 0
+                    )
+                    dest = int(flat) * page_bytes
+                    last = runs[-1] if runs else None
+                    if (
+                        last is not None
+                        and last.file == file
+                        and last.page + last.n_pages == page
+                        and last.dest + last.n_pages * page_bytes == dest
+                    ):
+                        runs[-1] = ByteRun(file, last.page, last.n_pages + 1, last.dest)
+                    else:
+                        runs.append(ByteRun(file, page, 1, dest))
+                else:
+                    dest_slices = (
+                        tuple(slice(i, i + 1) for i in cell_dest + lead_dest) + region_dest
+                    )
+                    reads.append(PageRead(file, page, region, dest_slices))
+        chunk_shape = tuple(self.chunks)
+        return ChunkPlan(chunk_shape, tuple(runs), tuple(reads), complete)
+
+    # -- metadata ---------------------------------------------------------
+
+    def zarray(self) -> dict[str, Any]:
+        """The Zarr format 2 ``.zarray`` document."""
+        return {
+            "zarr_format": 2,
+            "shape": list(self.shape),
+            "chunks": list(self.chunks),
+            "dtype": self.layout.dtype,
+            "compressor": None,
+            "fill_value": _json_value(self.fill_value),
+            "order": "C",
+            "filters": None,
+            "dimension_separator": ".",
+        }
+
+    def zattrs(self, max_files: int = 10_000, max_missing: int = 1_000) -> dict[str, Any]:
+        """The ``.zattrs`` document: ``_ARRAY_DIMENSIONS`` and tiffstore's description.
+
+        The ``tiffstore`` entry holds ``axes`` (name, kind, where it comes from,
+        size and, for name axes, values), ``coords`` (name -> dims, values, units),
+        ``template``, ``source``, ``files`` (names in grid order, ``null`` where
+        missing; left out past ``max_files``) and ``missing`` (axis values of empty
+        cells; cut at ``max_missing``).
+        """
+        axes: list[dict[str, Any]] = []
+        coords: dict[str, dict[str, Any]] = {}
+        for a in self.name_axes:
+            values = [_json_value(v) for v in a.values]
+            axes.append(
+                {"name": a.name, "kind": a.kind, "source": "name", "size": a.size, "values": values}
+            )
+            coords[a.name] = {"dims": [a.name], "values": values}
+            if a.units:
+                coords[a.name]["units"] = a.units
+        for d, n in zip(self.file_dims, self.layout.shape, strict=True):
+            axes.append({"name": d, "kind": axis_kind(d), "source": "file", "size": n})
+        grid_shape = tuple(self.file_index.shape)
+        for c in self.coords:
+            shape = tuple(grid_shape[self.dims.index(d)] for d in c.dims)
+            values = c.as_array(shape).tolist() if shape else list(c.values)
+            coords[c.name] = {"dims": list(c.dims), "values": values}
+            if c.units:
+                coords[c.name]["units"] = c.units
+        missing = self.missing()
+        files: dict[str, Any] = {"count": len(self.files)}
+        if len(self.files) <= max_files:
+            names = [self.files[i] if i >= 0 else None for i in self.file_index.ravel().tolist()]
+            files["names"] = names
+        return {
+            "_ARRAY_DIMENSIONS": list(self.dims),
+            "tiffstore": {
+                "version": __version__,
+                "source": self.source.url(""),
+                "template": self.template,
+                "axes": axes,
+                "coords": coords,
+                "files": files,
+                "missing_count": len(missing),
+                "missing": missing[:max_missing],
+            },
+        }
+
+
+# ---------------------------------------------------------------------------
+# building
+
+
+def _rename_collisions(name_axes: tuple[Axis, ...], file_dims: tuple[str, ...]) -> tuple[Axis, ...]:
+    """Rename name axes whose names the files' own dims already use."""
+    taken = set(file_dims)
+    out = []
+    for a in name_axes:
+        name = a.name
+        if name in taken:
+            base = f"tile_{name}" if a.kind == "space" else f"{name}_file"
+            name, n = base, 2
+            while name in taken:
+                name, n = f"{base}{n}", n + 1
+        taken.add(name)
+        out.append(Axis(name, a.kind, a.values, a.label, a.units) if name != a.name else a)
+    return tuple(out)
+
+
+def resolve_chunks(
+    spec: ChunkSpec,
+    name_axes: tuple[Axis, ...],
+    layout: FileLayout,
+    target_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> tuple[int, ...]:
+    """Turn a chunk request into a chunk shape over all dims.
+
+    ``None`` groups whole pages up to ``target_bytes`` (continuing across files
+    along a spatial name axis next to the files' dims, such as 2-D planes named by
+    ``z``); ``"page"`` is one page; ``"file"`` one file; an int is that many pages;
+    a tuple gives every dim (``None`` or -1 for the whole dim).
+    """
+    name_shape = tuple(a.size for a in name_axes)
+    shape = name_shape + layout.shape
+    nn, nl = len(name_shape), len(layout.leading_shape)
+    if isinstance(spec, (tuple, list)):
+        if len(spec) != len(shape):
+            raise ValueError(
+                f"chunks={tuple(spec)} has {len(spec)} entries; the array has {len(shape)} dims {shape}."
+            )
+        out = []
+        for c, n in zip(spec, shape, strict=True):
+            if c is None or c == -1:
+                out.append(max(n, 1))
+            elif isinstance(c, (int, np.integer)) and c > 0:
+                out.append(min(int(c), max(n, 1)))
+            else:
+                raise ValueError(
+                    f"chunks={tuple(spec)}: each entry must be a positive int, -1 or None."
+                )
+        return tuple(out)
+    if spec == "file":
+        return (1,) * nn + tuple(max(n, 1) for n in layout.shape)
+    if spec == "page":
+        pages = 1
+    elif spec is None or spec == "auto":
+        pages = max(1, target_bytes // max(layout.page_nbytes, 1))
+    elif isinstance(spec, (int, np.integer)) and not isinstance(spec, bool) and spec > 0:
+        pages = int(spec)
+    else:
+        raise ValueError(
+            f"chunks={spec!r} is not understood: use None, 'page', 'file', an int (pages "
+            "per chunk) or a tuple with one entry per dim."
+        )
+    lead: list[int] = []
+    budget = pages
+    for n in reversed(layout.leading_shape):
+        take = min(n, budget)
+        lead.insert(0, max(take, 1))
+        budget = budget // n if take == n else 1
+    name_chunks = [1] * nn
+    # 2-D planes named by z (or another spatial axis just before the file dims):
+    # continue grouping across files along that axis.
+    if spec != "page" and nl == 0 and nn and name_axes[-1].kind == "space":
+        name_chunks[-1] = max(1, min(budget, name_shape[-1]))
+    return tuple(name_chunks) + tuple(lead) + tuple(layout.page_shape)
+
+
+def _parse_all(source: FileSource, names: Sequence[str], workers: int) -> list[FileLayout]:
+    def parse(name: str) -> FileLayout:
+        with source.open(name) as fh:
+            return read_layout(fh, source.url(name))
+
+    if len(names) == 1 or workers <= 1:
+        return [parse(n) for n in names]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(parse, names))
+
+
+def _scan_layouts(
+    source: FileSource, files: Sequence[SourceFile], validate: bool, workers: int
+) -> tuple[list[int], list[FileLayout], list[bytes | None], np.ndarray]:
+    """Find every file's layout, parsing one header per group of same-size files.
+
+    Files of one size whose header bytes (everything before the pixel data) match
+    a parsed reference share its layout; a few of each group are compared at open
+    and the rest on their first read. ``validate=True`` parses every header.
+    """
+    by_size: dict[int, list[int]] = defaultdict(list)
+    for i, f in enumerate(files):
+        by_size[f.size].append(i)
+    layouts: list[FileLayout] = []
+    signatures: list[bytes | None] = []
+    index: dict[tuple[FileLayout, bytes | None], int] = {}
+    file_layout = [-1] * len(files)
+    verified = np.zeros(len(files), dtype=bool)
+
+    def assign(i: int, layout: FileLayout, sig: bytes | None) -> None:
+        key = (layout, sig)
+        if key not in index:
+            index[key] = len(layouts)
+            layouts.append(layout)
+            signatures.append(sig)
+        file_layout[i] = index[key]
+
+    refs = [members[0] for members in by_size.values()]
+    ref_layouts = _parse_all(source, [files[i].name for i in refs], workers)
+    to_parse: list[int] = []
+    for members, ref_layout in zip(by_size.values(), ref_layouts, strict=True):
+        ref = members[0]
+        verified[ref] = True
+        sig: bytes | None = None
+        if (
+            not validate
+            and len(members) > 1
+            and ref_layout.storage == "contiguous"
+            and ref_layout.data_offset is not None
+            and ref_layout.data_offset <= MAX_SIGNATURE_BYTES
+        ):
+            sig = bytes(source.read(files[ref].name, 0, ref_layout.data_offset))
+            sample = sorted({members[len(members) // 2], members[-1]} - {ref})
+            if all(bytes(source.read(files[i].name, 0, len(sig))) == sig for i in sample):
+                verified[sample] = True
+            else:
+                sig = None
+        assign(ref, ref_layout, sig)
+        if sig is None:
+            to_parse.extend(members[1:])
+        else:
+            for i in members[1:]:
+                assign(i, ref_layout, sig)
+    if to_parse:
+        parsed = _parse_all(source, [files[i].name for i in to_parse], workers)
+        for i, layout in zip(to_parse, parsed, strict=True):
+            verified[i] = True
+            assign(i, layout, None)
+    return file_layout, layouts, signatures, verified
+
+
+def _check_same_array(
+    source: FileSource,
+    files: Sequence[SourceFile],
+    file_layout: list[int],
+    layouts: list[FileLayout],
+) -> None:
+    first = layouts[file_layout[0]]
+    for i, k in enumerate(file_layout):
+        other = layouts[k]
+        if not first.same_array(other):
+            what = []
+            if first.shape != other.shape:
+                what.append(f"shape {first.shape} vs {other.shape}")
+            if first.dims != other.dims:
+                what.append(f"dims {first.dims} vs {other.dims}")
+            if first.dtype != other.dtype:
+                what.append(f"dtype {first.dtype} vs {other.dtype}")
+            raise LayoutMismatchError(
+                "The files do not hold arrays of one shape and type, so they cannot be stacked:\n"
+                f"  {source.url(files[0].name)}: {first.describe()}\n"
+                f"  {source.url(files[i].name)}: {other.describe()}\n"
+                f"They differ in {'; '.join(what)}. Open each kind separately (a narrower glob "
+                "or a list of files)."
+            )
+
+
+def build_manifest(
+    source: FileSource,
+    files: Sequence[SourceFile],
+    *,
+    pattern: str | None = None,
+    chunks: ChunkSpec = None,
+    fill_value: int | float | None = None,
+    validate: bool = False,
+    workers: int = 16,
+) -> Manifest:
+    """Describe the virtual array that a list of TIFF files forms.
+
+    Parameters
+    ----------
+    source, files
+        The acquisition's reader and files, from :func:`tiffstore.sources.resolve_source`.
+    pattern
+        Template or regex for the names (see :func:`tiffstore.naming.understand_names`).
+    chunks
+        Chunk request (see :func:`resolve_chunks`).
+    fill_value
+        Value for grid cells with no file (default 0).
+    validate
+        Parse every file's header now instead of trusting same-size files whose
+        header bytes match a parsed one.
+    workers
+        Threads for header parsing.
+    """
+    names = [f.name for f in files]
+    grid: NameGrid = understand_names(names, pattern)
+    file_layout, layouts, signatures, verified = _scan_layouts(source, files, validate, workers)
+    _check_same_array(source, files, file_layout, layouts)
+    layout = layouts[file_layout[0]]
+    name_axes = _rename_collisions(grid.axes, layout.dims)
+    renamed = {a.name: b.name for a, b in zip(grid.axes, name_axes, strict=True)}
+    coords = tuple(
+        Coordinate(
+            c.name if c.name not in set(layout.dims) | set(renamed.values()) else f"{c.name}_coord",
+            tuple(renamed[d] for d in c.dims),
+            c.values,
+            c.units,
+        )
+        for c in grid.coords
+    )
+    # The first layout must be the first file's: it speaks for all of them.
+    order = sorted(range(len(layouts)), key=lambda k: file_layout.index(k))
+    remap = {old: new for new, old in enumerate(order)}
+    if fill_value is None:
+        fill_value = 0
+    dtype = np.dtype(layout.dtype)
+    if not np.can_cast(np.min_scalar_type(fill_value), dtype, casting="same_kind"):
+        raise ValueError(f"fill_value={fill_value!r} does not fit the files' dtype {dtype}.")
+    manifest = Manifest(
+        source=source,
+        files=tuple(names),
+        file_index=grid.file_index(),
+        file_layout=np.array([remap[k] for k in file_layout], dtype=np.int32),
+        layouts=tuple(layouts[k] for k in order),
+        signatures=tuple(signatures[k] for k in order),
+        verified=verified,
+        name_axes=name_axes,
+        file_dims=layout.dims,
+        chunks=resolve_chunks(chunks, name_axes, layout),
+        fill_value=fill_value,
+        coords=coords,
+        template=grid.template,
+        file_sizes=tuple(f.size for f in files),
+    )
+    logger.info(
+        "%d files -> array %s %s of dims %s, chunks %s",
+        len(files),
+        manifest.shape,
+        manifest.dtype,
+        manifest.dims,
+        manifest.chunks,
+    )
+    return manifest

@@ -1,0 +1,276 @@
+"""Where the bytes come from: listing an acquisition's files and reading byte ranges.
+
+A :class:`FileSource` is a small, picklable description of a root (a local folder
+or any fsspec URL). Local files are read with ``os.preadv`` straight into the
+caller's buffer, opening and closing the file around each read, so no handle
+outlives a read and the number open at once is bounded by the reading threads.
+Other protocols go through fsspec.
+"""
+
+from __future__ import annotations
+
+import glob as globmod
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from .errors import SourceError, TiffReadError
+from .naming import TIFF_SUFFIXES, natural_key, split_tokens
+
+__all__ = ["FileSource", "FsspecSource", "LocalSource", "SourceFile", "resolve_source"]
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file of the acquisition: its name relative to the root, and its size."""
+
+    name: str
+    size: int
+
+
+def _is_tiff(name: str) -> bool:
+    return name.lower().endswith(TIFF_SUFFIXES)
+
+
+def _name_sort_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    return tuple(natural_key(int(t) if t.isdigit() else t) for t in split_tokens(name))
+
+
+class FileSource(ABC):
+    """Reads the files of one acquisition below a root."""
+
+    @abstractmethod
+    def url(self, name: str) -> str:
+        """The full path or URL of a file."""
+
+    @abstractmethod
+    def read_into(self, name: str, offset: int, out: memoryview) -> None:
+        """Fill ``out`` with the file's bytes from ``offset``; raise if the file is short."""
+
+    @abstractmethod
+    @contextmanager
+    def open(self, name: str) -> Iterator[IO[bytes]]:
+        """Open a file for reading (for header parsing and decoding through tifffile)."""
+
+    def read(self, name: str, offset: int, length: int) -> bytearray:
+        buf = bytearray(length)
+        self.read_into(name, offset, memoryview(buf))
+        return buf
+
+
+@dataclass(frozen=True)
+class LocalSource(FileSource):
+    """Files on a local file system below ``root``."""
+
+    root: str
+
+    def url(self, name: str) -> str:
+        return str(Path(self.root) / name)
+
+    def read_into(self, name: str, offset: int, out: memoryview) -> None:
+        path = self.url(name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise TiffReadError(f"{path}: cannot open ({exc.strerror}).") from exc
+        try:
+            want = out.nbytes
+            got = os.preadv(fd, [out], offset)
+            while got < want:
+                n = os.preadv(fd, [out[got:]], offset + got)
+                if n == 0:
+                    raise TiffReadError(
+                        f"{path}: file is truncated: wanted bytes {offset}-{offset + want} "
+                        f"but it ends at {offset + got}. Was it still being written?"
+                    )
+                got += n
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def open(self, name: str) -> Iterator[IO[bytes]]:
+        path = self.url(name)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise TiffReadError(f"{path}: cannot open ({exc.strerror}).") from exc
+        with fh:
+            yield fh
+
+
+@dataclass(frozen=True)
+class FsspecSource(FileSource):
+    """Files below ``root`` on any fsspec file system (``memory://``, ``s3://``...)."""
+
+    root: str
+    protocol: str
+    storage_options: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def fs(self) -> Any:
+        import fsspec
+
+        return fsspec.filesystem(self.protocol, **self.storage_options)
+
+    def url(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
+
+    def read_into(self, name: str, offset: int, out: memoryview) -> None:
+        url = self.url(name)
+        try:
+            data = self.fs.cat_file(url, start=offset, end=offset + out.nbytes)
+        except (OSError, ValueError) as exc:
+            raise TiffReadError(f"{url}: cannot read bytes at {offset} ({exc}).") from exc
+        if len(data) != out.nbytes:
+            raise TiffReadError(
+                f"{url}: file is truncated: wanted {out.nbytes} bytes at {offset}, got {len(data)}."
+            )
+        out[:] = data
+
+    @contextmanager
+    def open(self, name: str) -> Iterator[IO[bytes]]:
+        url = self.url(name)
+        try:
+            fh = self.fs.open(url, "rb")
+        except OSError as exc:
+            raise TiffReadError(f"{url}: cannot open ({exc}).") from exc
+        with fh:
+            yield fh
+
+
+def _walk_local(root: Path) -> list[SourceFile]:
+    found: list[SourceFile] = []
+    stack = [(root, "")]
+    while stack:
+        folder, prefix = stack.pop()
+        with os.scandir(folder) as it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    stack.append((Path(entry.path), f"{prefix}{entry.name}/"))
+                elif _is_tiff(entry.name) and entry.is_file():
+                    found.append(SourceFile(prefix + entry.name, entry.stat().st_size))
+    return found
+
+
+def _common_root(paths: Sequence[str]) -> str:
+    parents = [os.path.dirname(p) for p in paths]
+    return os.path.commonpath(parents) if parents else "."
+
+
+def _resolve_local(
+    source: str | os.PathLike[str] | Sequence[Any],
+) -> tuple[LocalSource, list[SourceFile]]:
+    if isinstance(source, (str, os.PathLike)):
+        text = os.fspath(source)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            folder = path.resolve()
+            found = _walk_local(folder)
+            if not found:
+                raise SourceError(f"{folder}: the folder holds no TIFF files (*.tif, *.tiff).")
+            return LocalSource(str(folder)), found
+        if globmod.has_magic(text):
+            paths = [p for p in globmod.glob(os.path.expanduser(text), recursive=True)]
+            paths = [os.path.abspath(p) for p in paths if os.path.isfile(p)]
+            if not paths:
+                raise SourceError(f"{text}: the glob matches no files.")
+        elif path.is_file():
+            paths = [str(path.resolve())]
+        else:
+            raise SourceError(f"{text}: no such file or folder.")
+    else:
+        paths = [os.path.abspath(os.fspath(p)) for p in source]
+        if not paths:
+            raise SourceError("The list of files is empty.")
+        absent = [p for p in paths if not os.path.isfile(p)]
+        if absent:
+            raise SourceError(
+                f"{absent[0]}: no such file"
+                + (f" (and {len(absent) - 1} more)." if len(absent) > 1 else ".")
+            )
+    root = _common_root(paths)
+    files = [
+        SourceFile(PurePosixPath(Path(os.path.relpath(p, root))).as_posix(), os.path.getsize(p))
+        for p in paths
+    ]
+    return LocalSource(root), files
+
+
+def _resolve_fsspec(
+    source: str | Sequence[str], storage_options: dict[str, Any]
+) -> tuple[FsspecSource, list[SourceFile]]:
+    import fsspec
+
+    urls = [source] if isinstance(source, str) else list(source)
+    fs, _ = fsspec.core.url_to_fs(urls[0], **storage_options)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    entries: dict[str, int] = {}
+    for url in urls:
+        path = fs._strip_protocol(url)
+        if globmod.has_magic(path):
+            found = fs.glob(path, detail=True)
+        elif fs.isdir(path):
+            found = fs.find(path, detail=True)
+        elif fs.isfile(path):
+            found = {path: fs.info(path)}
+        else:
+            raise SourceError(f"{url}: no such file or folder.")
+        for p, info in found.items():
+            if info.get("type", "file") == "file" and _is_tiff(p):
+                entries[p] = int(info.get("size") or 0)
+    if not entries:
+        raise SourceError(f"{source}: no TIFF files found there.")
+    paths = list(entries)
+    first = fs._strip_protocol(urls[0])
+    if len(urls) == 1 and fs.isdir(first):
+        root = first.rstrip("/")
+    else:
+        root = os.path.commonpath([p.rsplit("/", 1)[0] if "/" in p else "" for p in paths])
+    files = [SourceFile(p[len(root) :].lstrip("/"), size) for p, size in entries.items()]
+    return (
+        FsspecSource(fs.unstrip_protocol(root), protocol, dict(storage_options)),
+        files,
+    )
+
+
+def resolve_source(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[FileSource, list[SourceFile]]:
+    """List an acquisition's TIFF files.
+
+    Parameters
+    ----------
+    source
+        A folder (searched recursively), a glob, a list of files, or fsspec URLs of any of these.
+    storage_options
+        Passed to fsspec for URLs.
+
+    Returns
+    -------
+    (FileSource, list of SourceFile)
+        The reader for the root and the files below it, naturally sorted by name.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        first: str | os.PathLike[str] = source
+    else:
+        source = list(source)
+        first = source[0] if source else ""
+    is_url = isinstance(first, str) and "://" in first and not first.startswith("file://")
+    if is_url:
+        if not isinstance(source, (str, os.PathLike)):
+            source = [os.fspath(s) for s in source]
+        reader: FileSource
+        reader, files = _resolve_fsspec(source, storage_options or {})  # type: ignore[arg-type]
+    else:
+        if isinstance(source, str) and source.startswith("file://"):
+            source = source[len("file://") :]
+        reader, files = _resolve_local(source)
+    files.sort(key=lambda f: _name_sort_key(f.name))
+    return reader, files
