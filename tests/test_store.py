@@ -82,10 +82,13 @@ def test_get_partial_values(store, sample_dir):
         "a.b",
         "",
         "0/0/0/0/0",
-        ".zgroup",
         "zarr.json",
         "0.0.0.0.0 ",
         "0." * 4 + "99999999999999",
+        "image/../0.0.0.0.0",
+        "image/9.0.0.0.0",
+        "ch/1",
+        "nothing/.zarray",
     ],
 )
 def test_hostile_and_absent_keys_are_absent(store, key):
@@ -110,11 +113,17 @@ def test_listing(store):
 
     keys = sync(collect(store.list()))
     assert keys[:2] == [".zarray", ".zattrs"]
+    root_chunks = [k for k in keys if "/" not in k and k[0].isdigit()]
     # 3 x 4 files minus one missing, 6 pages each
-    assert len(keys) == 2 + 11 * 6
+    assert len(root_chunks) == 11 * 6
     assert "1.2.0.0.0" not in keys
+    # The group view lists every image chunk (missing cells are served filled).
+    assert sum(k.startswith("image/") and k[6].isdigit() for k in keys) == 12 * 6
     assert sync(collect(store.list_prefix("2.3."))) == [f"2.3.{z}.0.0" for z in range(6)]
-    assert sorted(sync(collect(store.list_dir("")))) == sorted(keys)
+    root = sync(collect(store.list_dir("")))
+    assert {".zarray", ".zattrs", ".zgroup", ".zmetadata", "image", "ch", "wavelength"} <= set(root)
+    assert set(root_chunks) <= set(root)
+    assert sorted(sync(collect(store.list_dir("ch")))) == [".zarray", ".zattrs", "0"]
     assert sync(collect(store.list_dir("0.0.0.0.0"))) == []
     assert not sync(store.is_empty(""))
 
@@ -163,7 +172,7 @@ def test_mapping_view(store, sample_dir):
     assert mapping["0.0.3.0.0"] == sample_dir[1][0, 0, 3].tobytes()
     with pytest.raises(KeyError):
         mapping["1.2.0.0.0"]
-    assert len(mapping) == len(list(mapping)) == 2 + 11 * 6
+    assert len(mapping) == len(list(mapping)) == len(list(store._keys.all_keys()))
     assert ".zattrs" in mapping
     with pytest.raises(TypeError):
         mapping["x"] = b"1"  # type: ignore[index]
@@ -205,3 +214,30 @@ def test_one_plane_read_touches_one_file_and_one_plane_of_bytes(sample_dir, monk
         store.manifest.files[int(store.manifest.file_index[0, 3])]
     }
     assert sum(n for _, _, n in calls) <= plane_bytes + 1024
+
+
+def test_xarray_open_zarr_gives_coordinates(sample_dir):
+    xr = pytest.importorskip("xarray")
+    directory, ref = sample_dir
+    ds = xr.open_zarr(tiffstore.open(directory))
+    image = ds["image"]
+    assert image.dims == ("ch", "stack", "z", "y", "x")
+    assert image.dtype == ref.dtype  # no masking of pixels equal to the fill value
+    np.testing.assert_array_equal(image.values, ref)
+    assert ds["ch"].values.tolist() == [0, 1, 2]
+    assert ds["wavelength"].dims == ("ch",)
+    assert ds["wavelength"].values.tolist() == [488, 560, 642]
+    msec = ds["msec"]
+    assert msec.dims == ("ch", "stack")
+    assert msec.attrs["units"] == "ms"
+    assert np.isnan(msec.values[1, 2])  # the missing file
+    assert msec.values[0, 1] == 10_123
+    assert float(ds["image"].sel(ch=2, stack=3, z=0, y=0, x=0)) == ref[2, 3, 0, 0, 0]
+
+
+def test_group_view_serves_missing_cells_filled(make_sample):
+    directory, _ = make_sample(missing=[(0, 1)])
+    store = tiffstore.open(directory, fill_value=5)
+    group = zarr.open_group(store, mode="r")
+    assert (group["image"][0, 1] == 5).all()
+    assert zarr.open_array(store, mode="r").fill_value == 5

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -26,16 +25,10 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
 from .assemble import ChunkReader
 from .errors import ReadOnlyError
+from .keys import StoreKeys
 from .manifest import Manifest
 
 __all__ = ["TiffMapping", "TiffStore"]
-
-_CHUNK_KEY = re.compile(r"\d{1,12}(?:\.\d{1,12})*")
-_METADATA_KEYS = (".zarray", ".zattrs")
-
-
-def _json_bytes(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=True).encode()
 
 
 def _slice_range(data: bytes | memoryview, byte_range: ByteRequest | None) -> bytes | memoryview:
@@ -49,48 +42,6 @@ def _slice_range(data: bytes | memoryview, byte_range: ByteRequest | None) -> by
     if isinstance(byte_range, SuffixByteRequest):
         return data[max(n - byte_range.suffix, 0) :]
     raise TypeError(f"Unexpected byte_range, got {byte_range!r}")
-
-
-class _Keys:
-    """Key <-> chunk index for one manifest, and the metadata documents."""
-
-    def __init__(self, manifest: Manifest) -> None:
-        self.manifest = manifest
-        self._metadata: dict[str, bytes] = {}
-
-    def metadata(self, key: str) -> bytes:
-        if key not in self._metadata:
-            doc = self.manifest.zarray() if key == ".zarray" else self.manifest.zattrs()
-            self._metadata[key] = _json_bytes(doc)
-        return self._metadata[key]
-
-    def chunk_index(self, key: str) -> tuple[int, ...] | None:
-        """The chunk index a key names, or ``None`` for anything that is not a chunk key."""
-        if not _CHUNK_KEY.fullmatch(key):
-            return None
-        index = tuple(int(p) for p in key.split("."))
-        grid = self.manifest.chunk_grid
-        if len(index) != len(grid) or any(i >= g for i, g in zip(index, grid, strict=True)):
-            return None
-        return index
-
-    def has_data(self, index: tuple[int, ...]) -> bool:
-        """Whether any file contributes to the chunk (missing files' chunks are absent)."""
-        m = self.manifest
-        nn = m.n_name_dims
-        cells = tuple(
-            slice(i * c, (i + 1) * c) for i, c in zip(index[:nn], m.chunks[:nn], strict=True)
-        )
-        return bool((m.file_index[cells] >= 0).any()) if nn else True
-
-    def chunk_keys(self) -> Iterator[str]:
-        for index in np.ndindex(*self.manifest.chunk_grid):
-            if self.has_data(index):
-                yield ".".join(map(str, index))
-
-    def chunk_nbytes(self) -> int:
-        m = self.manifest
-        return int(np.prod(m.chunks)) * m.dtype.itemsize
 
 
 class TiffStore(Store):
@@ -127,7 +78,7 @@ class TiffStore(Store):
             )
         super().__init__(read_only=True)
         self.manifest = manifest
-        self._keys = _Keys(manifest)
+        self._keys = StoreKeys(manifest)
         self._reader: ChunkReader | None = None
 
     # -- the array --------------------------------------------------------
@@ -157,7 +108,7 @@ class TiffStore(Store):
     @property
     def attrs(self) -> dict[str, Any]:
         """The array's attributes (the ``.zattrs`` document)."""
-        attrs: dict[str, Any] = json.loads(self._keys.metadata(".zattrs"))
+        attrs: dict[str, Any] = json.loads(self._keys.documents[".zattrs"])
         return attrs
 
     @property
@@ -204,15 +155,20 @@ class TiffStore(Store):
         return None if data is None else bytes(data)
 
     def _get_array(self, key: str, byte_range: ByteRequest | None) -> np.ndarray | None:
-        if key in _METADATA_KEYS:
-            raw = np.frombuffer(self._keys.metadata(key), dtype=np.uint8)
-            return np.asarray(_slice_range(raw.data, byte_range))
-        index = self._keys.chunk_index(key)
-        if index is None:
+        keys = self._keys
+        raw = keys.documents.get(key) or keys.coordinate_chunk(key)
+        if raw is not None:
+            return np.asarray(_slice_range(np.frombuffer(raw, dtype=np.uint8).data, byte_range))
+        chunk_key = keys.chunk_key(key)
+        if chunk_key is None:
             return None
-        chunk = self.reader.read_chunk(index)
+        chunk = self.reader.read_chunk(chunk_key.index)
         if chunk is None:
-            return None
+            if not chunk_key.grouped:
+                return None
+            # The group view has no fill value: serve the empty cell's pixels.
+            m = self.manifest
+            chunk = np.full(m.chunks, m.fill_value, dtype=m.dtype)
         flat = chunk.reshape(-1).view(np.uint8)
         if byte_range is None:
             return flat
@@ -238,7 +194,7 @@ class TiffStore(Store):
     ) -> Buffer | None:
         # docstring inherited
         prototype = prototype or default_buffer_prototype()
-        if key in _METADATA_KEYS:
+        if key in self._keys.documents:
             return self.get_sync(key, prototype=prototype, byte_range=byte_range)
         data = await asyncio.to_thread(self._get_array, key, byte_range)
         return None if data is None else prototype.buffer.from_array_like(data)
@@ -253,17 +209,16 @@ class TiffStore(Store):
 
     async def exists(self, key: str) -> bool:
         # docstring inherited
-        if key in _METADATA_KEYS:
-            return True
-        index = self._keys.chunk_index(key)
-        return index is not None and self._keys.has_data(index)
+        return self._keys.exists(key)
 
     async def getsize(self, key: str) -> int:
         # docstring inherited
-        if key in _METADATA_KEYS:
-            return len(self._keys.metadata(key))
-        if await self.exists(key):
-            return self._keys.chunk_nbytes()
+        keys = self._keys
+        raw = keys.documents.get(key) or keys.coordinate_chunk(key)
+        if raw is not None:
+            return len(raw)
+        if keys.exists(key):
+            return keys.chunk_nbytes()
         raise FileNotFoundError(key)
 
     # -- writing: refused -------------------------------------------------
@@ -294,28 +249,34 @@ class TiffStore(Store):
 
     # -- listing ----------------------------------------------------------
 
-    def keys(self) -> Iterator[str]:
-        """Every key: the metadata documents, then each chunk with data."""
-        yield from _METADATA_KEYS
-        yield from self._keys.chunk_keys()
-
     async def list(self) -> AsyncIterator[str]:
         # docstring inherited
-        for key in self.keys():
+        for key in self._keys.all_keys():
             yield key
 
     async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
         # docstring inherited
-        for key in self.keys():
+        for key in self._keys.all_keys():
             if key.startswith(prefix):
                 yield key
 
     async def list_dir(self, prefix: str) -> AsyncIterator[str]:
         # docstring inherited
-        # Every key lives at the root: there are no sub-directories.
-        if prefix.strip("/") == "":
-            for key in self.keys():
-                yield key
+        prefix = prefix.strip("/")
+        if not prefix:
+            seen = set()
+            for key in self._keys.all_keys():
+                head = key.split("/", 1)[0]
+                if head not in seen:
+                    seen.add(head)
+                    yield head
+            return
+        start = prefix + "/"
+        for key in self._keys.all_keys():
+            if key.startswith(start):
+                rest = key[len(start) :]
+                if "/" not in rest:
+                    yield rest
 
 
 class TiffMapping(Mapping[str, bytes]):
@@ -336,18 +297,13 @@ class TiffMapping(Mapping[str, bytes]):
         return data
 
     def __contains__(self, key: object) -> bool:
-        if not isinstance(key, str):
-            return False
-        if key in _METADATA_KEYS:
-            return True
-        index = self.store._keys.chunk_index(key)
-        return index is not None and self.store._keys.has_data(index)
+        return isinstance(key, str) and self.store._keys.exists(key)
 
     def __iter__(self) -> Iterator[str]:
-        return self.store.keys()
+        return self.store._keys.all_keys()
 
     def __len__(self) -> int:
-        return len(_METADATA_KEYS) + sum(1 for _ in self.store._keys.chunk_keys())
+        return sum(1 for _ in self.store._keys.all_keys())
 
     def __repr__(self) -> str:
         return f"<TiffMapping of {self.store!r}>"
