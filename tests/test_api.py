@@ -106,3 +106,18 @@ def test_memory_filesystem_source(sample_dir):
         np.testing.assert_array_equal(da.from_zarr(store).compute(), ref)
     finally:
         fs.rm("/acq", recursive=True)
+
+
+@pytest.mark.parametrize("chunks", [None, "page", 4, (2, 3, 5, 7, 9)])
+def test_to_dask_equals_from_zarr(make_sample, chunks):
+    directory, ref = make_sample(channels=3, stacks=4, shape=(9, 17, 23), missing=[(1, 1)])
+    store = tiffstore.open(directory, chunks=chunks, fill_value=3)
+    direct = store.to_dask()
+    through_zarr = da.from_zarr(store)
+    assert direct.chunks == through_zarr.chunks
+    assert direct.dtype == through_zarr.dtype
+    ref[1, 1] = 3
+    np.testing.assert_array_equal(direct.compute(), ref)
+    np.testing.assert_array_equal(through_zarr.compute(), ref)
+    # Same files, same graph keys.
+    assert tiffstore.open(directory, chunks=chunks, fill_value=3).to_dask().name == direct.name

@@ -23,6 +23,7 @@ def test_compute_with_two_worker_processes(make_sample):
     ):
         arr = da.from_zarr(store)
         np.testing.assert_array_equal(client.compute(arr).result(), ref)
+        np.testing.assert_array_equal(client.compute(store.to_dask()).result(), ref)
         # Reads really happened in other processes.
         pids = set(client.run(lambda: __import__("os").getpid()).values())
         assert len(pids) == 2

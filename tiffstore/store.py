@@ -116,6 +116,15 @@ class TiffStore(Store):
         """A read-only ``Mapping[str, bytes]`` over the same keys."""
         return TiffMapping(self)
 
+    def to_dask(self) -> Any:
+        """A dask array reading chunks straight from the TIFFs (see :func:`tiffstore.dask_array.to_dask`).
+
+        Same values and chunks as ``dask.array.from_zarr(store)``, one copy less per chunk.
+        """
+        from .dask_array import to_dask
+
+        return to_dask(self)
+
     @property
     def reader(self) -> ChunkReader:
         if self._reader is None:
