@@ -37,14 +37,18 @@ def open(
     chunks
         ``None`` (default) groups whole pages into chunks of about 16 MiB;
         ``"page"`` gives one page (z-plane) per chunk; ``"file"`` one file per chunk;
-        an int that many pages; a tuple the chunk shape (``None``/-1 for a whole dim).
+        ``"native"`` one of the files' own strips or tiles (one page for uncompressed
+        pages); an int that many pages; a tuple the chunk shape (``None``/-1 for a
+        whole dim).
     fill_value
         Value served where the grid has no file (default 0).
     storage_options
         Passed to fsspec for URLs.
     validate
-        Parse every file's header now. By default files of the same size whose header
-        bytes match a parsed file are trusted, and each is checked on its first read.
+        Parse every file's header now, and check that each file holds all the pixel
+        data its header points to (a truncated file is named at open). By default files
+        of the same size whose header bytes match a parsed file are trusted, and each is
+        checked on its first read.
 
     Returns
     -------

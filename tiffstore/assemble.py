@@ -1,22 +1,27 @@
 """Chunk -> pixels: read the pieces a manifest names and assemble them into one chunk.
 
 Uncompressed runs of pages are read with one ranged read straight into the
-chunk's buffer (no intermediate copy). Anything else is decoded page by page.
+chunk's buffer (no intermediate copy). Pages stored in strips or tiles are read
+segment by segment: only the segments a chunk overlaps, adjacent ones in one read,
+each decoded alone. What segments cannot describe is decoded by tifffile.
 A :class:`ChunkReader` also checks, once per process, the header of every file
 that was accepted at open on the strength of its size alone.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from operator import attrgetter
+from typing import NamedTuple
 
 import numpy as np
 
-from .errors import LayoutMismatchError
-from .layout import FileLayout, read_layout, read_page_with_tifffile
+from .errors import LayoutMismatchError, TiffReadError
+from .layout import FileLayout, SegmentPiece, read_layout, read_pages_with_tifffile
 from .manifest import ByteRun, Manifest, PageRead
 
 __all__ = ["ChunkReader"]
@@ -100,21 +105,26 @@ class ChunkReader:
         flat = out.reshape(-1).view(np.uint8)
         for run in plan.runs:
             self._read_run(run, flat)
-        for read in plan.reads:
-            self._read_page(read, out)
+        for file, reads in itertools.groupby(plan.reads, key=attrgetter("file")):
+            items = [(r.page, r.region, _region_view(out, r)) for r in reads]
+            self._fill(file, self.layout_of(file), items)
         return out
 
     def _read_run(self, run: ByteRun, flat: np.ndarray) -> None:
         m = self.manifest
         layout = self.layout_of(run.file)
         nbytes = layout.page_nbytes
-        name = m.files[run.file]
-        if layout.storage == "tifffile":
+        if not layout.raw_pages:
+            # A file whose own header differs from its group's may store pages otherwise.
+            whole = tuple(slice(0, n) for n in layout.page_shape)
+            items = []
             for k in range(run.n_pages):
-                page = decode_page(m, run.file, run.page + k)
                 start = run.dest + k * nbytes
-                flat[start : start + nbytes] = page.reshape(-1).view(np.uint8)
+                target = flat[start : start + nbytes].view(m.dtype).reshape(layout.page_shape)
+                items.append((run.page + k, whole, target))
+            self._fill(run.file, layout, items)
             return
+        name = m.files[run.file]
         # Merge pages that lie back to back in the file into one read.
         k = 0
         while k < run.n_pages:
@@ -127,40 +137,151 @@ class ChunkReader:
             m.source.read_into(name, offset, flat[start : run.dest + j * nbytes].data)
             k = j
 
-    def _read_page(self, read: PageRead, out: np.ndarray) -> None:
+    def _fill(self, file: int, layout: FileLayout, items: list[_RegionRead]) -> None:
+        """Fill each target with its page region, however the file stores its pages.
+
+        Every byte range the regions need from the file is gathered first and read
+        in one call (adjacent ranges merged), then placed or decoded.
+        """
         m = self.manifest
-        layout = self.layout_of(read.file)
-        offset = layout.page_offset(read.page)
-        if offset is None:
-            page = decode_page(m, read.file, read.page)
-            region = page[read.region]
-        else:
-            region = _read_region(m, read.file, layout, offset, read.region)
-        target = out[read.dest]
-        target[...] = region.reshape(target.shape)
+        if layout.storage == "tifffile":
+            with m.source.open(m.files[file]) as fh:
+                pages = read_pages_with_tifffile(fh, layout, [p for p, _, _ in items], m.url(file))
+            for (_, region, target), pixels in zip(items, pages, strict=True):
+                target[...] = pixels[region]
+            return
+        ranges: list[tuple[int, int]] = []
+        places: list[tuple[int, _Place]] = []
+        for page, region, target in items:
+            if layout.raw_pages:
+                offset = layout.page_offset(page)
+                assert offset is not None
+                runs = _box_runs(layout.page_shape, region, np.dtype(layout.dtype).itemsize)
+                ranges += [(offset + o, n) for o, n in runs.ranges]
+                places.append((len(runs.ranges), _place_raw(target, layout.dtype, runs)))
+            else:
+                self._plan_segments(file, layout, page, region, target, ranges, places)
+        views = m.source.read_ranges(m.files[file], ranges)
+        k = 0
+        for n, place in places:
+            place(views[k : k + n])
+            k += n
+
+    def _plan_segments(
+        self,
+        file: int,
+        layout: FileLayout,
+        page: int,
+        region: tuple[slice, ...],
+        target: np.ndarray,
+        ranges: list[tuple[int, int]],
+        places: list[tuple[int, _Place]],
+    ) -> None:
+        """Add the byte ranges of the strips or tiles a page region overlaps, and how to place them."""
+        seg = layout.segments
+        assert seg is not None
+        itemsize = np.dtype(layout.dtype).itemsize
+        kind = "strip" if seg.segment[1] == seg.image[1] else "tile"
+        region4 = seg.normalize(region)
+        target4 = seg.normalized_view(target)
+        for piece in seg.pieces(region4):
+            dest = target4[piece.dest]
+            count = int(seg.bytecounts[page, piece.segment])
+            offset = int(seg.offsets[page, piece.segment])
+            where = f"{self.manifest.url(file)}: page {page}, {kind} {piece.segment}"
+            if count == 0:
+                dest[...] = 0  # a segment never written reads as zeros, as in tifffile
+            elif seg.codec.raw:
+                # Uncompressed: read only the rows (or row parts) wanted.
+                full, _valid = seg.segment_shape(piece.segment)
+                runs = _box_runs(full, (piece.rows, piece.cols, region4[3]), itemsize)
+                if max(o + n for o, n in runs.ranges) > count:
+                    raise TiffReadError(
+                        f"{where} holds {count} bytes, too few for its pixels. The file is "
+                        "corrupt; rewrite it."
+                    )
+                ranges += [(offset + o, n) for o, n in runs.ranges]
+                places.append((len(runs.ranges), _place_raw(dest, layout.dtype, runs)))
+            else:
+                ranges.append((offset, count))
+                places.append((1, _place_decoded(dest, layout, piece, region4[3], where)))
 
 
-def _read_region(
-    m: Manifest, file: int, layout: FileLayout, offset: int, region: tuple[slice, ...]
-) -> np.ndarray:
-    """Read the bytes spanning ``region`` of an uncompressed page and cut the region out."""
-    shape = layout.page_shape
-    dtype = np.dtype(layout.dtype)
-    starts = [s.start for s in region]
-    lasts = [s.stop - 1 for s in region]
-    first = int(np.ravel_multi_index(starts, shape))
-    last = int(np.ravel_multi_index(lasts, shape))
-    buf = np.empty(last - first + 1, dtype=dtype)
-    m.source.read_into(m.files[file], offset + first * dtype.itemsize, buf.view(np.uint8).data)
-    if buf.size == math.prod(s.stop - s.start for s in region):
-        return buf
-    # Place the span in a page-shaped frame to cut the region out.
-    frame = np.empty(math.prod(shape), dtype=dtype)
-    frame[first : last + 1] = buf
-    return frame.reshape(shape)[region]
+_RegionRead = tuple[int, tuple[slice, ...], np.ndarray]
+"""A page, a region of it, and the array (of the region's shape) to fill."""
+
+_Place = Callable[[Sequence[memoryview]], None]
+"""Puts the bytes of some ranges where they belong in a chunk."""
+
+#: A last dim this short (samples of a pixel) is read whole rather than in runs of a few items.
+_SHORT_DIM = 16
 
 
-def decode_page(m: Manifest, file: int, page: int) -> np.ndarray:
-    """Decode one page of a file through tifffile (compressed and unusual layouts)."""
-    with m.source.open(m.files[file]) as fh:
-        return read_page_with_tifffile(fh, page, m.url(file))
+class _Runs(NamedTuple):
+    """The byte ranges of a C-ordered block that hold a region of it.
+
+    ``ranges`` are ``(offset in the block, length)`` in the region's C order; together
+    they hold ``shape`` (the region, with a short last dim read whole), from which
+    ``cut`` takes the region.
+    """
+
+    ranges: list[tuple[int, int]]
+    shape: tuple[int, ...]
+    cut: tuple[slice, ...]
+
+
+def _box_runs(block: tuple[int, ...], region: tuple[slice, ...], itemsize: int) -> _Runs:
+    """One byte range per contiguous run of ``region`` in a C-ordered block of shape ``block``."""
+    wanted = list(region)
+    cut = [slice(None)] * len(block)
+    last = wanted[-1]
+    if len(block) > 1 and (last.start, last.stop) != (0, block[-1]) and block[-1] <= _SHORT_DIM:
+        wanted[-1], cut[-1] = slice(0, block[-1]), last
+    # Dims the region covers whole, from the last inwards, lie back to back with the
+    # first partial one: together they are one run.
+    k = len(block) - 1
+    while k > 0 and (wanted[k].start, wanted[k].stop) == (0, block[k]):
+        k -= 1
+    strides = [itemsize * math.prod(block[i + 1 :]) for i in range(len(block))]
+    length = (wanted[k].stop - wanted[k].start) * strides[k]
+    first = wanted[k].start * strides[k]
+    outer = itertools.product(*(range(r.start, r.stop) for r in wanted[:k]))
+    ranges = [
+        (first + sum(i * st for i, st in zip(idx, strides, strict=False)), length) for idx in outer
+    ]
+    shape = tuple(r.stop - r.start for r in wanted)
+    return _Runs(ranges, shape, tuple(cut))
+
+
+def _place_raw(target: np.ndarray, dtype: str, runs: _Runs) -> _Place:
+    def place(views: Sequence[memoryview]) -> None:
+        data = views[0] if len(views) == 1 else b"".join(views)
+        target[...] = np.frombuffer(data, dtype).reshape(runs.shape)[runs.cut]
+
+    return place
+
+
+def _place_decoded(
+    dest: np.ndarray, layout: FileLayout, piece: SegmentPiece, samples: slice, where: str
+) -> _Place:
+    seg = layout.segments
+    assert seg is not None
+
+    def place(views: Sequence[memoryview]) -> None:
+        full, valid = seg.segment_shape(piece.segment)
+        try:
+            pixels = seg.codec.decode(views[0], full, valid, np.dtype(layout.dtype))
+            dest[...] = pixels[piece.rows, piece.cols, samples]
+        except Exception as exc:
+            raise TiffReadError(
+                f"{where} could not be decoded ({type(exc).__name__}: {exc}). The file may "
+                "be corrupt or truncated; check that tifffile.imread reads it."
+            ) from exc
+
+    return place
+
+
+def _region_view(out: np.ndarray, read: PageRead) -> np.ndarray:
+    """The part of a chunk that a page read fills, shaped as the page region."""
+    k = len(read.dest) - len(read.region)
+    return out[tuple(s.start for s in read.dest[:k]) + read.dest[k:]]

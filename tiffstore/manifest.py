@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .errors import LayoutMismatchError
+from .errors import LayoutMismatchError, TiffReadError
 from .layout import FileLayout, read_layout
 from .naming import Axis, Coordinate, NameGrid, axis_kind, understand_names
 from .sources import FileSource, SourceFile
@@ -176,10 +176,10 @@ class Manifest:
 
     def missing(self) -> list[dict[str, Any]]:
         """Axis values of the grid cells that have no file."""
-        cells = zip(*np.nonzero(self.file_index < 0), strict=True)
+        # argwhere, unlike nonzero, takes the 0-d grid of a single file.
         return [
             {a.name: _json_value(a.values[i]) for a, i in zip(self.name_axes, cell, strict=True)}
-            for cell in cells
+            for cell in np.argwhere(self.file_index < 0).tolist()
         ]
 
     def file_layout_of(self, file: int) -> FileLayout:
@@ -258,11 +258,11 @@ class Manifest:
                 complete = False
                 continue
             cell_dest = tuple(c - s for c, s in zip(cell, starts[:nn], strict=True))
-            storage_uncompressed = self.file_layout_of(file).storage != "tifffile"
+            raw = self.file_layout_of(file).raw_pages
             for lead in itertools.product(*lead_ranges):
                 page = int(np.ravel_multi_index(lead, layout.leading_shape)) if nl else 0
                 lead_dest = tuple(i - s for i, s in zip(lead, starts[nn : nn + nl], strict=True))
-                if whole_pages and storage_uncompressed:
+                if whole_pages and raw:
                     flat = (
                         np.ravel_multi_index(cell_dest + lead_dest, self.chunks[:nn] + chunk_lead)
                         if (nn + nl)
@@ -381,8 +381,10 @@ def resolve_chunks(
 
     ``None`` groups whole pages up to ``target_bytes`` (continuing across files
     along a spatial name axis next to the files' dims, such as 2-D planes named by
-    ``z``); ``"page"`` is one page; ``"file"`` one file; an int is that many pages;
-    a tuple gives every dim (``None`` or -1 for the whole dim).
+    ``z``); ``"page"`` is one page; ``"file"`` one file; ``"native"`` one of the
+    files' own strips or tiles (one page where pages are stored uncompressed and
+    whole); an int is that many pages; a tuple gives every dim (``None`` or -1 for
+    the whole dim).
     """
     name_shape = tuple(a.size for a in name_axes)
     shape = name_shape + layout.shape
@@ -405,6 +407,10 @@ def resolve_chunks(
         return tuple(out)
     if spec == "file":
         return (1,) * nn + tuple(max(n, 1) for n in layout.shape)
+    if spec == "native":
+        # Uncompressed whole pages are read as byte ranges: a page is their natural unit.
+        page = layout.page_shape if layout.raw_pages else layout.native_page_chunks()
+        return (1,) * (nn + nl) + tuple(max(n, 1) for n in page)
     if spec == "page":
         pages = 1
     elif spec is None or spec == "auto":
@@ -413,8 +419,8 @@ def resolve_chunks(
         pages = int(spec)
     else:
         raise ValueError(
-            f"chunks={spec!r} is not understood: use None, 'page', 'file', an int (pages "
-            "per chunk) or a tuple with one entry per dim."
+            f"chunks={spec!r} is not understood: use None, 'page', 'file', 'native', an int "
+            "(pages per chunk) or a tuple with one entry per dim."
         )
     lead: list[int] = []
     budget = pages
@@ -498,6 +504,15 @@ def _scan_layouts(
         for i, layout in zip(to_parse, parsed, strict=True):
             verified[i] = True
             assign(i, layout, None)
+    if validate:
+        for i, f in enumerate(files):
+            end = layouts[file_layout[i]].data_end
+            if end is not None and end > f.size:
+                raise TiffReadError(
+                    f"{source.url(f.name)}: file is truncated: its pixel data end at byte "
+                    f"{end} but the file holds {f.size} bytes. Was it still being written? "
+                    "Replace it, or open without validate=True to read the other files."
+                )
     return file_layout, layouts, signatures, verified
 
 
@@ -511,19 +526,12 @@ def _check_same_array(
     for i, k in enumerate(file_layout):
         other = layouts[k]
         if not first.same_array(other):
-            what = []
-            if first.shape != other.shape:
-                what.append(f"shape {first.shape} vs {other.shape}")
-            if first.dims != other.dims:
-                what.append(f"dims {first.dims} vs {other.dims}")
-            if first.dtype != other.dtype:
-                what.append(f"dtype {first.dtype} vs {other.dtype}")
             raise LayoutMismatchError(
                 "The files do not hold arrays of one shape and type, so they cannot be stacked:\n"
                 f"  {source.url(files[0].name)}: {first.describe()}\n"
                 f"  {source.url(files[i].name)}: {other.describe()}\n"
-                f"They differ in {'; '.join(what)}. Open each kind separately (a narrower glob "
-                "or a list of files)."
+                f"They differ in {'; '.join(first.differences(other))}. Open each kind "
+                "separately (a narrower glob or a list of files)."
             )
 
 
@@ -551,7 +559,8 @@ def build_manifest(
         Value for grid cells with no file (default 0).
     validate
         Parse every file's header now instead of trusting same-size files whose
-        header bytes match a parsed one.
+        header bytes match a parsed one, and check that each file holds all the
+        pixel data its header points to.
     workers
         Threads for header parsing.
     """
@@ -577,7 +586,9 @@ def build_manifest(
     if fill_value is None:
         fill_value = 0
     dtype = np.dtype(layout.dtype)
-    if not np.can_cast(np.min_scalar_type(fill_value), dtype, casting="same_kind"):
+    if dtype.kind == "b" and fill_value in (0, 1):
+        fill_value = bool(fill_value)  # bilevel images: Zarr wants true or false
+    elif not np.can_cast(np.min_scalar_type(fill_value), dtype, casting="same_kind"):
         raise ValueError(f"fill_value={fill_value!r} does not fit the files' dtype {dtype}.")
     manifest = Manifest(
         source=source,

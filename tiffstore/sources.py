@@ -61,6 +61,38 @@ class FileSource(ABC):
         self.read_into(name, offset, memoryview(buf))
         return buf
 
+    def read_many_into(self, name: str, requests: Sequence[tuple[int, memoryview]]) -> None:
+        """Fill each buffer with the file's bytes from its offset."""
+        for offset, out in requests:
+            self.read_into(name, offset, out)
+
+    def read_ranges(self, name: str, ranges: Sequence[tuple[int, int]]) -> list[memoryview]:
+        """Read ``(offset, length)`` ranges of one file; return their bytes in order.
+
+        Ranges that touch or overlap are read as one (strips and tiles are usually
+        written back to back), and no byte outside the ranges is read.
+        """
+        views = [memoryview(b"")] * len(ranges)
+        order = sorted(range(len(ranges)), key=lambda i: ranges[i][0])
+        requests: list[tuple[int, memoryview]] = []
+        k = 0
+        while k < len(order):
+            start = ranges[order[k]][0]
+            stop = start + ranges[order[k]][1]
+            j = k + 1
+            while j < len(order) and ranges[order[j]][0] <= stop:
+                stop = max(stop, ranges[order[j]][0] + ranges[order[j]][1])
+                j += 1
+            buf = memoryview(bytearray(stop - start))
+            requests.append((start, buf))
+            for i in order[k:j]:
+                offset, length = ranges[i]
+                views[i] = buf[offset - start : offset - start + length]
+            k = j
+        if requests:
+            self.read_many_into(name, requests)
+        return views
+
 
 @dataclass(frozen=True)
 class LocalSource(FileSource):
@@ -72,22 +104,27 @@ class LocalSource(FileSource):
         return str(Path(self.root) / name)
 
     def read_into(self, name: str, offset: int, out: memoryview) -> None:
+        self.read_many_into(name, [(offset, out)])
+
+    def read_many_into(self, name: str, requests: Sequence[tuple[int, memoryview]]) -> None:
+        # One open per call, not per range: a chunk of tiles reads many ranges.
         path = self.url(name)
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
             raise TiffReadError(f"{path}: cannot open ({exc.strerror}).") from exc
         try:
-            want = out.nbytes
-            got = os.preadv(fd, [out], offset)
-            while got < want:
-                n = os.preadv(fd, [out[got:]], offset + got)
-                if n == 0:
-                    raise TiffReadError(
-                        f"{path}: file is truncated: wanted bytes {offset}-{offset + want} "
-                        f"but it ends at {offset + got}. Was it still being written?"
-                    )
-                got += n
+            for offset, out in requests:
+                want = out.nbytes
+                got = os.preadv(fd, [out], offset)
+                while got < want:
+                    n = os.preadv(fd, [out[got:]], offset + got)
+                    if n == 0:
+                        raise TiffReadError(
+                            f"{path}: file is truncated: wanted bytes {offset}-{offset + want} "
+                            f"but it ends at {offset + got}. Was it still being written?"
+                        )
+                    got += n
         finally:
             os.close(fd)
 
