@@ -48,6 +48,22 @@ def test_metadata_documents(store, sample_dir):
     assert zattrs["_ARRAY_DIMENSIONS"] == ["ch", "stack", "z", "y", "x"]
 
 
+def test_byte_range_of_a_chunk_reads_only_that_range(store, sample_dir, monkeypatch):
+    lengths: list[int] = []
+    real = LocalSource.read_bytes
+
+    def counting(self, name, offset, length):
+        lengths.append(length)
+        return real(self, name, offset, length)
+
+    monkeypatch.setattr(LocalSource, "read_bytes", counting)
+    store.mapping["0.0.0.0.0"]  # first read of a file may check its header
+    lengths.clear()
+    got = _get(store, "0.1.2.0.0", RangeByteRequest(100, 164))
+    assert got == sample_dir[1][0, 1, 2].tobytes()[100:164]
+    assert lengths == [64]
+
+
 def test_get_chunk_and_each_byte_request(store, sample_dir):
     ref = sample_dir[1]
     full = _get(store, "2.3.4.0.0")
@@ -184,13 +200,19 @@ def test_one_plane_read_touches_one_file_and_one_plane_of_bytes(sample_dir, monk
     store = tiffstore.open(directory, chunks="page")
     plane_bytes = 32 * 24 * 2
     calls: list[tuple[str, int, int]] = []
-    real_read_into = LocalSource.read_into
+    real_read_many_into = LocalSource.read_many_into
+    real_read_bytes = LocalSource.read_bytes
 
-    def counting_read_into(self, name, offset, out):
-        calls.append((name, offset, out.nbytes))
-        return real_read_into(self, name, offset, out)
+    def counting_read_many_into(self, name, requests):
+        calls.extend((name, offset, out.nbytes) for offset, out in requests)
+        return real_read_many_into(self, name, requests)
 
-    monkeypatch.setattr(LocalSource, "read_into", counting_read_into)
+    def counting_read_bytes(self, name, offset, length):
+        calls.append((name, offset, length))
+        return real_read_bytes(self, name, offset, length)
+
+    monkeypatch.setattr(LocalSource, "read_many_into", counting_read_many_into)
+    monkeypatch.setattr(LocalSource, "read_bytes", counting_read_bytes)
     store.mapping["0.0.0.0.0"]  # warm up: metadata and any first-read header check
     calls.clear()
     io = psutil.Process().io_counters()

@@ -110,6 +110,56 @@ class ChunkReader:
             self._fill(file, self.layout_of(file), items)
         return out
 
+    def contiguous_location(self, index: Sequence[int]) -> tuple[int, int, int] | None:
+        """``(file, offset, nbytes)`` when chunk ``index`` is one uncompressed byte range.
+
+        That is the usual case (whole pages of one file, back to back); ``None``
+        for chunks that need assembling, decoding or filling.
+        """
+        m = self.manifest
+        plan = m.chunk_plan(index)
+        if not plan.complete or plan.reads or len(plan.runs) != 1:
+            return None
+        run = plan.runs[0]
+        layout = self.layout_of(run.file)
+        if not layout.raw_pages or run.dest:
+            return None
+        nbytes = layout.page_nbytes * run.n_pages
+        first = layout.page_offset(run.page)
+        last = layout.page_offset(run.page + run.n_pages - 1)
+        if first is None or last != first + nbytes - layout.page_nbytes:
+            return None
+        if nbytes != math.prod(plan.shape) * m.dtype.itemsize:
+            return None
+        return run.file, first, nbytes
+
+    def read_chunk_bytes(
+        self, index: Sequence[int], part: tuple[int, int] | None = None
+    ) -> bytes | memoryview | None:
+        """Chunk ``index`` as raw bytes (C order); ``None`` when no file contributes.
+
+        A chunk that is one uncompressed byte range is one ranged read (of only
+        ``part``, ``(start, stop)`` within the chunk, when given) into the returned
+        ``bytes``, with no further copy; any other chunk is assembled with
+        :meth:`read_chunk` and ``part`` cut from it.
+        """
+        where = self.contiguous_location(index)
+        if where is not None:
+            file, offset, nbytes = where
+            start, stop = (
+                (0, nbytes) if part is None else (min(part[0], nbytes), min(part[1], nbytes))
+            )
+            if stop <= start:
+                return b""
+            return self.manifest.source.read_bytes(
+                self.manifest.files[file], offset + start, stop - start
+            )
+        chunk = self.read_chunk(index)
+        if chunk is None:
+            return None
+        data = chunk.reshape(-1).view(np.uint8).data
+        return data if part is None else data[part[0] : part[1]]
+
     def _read_run(self, run: ByteRun, flat: np.ndarray) -> None:
         m = self.manifest
         layout = self.layout_of(run.file)

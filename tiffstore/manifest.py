@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -150,15 +151,15 @@ class Manifest:
         """The layout of the first file (all files share its shape, dtype and dims)."""
         return self.layouts[0]
 
-    @property
+    @cached_property
     def dims(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.name_axes) + self.file_dims
 
-    @property
+    @cached_property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.file_index.shape) + self.layout.shape
 
-    @property
+    @cached_property
     def dtype(self) -> np.dtype[Any]:
         return np.dtype(self.layout.dtype)
 
@@ -166,7 +167,7 @@ class Manifest:
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
 
-    @property
+    @cached_property
     def chunk_grid(self) -> tuple[int, ...]:
         return tuple(-(-s // c) for s, c in zip(self.shape, self.chunks, strict=True))
 
@@ -220,9 +221,8 @@ class Manifest:
         IndexError
             When ``index`` is outside the chunk grid.
         """
-        if len(index) != len(self.shape) or any(
-            not 0 <= i < g for i, g in zip(index, self.chunk_grid, strict=True)
-        ):
+        grid = self.chunk_grid
+        if len(index) != len(grid) or any(not 0 <= i < g for i, g in zip(index, grid, strict=True)):
             raise IndexError(f"chunk {tuple(index)} is outside the chunk grid {self.chunk_grid}")
         starts = [i * c for i, c in zip(index, self.chunks, strict=True)]
         stops = [min(s + c, n) for s, c, n in zip(starts, self.chunks, self.shape, strict=True)]
@@ -252,6 +252,10 @@ class Manifest:
         name_ranges = [range(s, e) for s, e in zip(starts[:nn], stops[:nn], strict=True)]
         chunk_lead = self.chunks[nn : nn + nl]
         page_bytes = math.prod(page_shape) * itemsize
+        # C-order strides, in pages, of a file's leading dims and of a chunk's
+        # name + leading dims (np.ravel_multi_index per page costs more than the read).
+        lead_strides = _strides(layout.leading_shape)
+        dest_strides = _strides(self.chunks[:nn] + chunk_lead)
         for cell in itertools.product(*name_ranges):
             file = int(self.file_index[cell]) if nn else 0
             if file < 0:
@@ -260,15 +264,13 @@ class Manifest:
             cell_dest = tuple(c - s for c, s in zip(cell, starts[:nn], strict=True))
             raw = self.file_layout_of(file).raw_pages
             for lead in itertools.product(*lead_ranges):
-                page = int(np.ravel_multi_index(lead, layout.leading_shape)) if nl else 0
+                page = sum(i * st for i, st in zip(lead, lead_strides, strict=True))
                 lead_dest = tuple(i - s for i, s in zip(lead, starts[nn : nn + nl], strict=True))
                 if whole_pages and raw:
-                    flat = (
-                        np.ravel_multi_index(cell_dest + lead_dest, self.chunks[:nn] + chunk_lead)
-                        if (nn + nl)
-                        else 0
+                    flat = sum(
+                        i * st for i, st in zip(cell_dest + lead_dest, dest_strides, strict=True)
                     )
-                    dest = int(flat) * page_bytes
+                    dest = flat * page_bytes
                     last = runs[-1] if runs else None
                     if (
                         last is not None
@@ -349,6 +351,14 @@ class Manifest:
                 "missing": missing[:max_missing],
             },
         }
+
+
+def _strides(shape: Sequence[int]) -> tuple[int, ...]:
+    """C-order strides, in items, of an array of ``shape``."""
+    out = [1] * len(shape)
+    for k in range(len(shape) - 2, -1, -1):
+        out[k] = out[k + 1] * shape[k + 1]
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------

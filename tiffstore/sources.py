@@ -61,6 +61,10 @@ class FileSource(ABC):
         self.read_into(name, offset, memoryview(buf))
         return buf
 
+    def read_bytes(self, name: str, offset: int, length: int) -> bytes:
+        """The file's bytes ``offset .. offset + length`` as one ``bytes`` object."""
+        return bytes(self.read(name, offset, length))
+
     def read_many_into(self, name: str, requests: Sequence[tuple[int, memoryview]]) -> None:
         """Fill each buffer with the file's bytes from its offset."""
         for offset, out in requests:
@@ -101,7 +105,24 @@ class LocalSource(FileSource):
     root: str
 
     def url(self, name: str) -> str:
-        return str(Path(self.root) / name)
+        # os.path.join, not pathlib: this runs once per chunk read.
+        return os.path.join(self.root, name)
+
+    def read_bytes(self, name: str, offset: int, length: int) -> bytes:
+        path = self.url(name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise TiffReadError(f"{path}: cannot open ({exc.strerror}).") from exc
+        try:
+            # os.pread allocates the bytes object and fills it: no second copy.
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        if len(data) < length:
+            rest = bytearray(data) + self.read(name, offset + len(data), length - len(data))
+            return bytes(rest)
+        return data
 
     def read_into(self, name: str, offset: int, out: memoryview) -> None:
         self.read_many_into(name, [(offset, out)])
