@@ -442,6 +442,12 @@ class CountingSource(LocalSource):
         super().read_many_into(name, requests)
         self.calls.extend((name, offset, out.nbytes) for offset, out in requests)
 
+    def read_bytes(self, name: str, offset: int, length: int) -> bytes:
+        self.fds.append(psutil.Process().num_fds())
+        data = super().read_bytes(name, offset, length)
+        self.calls.append((name, offset, length))
+        return data
+
 
 def _counting(directory: Path, **options) -> tuple[tiffstore.TiffStore, CountingSource]:
     """Open a folder as tiffstore.open does, reading through a counting source."""

@@ -475,13 +475,16 @@ def _scan_layouts(
     file_layout = [-1] * len(files)
     verified = np.zeros(len(files), dtype=bool)
 
-    def assign(i: int, layout: FileLayout, sig: bytes | None) -> None:
+    def assign(members: Sequence[int], layout: FileLayout, sig: bytes | None) -> None:
+        # Hashing a layout walks its offsets: do it once per group, not per file.
         key = (layout, sig)
         if key not in index:
             index[key] = len(layouts)
             layouts.append(layout)
             signatures.append(sig)
-        file_layout[i] = index[key]
+        k = index[key]
+        for i in members:
+            file_layout[i] = k
 
     refs = [members[0] for members in by_size.values()]
     ref_layouts = _parse_all(source, [files[i].name for i in refs], workers)
@@ -503,17 +506,16 @@ def _scan_layouts(
                 verified[sample] = True
             else:
                 sig = None
-        assign(ref, ref_layout, sig)
         if sig is None:
+            assign([ref], ref_layout, sig)
             to_parse.extend(members[1:])
         else:
-            for i in members[1:]:
-                assign(i, ref_layout, sig)
+            assign(members, ref_layout, sig)
     if to_parse:
         parsed = _parse_all(source, [files[i].name for i in to_parse], workers)
         for i, layout in zip(to_parse, parsed, strict=True):
             verified[i] = True
-            assign(i, layout, None)
+            assign([i], layout, None)
     if validate:
         for i, f in enumerate(files):
             end = layouts[file_layout[i]].data_end

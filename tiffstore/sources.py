@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from .errors import SourceError, TiffReadError
-from .naming import TIFF_SUFFIXES, natural_key, split_tokens
+from .naming import TIFF_SUFFIXES
 
 __all__ = ["FileSource", "FsspecSource", "LocalSource", "SourceFile", "resolve_source"]
 
@@ -34,10 +34,6 @@ class SourceFile:
 
 def _is_tiff(name: str) -> bool:
     return name.lower().endswith(TIFF_SUFFIXES)
-
-
-def _name_sort_key(name: str) -> tuple[tuple[int, int | str], ...]:
-    return tuple(natural_key(int(t) if t.isdigit() else t) for t in split_tokens(name))
 
 
 class FileSource(ABC):
@@ -313,7 +309,7 @@ def resolve_source(
     Returns
     -------
     (FileSource, list of SourceFile)
-        The reader for the root and the files below it, naturally sorted by name.
+        The reader for the root and the files below it, sorted by name.
     """
     if isinstance(source, (str, os.PathLike)):
         first: str | os.PathLike[str] = source
@@ -330,5 +326,7 @@ def resolve_source(
         if isinstance(source, str) and source.startswith("file://"):
             source = source[len("file://") :]
         reader, files = _resolve_local(source)
-    files.sort(key=lambda f: _name_sort_key(f.name))
+    # A plain sort, for a deterministic order: where each file belongs in the
+    # array comes from its name's parsed fields, never from this order.
+    files.sort(key=lambda f: f.name)
     return reader, files
