@@ -21,6 +21,7 @@ def open(
     fill_value: int | float | None = None,
     storage_options: dict[str, Any] | None = None,
     validate: bool = False,
+    tiles: str = "keep",
 ) -> TiffStore:
     """Open TIFF files as one virtual, read-only Zarr array.
 
@@ -50,6 +51,12 @@ def open(
         of the same size whose header bytes match a parsed file are trusted, and each is
         checked on its first read.
 
+    tiles
+        ``"keep"`` (default) leaves tile fields of the names (``000x_001y``) as axes of
+        their own, since tiles usually overlap and need registration. ``"stitch"``
+        places a non-overlapping grid of tiles side by side along ``x``/``y``/``z``,
+        and fails clearly when the positions do not tile.
+
     Returns
     -------
     TiffStore
@@ -64,6 +71,12 @@ def open(
     """
     reader, files = resolve_source(source, storage_options)
     manifest = build_manifest(
-        reader, files, pattern=pattern, chunks=chunks, fill_value=fill_value, validate=validate
+        reader,
+        files,
+        pattern=pattern,
+        chunks=chunks,
+        fill_value=fill_value,
+        validate=validate,
+        tiles=tiles,
     )
     return TiffStore(manifest)

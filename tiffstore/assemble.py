@@ -98,8 +98,8 @@ class ChunkReader:
         plan = m.chunk_plan(index)
         if plan.empty:
             return None
-        if out is None:
-            out = np.empty(plan.shape, dtype=m.dtype)
+        # The plan's shape has a length-1 dim for each stitched tile axis.
+        out = np.empty(plan.shape, m.dtype) if out is None else out.reshape(plan.shape)
         if not plan.complete:
             out.fill(m.fill_value)
         flat = out.reshape(-1).view(np.uint8)
@@ -108,7 +108,7 @@ class ChunkReader:
         for file, reads in itertools.groupby(plan.reads, key=attrgetter("file")):
             items = [(r.page, r.region, _region_view(out, r)) for r in reads]
             self._fill(file, self.layout_of(file), items)
-        return out
+        return out.reshape(m.chunks)
 
     def contiguous_location(self, index: Sequence[int]) -> tuple[int, int, int] | None:
         """``(file, offset, nbytes)`` when chunk ``index`` is one uncompressed byte range.

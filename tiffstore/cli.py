@@ -174,6 +174,7 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
         pattern=args.pattern,
         chunks=_parse_chunks(args.chunks),
         validate=args.validate,
+        tiles=args.tiles,
     )
     if args.json:
         report = inspect_report(store)
@@ -294,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--files", action="store_true", help="list every file with its place in the grid"
     )
     p.add_argument("--validate", action="store_true", help="parse every file's header now")
+    p.add_argument(
+        "--tiles",
+        choices=("keep", "stitch"),
+        default="keep",
+        help="keep tile fields (000x_001y) as axes, or stitch a non-overlapping grid",
+    )
     p.set_defaults(func=_cmd_inspect)
 
     d = sub.add_parser("demo", help="write sample data and show tiffstore at work")

@@ -141,14 +141,7 @@ class StoreKeys:
 
     def has_data(self, index: tuple[int, ...]) -> bool:
         """Whether any file contributes to the chunk (missing files' chunks are absent)."""
-        m = self.manifest
-        nn = m.n_name_dims
-        if not nn:
-            return True
-        cells = tuple(
-            slice(i * c, (i + 1) * c) for i, c in zip(index[:nn], m.chunks[:nn], strict=True)
-        )
-        return bool((m.file_index[cells] >= 0).any())
+        return self.manifest.chunk_has_data(index)
 
     def exists(self, key: str) -> bool:
         if key in self.documents or self.coordinate_chunk(key) is not None:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .errors import LayoutMismatchError, TiffReadError
+from .errors import LayoutMismatchError, NamingError, TiffReadError
 from .layout import FileLayout, read_layout
 from .naming import Axis, Coordinate, NameGrid, axis_kind, understand_names
 from .sources import FileSource, SourceFile
@@ -127,6 +127,9 @@ class Manifest:
         Coordinates from the names (besides each name axis's own values).
     template
         A template reproducing how the names were understood.
+    stitched
+        ``(name axis, file dim)`` pairs: tile axes from the names placed side by side
+        along the files' own dim (``tiles="stitch"``); they are not dims of the array.
     """
 
     source: FileSource
@@ -143,6 +146,7 @@ class Manifest:
     coords: tuple[Coordinate, ...] = ()
     template: str = ""
     file_sizes: tuple[int, ...] = field(default=())
+    stitched: tuple[tuple[int, int], ...] = ()
 
     # -- the array --------------------------------------------------------
 
@@ -152,12 +156,21 @@ class Manifest:
         return self.layouts[0]
 
     @cached_property
+    def array_axes(self) -> tuple[Axis, ...]:
+        """The name axes that are dims of the array (all but stitched tile axes)."""
+        folded = {k for k, _ in self.stitched}
+        return tuple(a for k, a in enumerate(self.name_axes) if k not in folded)
+
+    @cached_property
     def dims(self) -> tuple[str, ...]:
-        return tuple(a.name for a in self.name_axes) + self.file_dims
+        return tuple(a.name for a in self.array_axes) + self.file_dims
 
     @cached_property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.file_index.shape) + self.layout.shape
+        file_shape = list(self.layout.shape)
+        for k, d in self.stitched:
+            file_shape[d] *= self.name_axes[k].size
+        return tuple(a.size for a in self.array_axes) + tuple(file_shape)
 
     @cached_property
     def dtype(self) -> np.dtype[Any]:
@@ -173,7 +186,8 @@ class Manifest:
 
     @property
     def n_name_dims(self) -> int:
-        return len(self.name_axes)
+        """How many of the array's dims come from the names."""
+        return len(self.array_axes)
 
     def missing(self) -> list[dict[str, Any]]:
         """Axis values of the grid cells that have no file."""
@@ -206,6 +220,7 @@ class Manifest:
             and self.chunks == other.chunks
             and self.fill_value == other.fill_value
             and self.coords == other.coords
+            and self.stitched == other.stitched
         )
 
     def __hash__(self) -> int:
@@ -227,8 +242,9 @@ class Manifest:
         starts = [i * c for i, c in zip(index, self.chunks, strict=True)]
         stops = [min(s + c, n) for s, c, n in zip(starts, self.chunks, self.shape, strict=True)]
         complete = stops == [s + c for s, c in zip(starts, self.chunks, strict=True)]
+        starts, stops, chunks = self._unstitch(starts, stops)
 
-        nn = self.n_name_dims
+        nn = len(self.name_axes)
         layout = self.layout
         nl = len(layout.leading_shape)
         page_shape = layout.page_shape
@@ -237,9 +253,7 @@ class Manifest:
         p_starts, p_stops = starts[nn + nl :], stops[nn + nl :]
         whole_pages = all(
             s == 0 and e == n and c == n
-            for s, e, n, c in zip(
-                p_starts, p_stops, page_shape, self.chunks[nn + nl :], strict=True
-            )
+            for s, e, n, c in zip(p_starts, p_stops, page_shape, chunks[nn + nl :], strict=True)
         )
         region = tuple(slice(s, e) for s, e in zip(p_starts, p_stops, strict=True))
         region_dest = tuple(slice(0, e - s) for s, e in zip(p_starts, p_stops, strict=True))
@@ -250,12 +264,12 @@ class Manifest:
             range(s, e) for s, e in zip(starts[nn : nn + nl], stops[nn : nn + nl], strict=True)
         ]
         name_ranges = [range(s, e) for s, e in zip(starts[:nn], stops[:nn], strict=True)]
-        chunk_lead = self.chunks[nn : nn + nl]
+        chunk_lead = chunks[nn : nn + nl]
         page_bytes = math.prod(page_shape) * itemsize
         # C-order strides, in pages, of a file's leading dims and of a chunk's
         # name + leading dims (np.ravel_multi_index per page costs more than the read).
         lead_strides = _strides(layout.leading_shape)
-        dest_strides = _strides(self.chunks[:nn] + chunk_lead)
+        dest_strides = _strides(chunks[:nn] + chunk_lead)
         for cell in itertools.product(*name_ranges):
             file = int(self.file_index[cell]) if nn else 0
             if file < 0:
@@ -286,8 +300,54 @@ class Manifest:
                         tuple(slice(i, i + 1) for i in cell_dest + lead_dest) + region_dest
                     )
                     reads.append(PageRead(file, page, region, dest_slices))
-        chunk_shape = tuple(self.chunks)
-        return ChunkPlan(chunk_shape, tuple(runs), tuple(reads), complete)
+        return ChunkPlan(chunks, tuple(runs), tuple(reads), complete)
+
+    def _unstitch(
+        self, starts: list[int], stops: list[int]
+    ) -> tuple[list[int], list[int], tuple[int, ...]]:
+        """A chunk's bounds over every name axis + the file dims, and its chunk shape there.
+
+        Without stitched tiles these are the array's own. With them, a chunk lies in
+        one tile (chunks divide the tile size), which is its cell on the tile axes.
+        """
+        if not self.stitched:
+            return starts, stops, self.chunks
+        fold = dict(self.stitched)
+        nv = self.n_name_dims
+        extent = self.layout.shape
+        i_starts: list[int] = []
+        i_stops: list[int] = []
+        i_chunks: list[int] = []
+        v = 0
+        for k in range(len(self.name_axes)):
+            if k in fold:
+                tile = starts[nv + fold[k]] // extent[fold[k]]
+                i_starts.append(tile)
+                i_stops.append(tile + 1)
+                i_chunks.append(1)
+            else:
+                i_starts.append(starts[v])
+                i_stops.append(stops[v])
+                i_chunks.append(self.chunks[v])
+                v += 1
+        tiled = set(fold.values())
+        for d, n in enumerate(extent):
+            base = (starts[nv + d] // n) * n if d in tiled else 0
+            i_starts.append(starts[nv + d] - base)
+            i_stops.append(stops[nv + d] - base)
+            i_chunks.append(self.chunks[nv + d])
+        return i_starts, i_stops, tuple(i_chunks)
+
+    def chunk_has_data(self, index: Sequence[int]) -> bool:
+        """Whether any file contributes to chunk ``index`` (cheaper than a plan)."""
+        if not self.name_axes:
+            return True
+        starts = [i * c for i, c in zip(index, self.chunks, strict=True)]
+        stops = [min(s + c, n) for s, c, n in zip(starts, self.chunks, self.shape, strict=True)]
+        starts, stops, _ = self._unstitch(starts, stops)
+        nn = len(self.name_axes)
+        cells = tuple(slice(s, e) for s, e in zip(starts[:nn], stops[:nn], strict=True))
+        return bool((self.file_index[cells] >= 0).any())
 
     # -- metadata ---------------------------------------------------------
 
@@ -316,7 +376,7 @@ class Manifest:
         """
         axes: list[dict[str, Any]] = []
         coords: dict[str, dict[str, Any]] = {}
-        for a in self.name_axes:
+        for a in self.array_axes:
             values = [_json_value(v) for v in a.values]
             axes.append(
                 {"name": a.name, "kind": a.kind, "source": "name", "size": a.size, "values": values}
@@ -324,21 +384,33 @@ class Manifest:
             coords[a.name] = {"dims": [a.name], "values": values}
             if a.units:
                 coords[a.name]["units"] = a.units
-        for d, n in zip(self.file_dims, self.layout.shape, strict=True):
-            axes.append({"name": d, "kind": axis_kind(d), "source": "file", "size": n})
-        grid_shape = tuple(self.file_index.shape)
+        nv = self.n_name_dims
+        for d, name in enumerate(self.file_dims):
+            axes.append(
+                {
+                    "name": name,
+                    "kind": axis_kind(name),
+                    "source": "file",
+                    "size": self.shape[nv + d],
+                }
+            )
+        sizes = {a.name: a.size for a in self.name_axes}
+        tile_axes = {self.name_axes[k].name for k, _ in self.stitched}
+        tile_coords: dict[str, dict[str, Any]] = {}
         for c in self.coords:
-            shape = tuple(grid_shape[self.dims.index(d)] for d in c.dims)
+            shape = tuple(sizes[d] for d in c.dims)
             values = c.as_array(shape).tolist() if shape else list(c.values)
-            coords[c.name] = {"dims": list(c.dims), "values": values}
+            entry: dict[str, Any] = {"dims": list(c.dims), "values": values}
             if c.units:
-                coords[c.name]["units"] = c.units
+                entry["units"] = c.units
+            # A coordinate over tile axes has no dim of the stitched array to live on.
+            (tile_coords if tile_axes & set(c.dims) else coords)[c.name] = entry
         missing = self.missing()
         files: dict[str, Any] = {"count": len(self.files)}
         if len(self.files) <= max_files:
             names = [self.files[i] if i >= 0 else None for i in self.file_index.ravel().tolist()]
             files["names"] = names
-        return {
+        doc: dict[str, Any] = {
             "_ARRAY_DIMENSIONS": list(self.dims),
             "tiffstore": {
                 "version": __version__,
@@ -351,6 +423,18 @@ class Manifest:
                 "missing": missing[:max_missing],
             },
         }
+        if self.stitched:
+            doc["tiffstore"]["tiles"] = [
+                {
+                    "axis": self.name_axes[k].name,
+                    "into": self.file_dims[d],
+                    "tile_size": self.layout.shape[d],
+                    "values": [_json_value(v) for v in self.name_axes[k].values],
+                }
+                for k, d in self.stitched
+            ]
+            doc["tiffstore"]["tile_coords"] = tile_coords
+        return doc
 
 
 def _strides(shape: Sequence[int]) -> tuple[int, ...]:
@@ -444,6 +528,63 @@ def resolve_chunks(
     if spec != "page" and nl == 0 and nn and name_axes[-1].kind == "space":
         name_chunks[-1] = max(1, min(budget, name_shape[-1]))
     return tuple(name_chunks) + tuple(lead) + tuple(layout.page_shape)
+
+
+def _stitch_plan(
+    tiles: str, grid_axes: tuple[Axis, ...], layout: FileLayout
+) -> tuple[tuple[int, int], ...]:
+    """Which name axes ``tiles="stitch"`` folds into which file dims, checked to tile.
+
+    A name axis is a tile axis when its name (before any renaming) is ``x``, ``y``
+    or ``z`` and the files have that dim. Its values must be tile indices (steps of
+    1) or pixel offsets that step by exactly the files' size along the dim;
+    anything else means the tiles overlap or leave gaps and need registration.
+    """
+    if tiles == "keep":
+        return ()
+    if tiles != "stitch":
+        raise ValueError(f"tiles={tiles!r}: use 'keep' (tile axes stay axes) or 'stitch'.")
+    plan: list[tuple[int, int]] = []
+    for k, axis in enumerate(grid_axes):
+        name = axis.name.lower()
+        if name not in ("x", "y", "z") or name not in layout.dims:
+            continue
+        d = layout.dims.index(name)
+        size = layout.shape[d]
+        values = axis.values
+        if not all(isinstance(v, int) for v in values):
+            raise NamingError(
+                f"tiles='stitch': the {axis.name} tile values {list(values)[:5]} are not "
+                "numbers, so the tiles cannot be placed. Open with tiles='keep'."
+            )
+        steps = {int(b) - int(a) for a, b in itertools.pairwise(values)}
+        if steps and steps != {1} and steps != {size}:
+            raise NamingError(
+                f"tiles='stitch': the {axis.name} tile positions {list(values)[:6]} step by "
+                f"{sorted(steps)}, but each file is {size} pixels along {name}: the tiles "
+                "overlap or leave gaps and need registration, which tiffstore does not do. "
+                "Open with tiles='keep' to get each tile on its own axis."
+            )
+        plan.append((k, d))
+    if not plan:
+        logger.warning(
+            "tiles='stitch': no x/y/z field varies in the names, so there is nothing to stitch"
+        )
+    return tuple(plan)
+
+
+def _checked_chunks(
+    chunks: tuple[int, ...], stitched: tuple[tuple[int, int], ...], layout: FileLayout
+) -> tuple[int, ...]:
+    """Chunks must not straddle stitched tiles: along a tiled dim they divide the tile."""
+    nv = len(chunks) - len(layout.shape)
+    for _, d in stitched:
+        if layout.shape[d] % chunks[nv + d]:
+            raise ValueError(
+                f"chunks={chunks}: along the stitched {layout.dims[d]} dim a chunk must divide "
+                f"the tile size {layout.shape[d]}."
+            )
+    return chunks
 
 
 def _parse_all(source: FileSource, names: Sequence[str], workers: int) -> list[FileLayout]:
@@ -555,6 +696,7 @@ def build_manifest(
     chunks: ChunkSpec = None,
     fill_value: int | float | None = None,
     validate: bool = False,
+    tiles: str = "keep",
     workers: int = 16,
 ) -> Manifest:
     """Describe the virtual array that a list of TIFF files forms.
@@ -569,6 +711,10 @@ def build_manifest(
         Chunk request (see :func:`resolve_chunks`).
     fill_value
         Value for grid cells with no file (default 0).
+    tiles
+        ``"keep"``: tile axes from the names (``x``, ``y``, ``z`` fields) stay axes of
+        their own (tiles usually overlap and need registration). ``"stitch"``: place a
+        non-overlapping grid of tiles side by side along the files' own dims.
     validate
         Parse every file's header now instead of trusting same-size files whose
         header bytes match a parsed one, and check that each file holds all the
@@ -581,6 +727,7 @@ def build_manifest(
     file_layout, layouts, signatures, verified = _scan_layouts(source, files, validate, workers)
     _check_same_array(source, files, file_layout, layouts)
     layout = layouts[file_layout[0]]
+    stitched = _stitch_plan(tiles, grid.axes, layout)
     name_axes = _rename_collisions(grid.axes, layout.dims)
     renamed = {a.name: b.name for a, b in zip(grid.axes, name_axes, strict=True)}
     coords = tuple(
@@ -592,6 +739,8 @@ def build_manifest(
         )
         for c in grid.coords
     )
+    folded = {k for k, _ in stitched}
+    array_axes = tuple(a for k, a in enumerate(name_axes) if k not in folded)
     # The first layout must be the first file's: it speaks for all of them.
     order = sorted(range(len(layouts)), key=lambda k: file_layout.index(k))
     remap = {old: new for new, old in enumerate(order)}
@@ -612,11 +761,12 @@ def build_manifest(
         verified=verified,
         name_axes=name_axes,
         file_dims=layout.dims,
-        chunks=resolve_chunks(chunks, name_axes, layout),
+        chunks=_checked_chunks(resolve_chunks(chunks, array_axes, layout), stitched, layout),
         fill_value=fill_value,
         coords=coords,
         template=grid.template,
         file_sizes=tuple(f.size for f in files),
+        stitched=stitched,
     )
     logger.info(
         "%d files -> array %s %s of dims %s, chunks %s",
