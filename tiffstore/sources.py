@@ -104,17 +104,23 @@ class LocalSource(FileSource):
         # os.path.join, not pathlib: this runs once per chunk read.
         return os.path.join(self.root, name)
 
-    def read_bytes(self, name: str, offset: int, length: int) -> bytes:
+    @contextmanager
+    def _descriptor(self, name: str) -> Iterator[tuple[int, str]]:
+        """An OS file descriptor for one call's reads, closed right after them."""
         path = self.url(name)
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
             raise TiffReadError(f"{path}: cannot open ({exc.strerror}).") from exc
         try:
-            # os.pread allocates the bytes object and fills it: no second copy.
-            data = os.pread(fd, length, offset)
+            yield fd, path
         finally:
             os.close(fd)
+
+    def read_bytes(self, name: str, offset: int, length: int) -> bytes:
+        with self._descriptor(name) as (fd, _):
+            # os.pread allocates the bytes object and fills it: no second copy.
+            data = os.pread(fd, length, offset)
         if len(data) < length:
             rest = bytearray(data) + self.read(name, offset + len(data), length - len(data))
             return bytes(rest)
@@ -125,12 +131,7 @@ class LocalSource(FileSource):
 
     def read_many_into(self, name: str, requests: Sequence[tuple[int, memoryview]]) -> None:
         # One open per call, not per range: a chunk of tiles reads many ranges.
-        path = self.url(name)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:
-            raise TiffReadError(f"{path}: cannot open ({exc.strerror}).") from exc
-        try:
+        with self._descriptor(name) as (fd, path):
             for offset, out in requests:
                 want = out.nbytes
                 got = os.preadv(fd, [out], offset)
@@ -142,8 +143,6 @@ class LocalSource(FileSource):
                             f"but it ends at {offset + got}. Was it still being written?"
                         )
                     got += n
-        finally:
-            os.close(fd)
 
     @contextmanager
     def open(self, name: str) -> Iterator[IO[bytes]]:

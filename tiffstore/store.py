@@ -210,14 +210,11 @@ class TiffStore(Store):
         byte_range: ByteRequest | None = None,
     ) -> Buffer | None:
         # docstring inherited
-        prototype = prototype or default_buffer_prototype()
-        if key in self._keys.documents:
+        if key in self._keys.documents or self._keys.chunk_nbytes() <= self.inline_read_bytes:
+            # Metadata, or a read that costs less than the hop to a worker thread.
             return self.get_sync(key, prototype=prototype, byte_range=byte_range)
-        if self._keys.chunk_nbytes() <= self.inline_read_bytes:
-            # A small read costs less than the hop to a worker thread and back.
-            data = self._get_value(key, byte_range)
-        else:
-            data = await asyncio.to_thread(self._get_value, key, byte_range)
+        prototype = prototype or default_buffer_prototype()
+        data = await asyncio.to_thread(self._get_value, key, byte_range)
         return None if data is None else prototype.buffer.from_bytes(data)
 
     async def get_partial_values(
