@@ -1,0 +1,1 @@
+"""tiffstore's benchmark suite: run ``python benchmarks/run.py`` (see ``--help``)."""

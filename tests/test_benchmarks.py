@@ -1,0 +1,70 @@
+"""The benchmark suite still runs: ``benchmarks/run.py --quick`` on tiny data, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Rows that need nothing beyond tiffstore's own dependencies, so every run has them.
+EXPECTED = [
+    "full/copy_limit",
+    "sum/read_sum_limit",
+    "plane/pread",
+    "plane/zarr_memory",
+    "full/tiffstore",
+    "sum/tiffstore",
+    "zarr/tiffstore",
+    "plane/tiffstore_default",
+    "plane/tiffstore_page_mapping",
+    "plane/tiffstore_page",
+    "compressed/decode_limit",
+    "compressed/tiffstore",
+    "compressed/recipe",
+    "compressed/tifffile",
+    "full/recipe",
+    "full/tifffile",
+]
+PEERS = ["recipe", "tifffile", "dask_image", "kerchunk", "virtualizarr"]
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Results\n<!-- results: begin -->\nold\n<!-- results: end -->\nafter\n")
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/run.py", "--quick", "--out", str(out), "--docs", str(docs)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    rows = {r["key"]: r for r in doc["rows"]}
+
+    for key in EXPECTED:
+        assert key in rows, f"missing row {key}"
+        assert rows[key]["error"] is None, f"{key}: {rows[key]['error']}"
+        assert rows[key]["figure"] > 0, key
+    # Every peer has its rows, with a figure or the reason it has none.
+    for peer in PEERS:
+        for case in ("full", "sum", "plane"):
+            row = rows[f"{case}/{peer}"]
+            assert (row["figure"] or 0) > 0 or row["error"], row
+    # Ratios are filled in against the limits, and the open and scaling groups ran.
+    assert rows["full/tiffstore"]["ratio_to_limit"] > 0
+    assert any(k.startswith("open/") and k.endswith("/tiffstore") for k in rows)
+    assert any(k.startswith("scaling/") for k in rows)
+    assert {t["name"] for t in doc["targets"]} >= {"full read >= 0.6 of the copy limit"}
+    assert doc["machine"]["cores"] >= 1
+    # The table was printed, and the docs section replaced, keeping what is around it.
+    assert "tiffstore benchmarks" in proc.stdout
+    text = docs.read_text()
+    assert "old" not in text and "after" in text and "| case |" in text
