@@ -117,19 +117,21 @@ class ChunkReader:
         for chunks that need assembling, decoding or filling.
         """
         m = self.manifest
-        plan = m.chunk_plan(index)
-        if not plan.complete or plan.reads or len(plan.runs) != 1:
-            return None
-        run = plan.runs[0]
+        run = m.page_run(index)
+        if run is None:
+            plan = m.chunk_plan(index)
+            if not plan.complete or plan.reads or len(plan.runs) != 1 or plan.runs[0].dest:
+                return None
+            run = plan.runs[0]
         layout = self.layout_of(run.file)
-        if not layout.raw_pages or run.dest:
+        if not layout.raw_pages:
             return None
         nbytes = layout.page_nbytes * run.n_pages
         first = layout.page_offset(run.page)
         last = layout.page_offset(run.page + run.n_pages - 1)
         if first is None or last != first + nbytes - layout.page_nbytes:
             return None
-        if nbytes != math.prod(plan.shape) * m.dtype.itemsize:
+        if nbytes != math.prod(m.chunks) * m.dtype.itemsize:
             return None
         return run.file, first, nbytes
 

@@ -302,6 +302,49 @@ class Manifest:
                     reads.append(PageRead(file, page, region, dest_slices))
         return ChunkPlan(chunks, tuple(runs), tuple(reads), complete)
 
+    @cached_property
+    def _page_run_geometry(self) -> tuple[int, int] | None:
+        """``(name dims, leading dims)`` when every chunk is whole pages of one file,
+        back to back in page order; ``None`` when chunks can be anything else."""
+        nn, layout = self.n_name_dims, self.layout
+        nl = len(layout.leading_shape)
+        if self.stitched or any(c != 1 for c in self.chunks[:nn]):
+            return None
+        if self.chunks[nn + nl :] != layout.page_shape:
+            return None
+        # Leading dims: whole from some dim inwards, one index outside it.
+        lead, sizes = self.chunks[nn : nn + nl], layout.leading_shape
+        k = nl
+        while k > 0 and lead[k - 1] == sizes[k - 1]:
+            k -= 1
+        if any(c != 1 for c in lead[: max(k - 1, 0)]):
+            return None
+        return nn, nl
+
+    def page_run(self, index: Sequence[int]) -> ByteRun | None:
+        """Chunk ``index`` as one run of whole pages of one file, when it is one.
+
+        The fast path of :meth:`chunk_plan` for the usual chunks (whole pages of one
+        file, inside the array): a few integer operations instead of a plan.
+        """
+        geometry = self._page_run_geometry
+        if geometry is None:
+            return None
+        nn, nl = geometry
+        grid = self.chunk_grid
+        if len(index) != len(grid) or any(not 0 <= i < g for i, g in zip(index, grid, strict=True)):
+            return None
+        file = int(self.file_index[tuple(index[:nn])]) if nn else 0
+        if file < 0:
+            return None
+        lead = self.chunks[nn : nn + nl]
+        sizes = self.layout.leading_shape
+        starts = [i * c for i, c in zip(index[nn : nn + nl], lead, strict=True)]
+        if any(s + c > n for s, c, n in zip(starts, lead, sizes, strict=True)):
+            return None  # an edge chunk: padded, so not one run
+        page = sum(s * st for s, st in zip(starts, _strides(sizes), strict=True))
+        return ByteRun(file, page, math.prod(lead), 0)
+
     def _unstitch(
         self, starts: list[int], stops: list[int]
     ) -> tuple[list[int], list[int], tuple[int, ...]]:
