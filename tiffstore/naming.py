@@ -33,6 +33,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -170,6 +171,30 @@ def strip_tiff_suffix(name: str) -> str:
     return name
 
 
+def _strip_suffixes(names: Sequence[str]) -> list[str]:
+    """:func:`strip_tiff_suffix` of every name, worked out once per distinct ending."""
+    cut: dict[str, int] = {}
+    stems = []
+    for name in names:
+        tail = name[-9:]  # as long as the longest suffix
+        k = cut.get(tail)
+        if k is None:
+            k = len(tail) - len(strip_tiff_suffix(tail)) if tail.isascii() else -1
+            cut[tail] = k
+        stems.append(name[: len(name) - k] if k >= 0 else strip_tiff_suffix(name))
+    return stems
+
+
+def _all_int(values: Sequence[Any]) -> bool:
+    """``all(isinstance(v, int) for v in values)``, one check per type."""
+    return all(issubclass(t, int) for t in set(map(type, values)))
+
+
+def _is_constant(col: Sequence[Any]) -> bool:
+    """Whether every value equals the first (faster than a set of 100,000 names)."""
+    return not col or col.count(col[0]) == len(col)
+
+
 def split_tokens(stem: str) -> list[str]:
     """Split a name into runs of digits, letters and separators; UUIDs and date-times stay whole.
 
@@ -249,14 +274,26 @@ class NameField:
 
     @cached_property
     def numeric(self) -> bool:
-        return all(isinstance(v, int) for v in self.values)
+        return _all_int(self.values)
 
     @cached_property
     def distinct(self) -> list[Value]:
+        if self.numeric:
+            # Integers sort by value under either key: no Python key per value.
+            return sorted(set(self.values))
         key = _plate_key if self.label in ("row", "well") else natural_key
         return sorted(set(self.values), key=key)
 
+    @cached_property
+    def _coded(self) -> tuple[np.ndarray, int]:
+        """:func:`_codes` of the values, worked out once."""
+        return _codes(self.values)
+
     def counting_score(self) -> int:
+        return self._counting_score
+
+    @cached_property
+    def _counting_score(self) -> int:
         """How much this field looks like a counter rather than a measurement.
 
         Counters are small integers from 0 or 1 in steps of one, often labelled
@@ -274,7 +311,7 @@ class NameField:
         if self.units:
             score -= 3
         ints = [int(v) for v in self.distinct]
-        steps = {b - a for a, b in itertools.pairwise(ints)}
+        steps = set(map(operator.sub, ints[1:], ints[:-1]))
         if len(steps) == 1:
             score += 2 if steps == {1} else 1
         if ints[0] in (0, 1):
@@ -430,17 +467,32 @@ def _align_like_first(stems: Sequence[str]) -> _Columns | None:
     """
     tokens = split_tokens(stems[0])
     kinds = [_token_kind(t) for t in tokens]
-    regex = re.compile("".join(_KIND_GROUPS.get(k, r"([\W_]+)") for k in kinds))
     n_atoms = kinds.count("x")
-    matches = [regex.fullmatch(s) for s in stems]
+    # A separator that differs means the names are cut one by one, so without
+    # UUIDs or date-times (where the groups could cut a name several ways) the
+    # separators are matched as the first name's text and not captured: fewer groups,
+    # and a name whose separators differ does not match. On ASCII names (the usual
+    # case) re.ASCII gives the same classes, faster.
+    literal = n_atoms == 0
+    flags = re.ASCII if all(map(str.isascii, stems)) else 0
+    regex = re.compile(
+        "".join(
+            _KIND_GROUPS[k] if k[0] != "s" else re.escape(k[1:]) if literal else r"([\W_]+)"
+            for k in kinds
+        ),
+        flags,
+    )
+    matches = list(map(regex.fullmatch, stems))
     if not all(matches):
         return None
     # Names whose first holds a UUID or date-time: check the others hold as many
     # whole ones, not a shape the groups could also cut into numbers and words.
     if n_atoms and any(len(_ATOM_RE.findall(s)) != n_atoms for s in stems):
         return None
-    columns = list(zip(*(m.groups() for m in matches if m), strict=True))
-    if any(k[0] == "s" and len(set(c)) > 1 for k, c in zip(kinds, columns, strict=True)):
+    n = len(stems)
+    captured = iter(zip(*(m.groups() for m in matches if m), strict=True))
+    columns = [(k[1:],) * n if literal and k[0] == "s" else next(captured) for k in kinds]
+    if any(k[0] == "s" and not _is_constant(c) for k, c in zip(kinds, columns, strict=True)):
         return None  # a separator that differs: cut the names one by one
     return _split_lettered(columns, kinds)
 
@@ -489,12 +541,13 @@ def _split_lettered(columns: list[tuple[str, ...]], kinds: list[str]) -> _Column
     out_kinds: list[str] = []
     for col, kind in zip(columns, kinds, strict=True):
         stem = ""
-        if kind == "a" and len(set(col)) > 1:
-            stem = min(col)
-            for v in col:
+        distinct = set(col) if kind == "a" and not _is_constant(col) else ()
+        if len(distinct) > 1:
+            stem = min(distinct)
+            for v in distinct:
                 while not v.startswith(stem):
                     stem = stem[:-1]
-        if len(stem) >= 2 and all(0 < len(v) - len(stem) <= 2 for v in col):
+        if len(stem) >= 2 and all(0 < len(v) - len(stem) <= 2 for v in distinct):
             out_columns += [(stem,) * len(col), tuple(v[len(stem) :] for v in col)]
             out_kinds += ["a", "a"]
         else:
@@ -508,8 +561,12 @@ def _split_lettered(columns: list[tuple[str, ...]], kinds: list[str]) -> _Column
 
 
 def _parse_values(texts: Sequence[str]) -> tuple[Value, ...]:
-    if all(t.isdigit() for t in texts):
-        return tuple(int(t) for t in texts)
+    distinct = set(texts)
+    if all(map(str.isdigit, distinct)):
+        if 4 * len(distinct) < len(texts):
+            number = {t: int(t) for t in distinct}
+            return tuple(map(number.__getitem__, texts))
+        return tuple(map(int, texts))
     return tuple(texts)
 
 
@@ -533,12 +590,12 @@ def _label_of(cols: _Columns, i: int, numeric: bool) -> str | None:
     columns, kinds = cols.columns, cols.kinds
 
     def constant_word(j: int) -> str | None:
-        if 0 <= j < len(columns) and kinds[j] == "a" and len(set(columns[j])) == 1:
+        if 0 <= j < len(columns) and kinds[j] == "a" and _is_constant(columns[j]):
             return columns[j][0]
         return None
 
     def constant_sep(j: int) -> bool:
-        return 0 <= j < len(columns) and kinds[j][0] == "s" and len(set(columns[j])) == 1
+        return 0 <= j < len(columns) and kinds[j][0] == "s" and _is_constant(columns[j])
 
     if (word := constant_word(i - 1)) is not None:
         return word
@@ -585,10 +642,10 @@ def _convention_names(stems: Sequence[str], cols: _Columns) -> dict[int, str]:
 
 def _fields_from_names(names: Sequence[str]) -> tuple[list[NameField], _Columns]:
     """Split names into aligned parts and return the varying ones as named fields."""
-    stems = [strip_tiff_suffix(n) for n in names]
+    stems = _strip_suffixes(names)
     cols = _align(names, stems)
     columns, kinds = cols.columns, cols.kinds
-    varying = [len(set(col)) > 1 for col in columns]
+    varying = [not _is_constant(col) for col in columns]
     convention = _convention_names(stems, cols)
     wells = _well_parts(cols, varying)
 
@@ -596,7 +653,7 @@ def _fields_from_names(names: Sequence[str]) -> tuple[list[NameField], _Columns]
     found: list[tuple[int, str, tuple[Value, ...], str | None, str | None, Role, int]] = []
     for k, i in enumerate(i for i, v in enumerate(varying) if v):
         values = _parse_values(columns[i])
-        numeric = all(isinstance(v, int) for v in values)
+        numeric = _all_int(values)
         label = _label_of(cols, i, numeric)
         units: str | None = None
         role: Role = "auto"
@@ -781,7 +838,7 @@ def _fields_table(fields: Sequence[NameField]) -> str:
 
 def _codes(values: Sequence[Value]) -> tuple[np.ndarray, int]:
     """Integer code of each value and the number of distinct values."""
-    if all(isinstance(v, int) for v in values):
+    if _all_int(values):
         # np.unique sorts in C: ~20x faster than a dict over 100,000 names.
         distinct, codes = np.unique(np.fromiter(values, np.int64, len(values)), return_inverse=True)
         return codes.astype(np.int64), len(distinct)
@@ -791,23 +848,33 @@ def _codes(values: Sequence[Value]) -> tuple[np.ndarray, int]:
 
 
 def _combined(codes: Sequence[tuple[np.ndarray, int]], n: int) -> np.ndarray:
+    """Dense codes (0 .. k-1, every one used, in mixed-radix order) of the value tuples."""
     key = np.zeros(n, dtype=np.int64)
+    bound = 1
     for c, card in codes:
+        if bound * card >= 2**62:
+            # Re-compress so the mixed-radix key never overflows on many fields.
+            uniq, key = np.unique(key, return_inverse=True)
+            key, bound = key.astype(np.int64).reshape(-1), len(uniq)
         key = key * card + c
-        # Re-compress so the mixed-radix key never overflows on many fields.
-        _, key = np.unique(key, return_inverse=True)
-        key = key.astype(np.int64)
-    return key
+        bound *= card
+    _, key = np.unique(key, return_inverse=True)
+    return key.astype(np.int64).reshape(-1)
 
 
 def _determines(det: np.ndarray, dep: np.ndarray) -> bool:
     """True where each value of ``det`` comes with one value of ``dep`` (codes from 0)."""
-    pairs = det * (int(dep.max()) + 1) + dep
-    return len(np.unique(pairs)) == len(np.unique(det))
+    if len(det) == 0:
+        return True
+    # One pass, no sort: keep one ``dep`` per ``det`` value, then compare all.
+    seen = np.empty(int(det.max()) + 1, dtype=dep.dtype)
+    seen[det] = dep
+    return bool(np.array_equal(seen[det], dep))
 
 
 def _is_key(key: np.ndarray) -> bool:
-    return len(np.unique(key)) == len(key)
+    """Whether dense codes (from :func:`_combined`) tell every file apart."""
+    return len(key) == 0 or int(key.max()) + 1 == len(key)
 
 
 def _rank(f: NameField) -> tuple[bool, bool, bool, bool, int]:
@@ -846,7 +913,7 @@ def _same_order(a: NameField, b: NameField) -> bool:
 def _tie_classes(fields: list[NameField]) -> list[_Class]:
     classes: list[_Class] = []
     for f in fields:
-        codes, card = _codes(f.values)
+        codes, card = f._coded
         for cls in classes:
             if cls.card == card and _determines(cls.codes, codes) and _determines(codes, cls.codes):
                 cls.members.append(f)
@@ -957,7 +1024,7 @@ def _coordinate(f: NameField, axes: list[_Class], index: list[np.ndarray]) -> Co
 
     ``index[k]`` holds every file's position along ``axes[k]``.
     """
-    codes, _ = _codes(f.values)
+    codes, _ = f._coded
     n = len(codes)
     for size in range(1, len(axes) + 1):
         for subset in itertools.combinations(range(len(axes)), size):
@@ -1042,8 +1109,12 @@ def understand_names(names: Sequence[str], pattern: str | None = None) -> NameGr
     for c in chosen:
         rep = c.rep
         distinct = rep.distinct
-        order = {v: i for i, v in enumerate(distinct)}
-        index.append(np.fromiter((order[v] for v in rep.values), np.int64, n))
+        if rep.numeric:
+            # Integer codes come from np.unique: already the sorted order.
+            index.append(rep._coded[0])
+        else:
+            order = {v: i for i, v in enumerate(distinct)}
+            index.append(np.fromiter(map(order.__getitem__, rep.values), np.int64, n))
         kind = axis_kind(rep.label or rep.name)
         axes.append(Axis(rep.name, kind, tuple(distinct), rep.label, rep.units))
     positions = tuple(zip(*(i.tolist() for i in index), strict=True))

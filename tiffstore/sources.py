@@ -197,17 +197,21 @@ class FsspecSource(FileSource):
 
 def _walk_local(root: Path) -> list[SourceFile]:
     found: list[SourceFile] = []
-    stack = [(root, "")]
+    append = found.append
+    stack: list[tuple[str | Path, str]] = [(root, "")]
     while stack:
         folder, prefix = stack.pop()
         with os.scandir(folder) as it:
             for entry in it:
-                if entry.name.startswith("."):
+                name = entry.name
+                if name[0] == ".":
                     continue
-                if entry.is_dir():
-                    stack.append((Path(entry.path), f"{prefix}{entry.name}/"))
-                elif _is_tiff(entry.name) and entry.is_file():
-                    found.append(SourceFile(prefix + entry.name, entry.stat().st_size))
+                # The suffix first: most entries are TIFF files, and a directory
+                # named like one is caught by is_file (from d_type: no syscall).
+                if name.lower().endswith(TIFF_SUFFIXES) and entry.is_file():
+                    append(SourceFile(prefix + name, entry.stat().st_size))
+                elif entry.is_dir():
+                    stack.append((entry.path, f"{prefix}{name}/"))
     return found
 
 
