@@ -16,12 +16,12 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from operator import attrgetter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .errors import LayoutMismatchError, TiffReadError
-from .layout import FileLayout, SegmentPiece, read_layout, read_pages_with_tifffile
+from .layout import FileLayout, SegmentPiece, Segments, read_layout, read_pages_with_tifffile
 from .manifest import ByteRun, Manifest, PageRead
 
 __all__ = ["ChunkReader"]
@@ -232,31 +232,44 @@ class ChunkReader:
         """Add the byte ranges of the strips or tiles a page region overlaps, and how to place them."""
         seg = layout.segments
         assert seg is not None
-        itemsize = np.dtype(layout.dtype).itemsize
+        dtype = np.dtype(layout.dtype)
+        itemsize = dtype.itemsize
+        codec = seg.codec
         kind = "strip" if seg.segment[1] == seg.image[1] else "tile"
+        prefix = f"{self.manifest.url(file)}: page {page}, {kind}"
         region4 = seg.normalize(region)
         target4 = seg.normalized_view(target)
+        samples = region4[3]
+        # What is per page, not per segment: segments whose valid part is all of their
+        # destination, itself a C-contiguous block of the file's dtype, decode straight
+        # into it.
+        direct = (
+            codec.decodes_into
+            and target4.dtype == dtype
+            and (samples.start, samples.stop) == (0, seg.contig_samples)
+        )
+        full = (*seg.segment, seg.contig_samples)
+        counts = seg.bytecounts[page]
+        offsets = seg.offsets[page]
         for piece in seg.pieces(region4):
             dest = target4[piece.dest]
-            count = int(seg.bytecounts[page, piece.segment])
-            offset = int(seg.offsets[page, piece.segment])
-            where = f"{self.manifest.url(file)}: page {page}, {kind} {piece.segment}"
+            count = int(counts[piece.segment])
+            offset = int(offsets[piece.segment])
             if count == 0:
                 dest[...] = 0  # a segment never written reads as zeros, as in tifffile
-            elif seg.codec.raw:
+            elif codec.raw:
                 # Uncompressed: read only the rows (or row parts) wanted.
-                full, _valid = seg.segment_shape(piece.segment)
-                runs = _box_runs(full, (piece.rows, piece.cols, region4[3]), itemsize)
+                runs = _box_runs(full, (piece.rows, piece.cols, samples), itemsize)
                 if max(o + n for o, n in runs.ranges) > count:
                     raise TiffReadError(
-                        f"{where} holds {count} bytes, too few for its pixels. The file is "
-                        "corrupt; rewrite it."
+                        f"{prefix} {piece.segment} holds {count} bytes, too few for its "
+                        "pixels. The file is corrupt; rewrite it."
                     )
                 ranges += [(offset + o, n) for o, n in runs.ranges]
                 places.append((len(runs.ranges), _place_raw(dest, layout.dtype, runs)))
             else:
                 ranges.append((offset, count))
-                places.append((1, _place_decoded(dest, layout, piece, region4[3], where)))
+                places.append((1, _place_decoded(dest, seg, dtype, piece, samples, prefix, direct)))
 
 
 _RegionRead = tuple[int, tuple[slice, ...], np.ndarray]
@@ -314,20 +327,36 @@ def _place_raw(target: np.ndarray, dtype: str, runs: _Runs) -> _Place:
 
 
 def _place_decoded(
-    dest: np.ndarray, layout: FileLayout, piece: SegmentPiece, samples: slice, where: str
+    dest: np.ndarray,
+    seg: Segments,
+    dtype: np.dtype[Any],
+    piece: SegmentPiece,
+    samples: slice,
+    prefix: str,
+    direct: bool = False,
 ) -> _Place:
-    seg = layout.segments
-    assert seg is not None
+    """Decode a segment into ``dest``: straight into it when ``direct`` and it fits."""
+    full, valid = seg.segment_shape(piece.segment)
+    into = (
+        direct
+        and (piece.rows.start, piece.rows.stop, piece.cols.start, piece.cols.stop)
+        == (0, valid[0], 0, valid[1])
+        and valid[1] == full[1]  # a tile padded across does not decode row for row
+        and dest.flags.c_contiguous
+        and dest.flags.writeable
+    )
+    codec = seg.codec
 
     def place(views: Sequence[memoryview]) -> None:
-        full, valid = seg.segment_shape(piece.segment)
         try:
-            pixels = seg.codec.decode(views[0], full, valid, np.dtype(layout.dtype))
+            if into and codec.decode_into(views[0], dest):
+                return
+            pixels = codec.decode(views[0], full, valid, dtype)
             dest[...] = pixels[piece.rows, piece.cols, samples]
         except Exception as exc:
             raise TiffReadError(
-                f"{where} could not be decoded ({type(exc).__name__}: {exc}). The file may "
-                "be corrupt or truncated; check that tifffile.imread reads it."
+                f"{prefix} {piece.segment} could not be decoded ({type(exc).__name__}: {exc}). "
+                "The file may be corrupt or truncated; check that tifffile.imread reads it."
             ) from exc
 
     return place

@@ -180,6 +180,39 @@ class SegmentCodec:
                 arr = np.asarray(unpredict.decode(arr)).reshape(arr.shape)
         return arr
 
+    @property
+    def decodes_into(self) -> bool:
+        """Whether :meth:`decode_into` can decode segments straight into their destination."""
+        return (
+            bool(self.compressor)
+            and not self.image
+            and self.predictor in (None, "imagecodecs_delta")
+        )
+
+    def decode_into(self, data: bytes | memoryview, dest: np.ndarray) -> bool:
+        """Decode one segment straight into ``dest``, its valid part; ``False`` if it does not fit.
+
+        ``dest`` is a C-contiguous, writeable ``(rows, columns, samples)`` array of
+        the file's dtype that the segment's valid pixels fill exactly, row for row
+        (a strip, or a tile not padded across). Only for :attr:`decodes_into`
+        codecs. On ``False`` (or an error) ``dest`` may hold partial data: decode
+        the segment again with :meth:`decode`, which reports what is wrong.
+        """
+        flat = dest.reshape(-1).view(np.uint8)
+        try:
+            decoded = _decoder(self.compressor).decode(data, out=flat)
+        except Exception:
+            return False
+        view = np.frombuffer(decoded, np.uint8)
+        if view.nbytes < flat.nbytes:
+            return False  # too short here; decode() says why, or copes
+        if not np.may_share_memory(view, flat):
+            flat[...] = view[: flat.nbytes]  # a decoder that ignored ``out``
+        if self.predictor is not None:
+            unpredict = _filter(self.predictor, self.predictor_dist, dest.shape, dest.dtype.str)
+            unpredict.decode(dest, out=dest)  # undoing differences in place
+        return True
+
 
 def _fit(arr: np.ndarray, shape: tuple[int, int, int], valid: tuple[int, int, int]) -> np.ndarray:
     """Shape a decoded segment: full size, its valid part, or whole rows covering it."""
