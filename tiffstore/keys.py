@@ -174,7 +174,3 @@ class StoreKeys:
         yield from self._coord_chunks
         for index in np.ndindex(*self.manifest.chunk_grid):
             yield f"{self.image_name}/" + ".".join(map(str, index))
-
-    def children(self) -> list[str]:
-        """Names directly below the root that are directories (the group's arrays)."""
-        return [self.image_name, *sorted({k.split("/")[0] for k in self._coord_chunks})]
