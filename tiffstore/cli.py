@@ -83,7 +83,7 @@ def _flat(values: Any) -> list[Any]:
 def inspect_report(store: TiffStore) -> dict[str, Any]:
     """What ``inspect --json`` prints: the array, axes, coordinates, files and missing cells."""
     m: Manifest = store.manifest
-    attrs = m.zattrs()["tiffstore"]
+    attrs = store.attrs["tiffstore"]
     n_chunks = 1
     for g in m.chunk_grid:
         n_chunks *= g

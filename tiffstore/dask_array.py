@@ -25,8 +25,8 @@ __all__ = ["read_block", "to_dask"]
 def read_block(store: TiffStore, index: tuple[int, ...]) -> np.ndarray:
     """Read chunk ``index`` of ``store``, trimmed to the array's edge."""
     m = store.manifest
-    stops = [min((i + 1) * c, n) for i, c, n in zip(index, m.chunks, m.shape, strict=True)]
-    shape = tuple(e - i * c for e, i, c in zip(stops, index, m.chunks, strict=True))
+    starts, stops = m.chunk_bounds(index)
+    shape = tuple(e - s for s, e in zip(starts, stops, strict=True))
     chunk = store.reader.read_chunk(index)
     if chunk is None:
         return np.full(shape, m.fill_value, dtype=m.dtype)

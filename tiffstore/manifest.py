@@ -228,6 +228,12 @@ class Manifest:
 
     # -- chunks -----------------------------------------------------------
 
+    def chunk_bounds(self, index: Sequence[int]) -> tuple[list[int], list[int]]:
+        """Start and stop of chunk ``index`` along every dim, stops cut at the array's edge."""
+        starts = [i * c for i, c in zip(index, self.chunks, strict=True)]
+        stops = [min(s + c, n) for s, c, n in zip(starts, self.chunks, self.shape, strict=True)]
+        return starts, stops
+
     def chunk_plan(self, index: Sequence[int]) -> ChunkPlan:
         """Where the bytes of chunk ``index`` (its position in the chunk grid) come from.
 
@@ -239,8 +245,7 @@ class Manifest:
         grid = self.chunk_grid
         if len(index) != len(grid) or any(not 0 <= i < g for i, g in zip(index, grid, strict=True)):
             raise IndexError(f"chunk {tuple(index)} is outside the chunk grid {self.chunk_grid}")
-        starts = [i * c for i, c in zip(index, self.chunks, strict=True)]
-        stops = [min(s + c, n) for s, c, n in zip(starts, self.chunks, self.shape, strict=True)]
+        starts, stops = self.chunk_bounds(index)
         complete = stops == [s + c for s, c in zip(starts, self.chunks, strict=True)]
         starts, stops, chunks = self._unstitch(starts, stops)
 
@@ -385,9 +390,7 @@ class Manifest:
         """Whether any file contributes to chunk ``index`` (cheaper than a plan)."""
         if not self.name_axes:
             return True
-        starts = [i * c for i, c in zip(index, self.chunks, strict=True)]
-        stops = [min(s + c, n) for s, c, n in zip(starts, self.chunks, self.shape, strict=True)]
-        starts, stops, _ = self._unstitch(starts, stops)
+        starts, stops, _ = self._unstitch(*self.chunk_bounds(index))
         nn = len(self.name_axes)
         cells = tuple(slice(s, e) for s, e in zip(starts[:nn], stops[:nn], strict=True))
         return bool((self.file_index[cells] >= 0).any())

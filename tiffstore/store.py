@@ -112,7 +112,7 @@ class TiffStore(Store):
     @property
     def coords(self) -> dict[str, dict[str, Any]]:
         """Coordinates: name -> ``{"dims": [...], "values": [...], "units": ...}``."""
-        coords: dict[str, dict[str, Any]] = self.manifest.zattrs()["tiffstore"]["coords"]
+        coords: dict[str, dict[str, Any]] = self.attrs["tiffstore"]["coords"]
         return coords
 
     @property
