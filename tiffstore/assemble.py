@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import LayoutMismatchError, TiffReadError
 from .layout import FileLayout, SegmentPiece, Segments, read_layout, read_pages_with_tifffile
-from .manifest import ByteRun, Manifest, PageRead
+from .manifest import ByteRun, ChunkPlan, Manifest, PageRead
 
 __all__ = ["ChunkReader"]
 
@@ -94,8 +94,10 @@ class ChunkReader:
         out
             Optional C-contiguous array of the chunk's shape and dtype to fill.
         """
+        return self._assemble(self.manifest.chunk_plan(index), out)
+
+    def _assemble(self, plan: ChunkPlan, out: np.ndarray | None = None) -> np.ndarray | None:
         m = self.manifest
-        plan = m.chunk_plan(index)
         if plan.empty:
             return None
         # The plan's shape has a length-1 dim for each stitched tile axis.
@@ -110,21 +112,11 @@ class ChunkReader:
             self._fill(file, self.layout_of(file), items)
         return out.reshape(m.chunks)
 
-    def contiguous_location(self, index: Sequence[int]) -> tuple[int, int, int] | None:
-        """``(file, offset, nbytes)`` when chunk ``index`` is one uncompressed byte range.
-
-        That is the usual case (whole pages of one file, back to back); ``None``
-        for chunks that need assembling, decoding or filling.
-        """
+    def _run_location(self, run: ByteRun) -> tuple[int, int, int] | None:
+        """``(file, offset, nbytes)`` when ``run`` fills the chunk as one uncompressed range."""
         m = self.manifest
-        run = m.page_run(index)
-        if run is None:
-            plan = m.chunk_plan(index)
-            if not plan.complete or plan.reads or len(plan.runs) != 1 or plan.runs[0].dest:
-                return None
-            run = plan.runs[0]
         layout = self.layout_of(run.file)
-        if not layout.raw_pages:
+        if not layout.raw_pages or run.dest:
             return None
         nbytes = layout.page_nbytes * run.n_pages
         first = layout.page_offset(run.page)
@@ -140,12 +132,20 @@ class ChunkReader:
     ) -> bytes | memoryview | None:
         """Chunk ``index`` as raw bytes (C order); ``None`` when no file contributes.
 
-        A chunk that is one uncompressed byte range is one ranged read (of only
-        ``part``, ``(start, stop)`` within the chunk, when given) into the returned
-        ``bytes``, with no further copy; any other chunk is assembled with
-        :meth:`read_chunk` and ``part`` cut from it.
+        A chunk that is one uncompressed byte range (whole pages of one file, back to
+        back: the usual case) is one ranged read (of only ``part``, ``(start, stop)``
+        within the chunk, when given) into the returned ``bytes``, with no further
+        copy; any other chunk is assembled as :meth:`read_chunk` does and ``part`` cut
+        from it.
         """
-        where = self.contiguous_location(index)
+        m = self.manifest
+        plan: ChunkPlan | None = None
+        run = m.page_run(index)
+        if run is None:
+            plan = m.chunk_plan(index)
+            if plan.complete and not plan.reads and len(plan.runs) == 1:
+                run = plan.runs[0]
+        where = None if run is None else self._run_location(run)
         if where is not None:
             file, offset, nbytes = where
             start, stop = (
@@ -153,10 +153,9 @@ class ChunkReader:
             )
             if stop <= start:
                 return b""
-            return self.manifest.source.read_bytes(
-                self.manifest.files[file], offset + start, stop - start
-            )
-        chunk = self.read_chunk(index)
+            return m.source.read_bytes(m.files[file], offset + start, stop - start)
+        # The plan, when one was needed above, is not built twice.
+        chunk = self._assemble(plan if plan is not None else m.chunk_plan(index))
         if chunk is None:
             return None
         data = chunk.reshape(-1).view(np.uint8).data
