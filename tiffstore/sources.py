@@ -172,17 +172,21 @@ class FsspecSource(FileSource):
     def url(self, name: str) -> str:
         return f"{self.root.rstrip('/')}/{name}"
 
-    def read_into(self, name: str, offset: int, out: memoryview) -> None:
+    def read_bytes(self, name: str, offset: int, length: int) -> bytes:
+        # fsspec returns bytes already: hand them on rather than copy them twice.
         url = self.url(name)
         try:
-            data = self.fs.cat_file(url, start=offset, end=offset + out.nbytes)
+            data: bytes = self.fs.cat_file(url, start=offset, end=offset + length)
         except (OSError, ValueError) as exc:
             raise TiffReadError(f"{url}: cannot read bytes at {offset} ({exc}).") from exc
-        if len(data) != out.nbytes:
+        if len(data) != length:
             raise TiffReadError(
-                f"{url}: file is truncated: wanted {out.nbytes} bytes at {offset}, got {len(data)}."
+                f"{url}: file is truncated: wanted {length} bytes at {offset}, got {len(data)}."
             )
-        out[:] = data
+        return data
+
+    def read_into(self, name: str, offset: int, out: memoryview) -> None:
+        out[:] = self.read_bytes(name, offset, out.nbytes)
 
     @contextmanager
     def open(self, name: str) -> Iterator[IO[bytes]]:
