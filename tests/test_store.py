@@ -188,7 +188,7 @@ def test_mapping_view(store, sample_dir):
     assert mapping["0.0.3.0.0"] == sample_dir[1][0, 0, 3].tobytes()
     with pytest.raises(KeyError):
         mapping["1.2.0.0.0"]
-    assert len(mapping) == len(list(mapping)) == len(list(store._keys.all_keys()))
+    assert len(mapping) == len(list(mapping)) == len(list(store.keys.all_keys()))
     assert ".zattrs" in mapping
     with pytest.raises(TypeError):
         mapping["x"] = b"1"  # type: ignore[index]

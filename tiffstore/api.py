@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .manifest import ChunkSpec, build_manifest
+from .build import ChunkSpec, build_manifest
 from .sources import resolve_source
 from .store import TiffStore
 

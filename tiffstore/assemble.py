@@ -1,32 +1,31 @@
-"""Chunk -> pixels: read the pieces a manifest names and assemble them into one chunk.
+"""Chunk -> pixels: execute a chunk plan (:mod:`tiffstore.plans`).
 
-Uncompressed runs of pages are read with one ranged read straight into the
-chunk's buffer (no intermediate copy). Pages stored in strips or tiles are read
-segment by segment: only the segments a chunk overlaps, adjacent ones in one read,
-each decoded alone. What segments cannot describe is decoded by tifffile.
-A :class:`ChunkReader` also checks, once per process, the header of every file
-that was accepted at open on the strength of its size alone.
+``copy`` pieces are read with one ranged read each, straight into the chunk's
+buffer. ``raw`` pieces read only the rows of the block that are wanted, ``decode``
+pieces read one strip or tile each and decode it (straight into the chunk where
+it fits whole), ``tifffile`` pieces are decoded by tifffile. All byte ranges one
+file contributes are read in one call, adjacent ranges merged. Nothing here
+decides *what* to read: that is the plan's job.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
 from operator import attrgetter
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-from .errors import LayoutMismatchError, TiffReadError
-from .layout import FileLayout, SegmentPiece, Segments, read_layout, read_pages_with_tifffile
-from .manifest import ByteRun, ChunkPlan, Manifest, PageRead
+from .errors import TiffReadError, TiffStoreError
+from .headers import check_file
+from .layout import FileLayout, read_pages_with_tifffile
+from .manifest import Manifest
+from .plans import ChunkPlan, Piece, plan_chunk
 
 __all__ = ["ChunkReader"]
-
-logger = logging.getLogger(__name__)
 
 
 class ChunkReader:
@@ -52,35 +51,19 @@ class ChunkReader:
         self._layouts: dict[int, FileLayout] = {}
         self._lock = threading.Lock()
 
-    # -- headers ----------------------------------------------------------
-
     def layout_of(self, file: int) -> FileLayout:
-        """The layout to read ``file`` with, checking its header on first use."""
-        m = self.manifest
+        """The layout to read ``file`` with, its header checked on first use in this process."""
         known = self._layouts.get(file)
         if known is not None:
             return known
-        k = int(m.file_layout[file])
-        layout = m.layouts[k]
-        signature = m.signatures[k]
-        if not m.verified[file] and signature is not None:
-            name = m.files[file]
-            head = m.source.read(name, 0, len(signature))
-            if head != signature:
-                # Written differently from its group: parse its own header.
-                with m.source.open(name) as fh:
-                    own = read_layout(fh, m.url(file))
-                if not own.same_array(layout):
-                    raise LayoutMismatchError(
-                        f"{m.url(file)}: holds {own.describe()}, but the acquisition's files "
-                        f"hold {layout.describe()}. Remove or replace this file, or open the "
-                        "source with validate=True to find every such file up front."
-                    )
-                logger.debug("%s: header differs from its group; using its own", m.url(file))
-                layout = own
+        layout = check_file(self.manifest, file)
         with self._lock:
             self._layouts[file] = layout
         return layout
+
+    def plan(self, index: Sequence[int]) -> ChunkPlan:
+        """The plan of chunk ``index``, with every file's header checked."""
+        return plan_chunk(self.manifest, index, self.layout_of)
 
     # -- chunks -----------------------------------------------------------
 
@@ -94,9 +77,41 @@ class ChunkReader:
         out
             Optional C-contiguous array of the chunk's shape and dtype to fill.
         """
-        return self._assemble(self.manifest.chunk_plan(index), out)
+        return self.execute(self.plan(index), out)
 
-    def _assemble(self, plan: ChunkPlan, out: np.ndarray | None = None) -> np.ndarray | None:
+    def read_chunk_bytes(
+        self, index: Sequence[int], part: tuple[int, int] | None = None
+    ) -> bytes | memoryview | None:
+        """Chunk ``index`` as raw bytes (C order); ``None`` when no file contributes.
+
+        A chunk that is one raw byte range (whole pages of one file, back to back: the
+        usual case) is one ranged read (of only ``part``, ``(start, stop)`` within the
+        chunk, when given) into the returned ``bytes``, with no further copy; any
+        other chunk is assembled and ``part`` cut from it.
+        """
+        m = self.manifest
+        plan = self.plan(index)
+        piece = plan.one_range()
+        if piece is not None:
+            start, stop = (0, piece.nbytes) if part is None else part
+            start, stop = min(start, piece.nbytes), min(stop, piece.nbytes)
+            if stop <= start:
+                return b""
+            return m.source.read_bytes(m.files[piece.file], piece.offset + start, stop - start)
+        chunk = self.execute(plan)
+        if chunk is None:
+            return None
+        data = chunk.reshape(-1).view(np.uint8).data
+        return data if part is None else data[part[0] : part[1]]
+
+    def execute(self, plan: ChunkPlan, out: np.ndarray | None = None) -> np.ndarray | None:
+        """Fill a chunk as ``plan`` says; ``None`` for an empty plan.
+
+        Raises
+        ------
+        TiffReadError
+            When a file cannot be read or decoded; the message names the file.
+        """
         m = self.manifest
         if plan.empty:
             return None
@@ -105,174 +120,71 @@ class ChunkReader:
         if not plan.complete:
             out.fill(m.fill_value)
         flat = out.reshape(-1).view(np.uint8)
-        for run in plan.runs:
-            self._read_run(run, flat)
-        for file, reads in itertools.groupby(plan.reads, key=attrgetter("file")):
-            items = [(r.page, r.region, _region_view(out, r)) for r in reads]
-            self._fill(file, self.layout_of(file), items)
+        for file, group in itertools.groupby(plan.pieces, key=attrgetter("file")):
+            pieces = list(group)
+            try:
+                self._fill(file, pieces, out, flat)
+            except TiffStoreError:
+                raise
+            except Exception as exc:
+                # A bug of ours or a dependency's failure: name the file, never hide it.
+                raise TiffReadError(
+                    f"{m.url(file)}: reading chunk {plan.index} failed "
+                    f"({type(exc).__name__}: {exc})."
+                ) from exc
         return out.reshape(m.chunks)
 
-    def _run_location(self, run: ByteRun) -> tuple[int, int, int] | None:
-        """``(file, offset, nbytes)`` when ``run`` fills the chunk as one uncompressed range."""
+    def _fill(self, file: int, pieces: list[Piece], out: np.ndarray, flat: np.ndarray) -> None:
         m = self.manifest
-        layout = self.layout_of(run.file)
-        if not layout.raw_pages or run.dest:
-            return None
-        nbytes = layout.page_nbytes * run.n_pages
-        first = layout.page_offset(run.page)
-        last = layout.page_offset(run.page + run.n_pages - 1)
-        if first is None or last != first + nbytes - layout.page_nbytes:
-            return None
-        if nbytes != math.prod(m.chunks) * m.dtype.itemsize:
-            return None
-        return run.file, first, nbytes
-
-    def read_chunk_bytes(
-        self, index: Sequence[int], part: tuple[int, int] | None = None
-    ) -> bytes | memoryview | None:
-        """Chunk ``index`` as raw bytes (C order); ``None`` when no file contributes.
-
-        A chunk that is one uncompressed byte range (whole pages of one file, back to
-        back: the usual case) is one ranged read (of only ``part``, ``(start, stop)``
-        within the chunk, when given) into the returned ``bytes``, with no further
-        copy; any other chunk is assembled as :meth:`read_chunk` does and ``part`` cut
-        from it.
-        """
-        m = self.manifest
-        plan: ChunkPlan | None = None
-        run = m.page_run(index)
-        if run is None:
-            plan = m.chunk_plan(index)
-            if plan.complete and not plan.reads and len(plan.runs) == 1:
-                run = plan.runs[0]
-        where = None if run is None else self._run_location(run)
-        if where is not None:
-            file, offset, nbytes = where
-            start, stop = (
-                (0, nbytes) if part is None else (min(part[0], nbytes), min(part[1], nbytes))
-            )
-            if stop <= start:
-                return b""
-            return m.source.read_bytes(m.files[file], offset + start, stop - start)
-        # The plan, when one was needed above, is not built twice.
-        chunk = self._assemble(plan if plan is not None else m.chunk_plan(index))
-        if chunk is None:
-            return None
-        data = chunk.reshape(-1).view(np.uint8).data
-        return data if part is None else data[part[0] : part[1]]
-
-    def _read_run(self, run: ByteRun, flat: np.ndarray) -> None:
-        m = self.manifest
-        layout = self.layout_of(run.file)
-        nbytes = layout.page_nbytes
-        if not layout.raw_pages:
-            # A file whose own header differs from its group's may store pages otherwise.
-            whole = tuple(slice(0, n) for n in layout.page_shape)
-            items = []
-            for k in range(run.n_pages):
-                start = run.dest + k * nbytes
-                target = flat[start : start + nbytes].view(m.dtype).reshape(layout.page_shape)
-                items.append((run.page + k, whole, target))
-            self._fill(run.file, layout, items)
-            return
-        name = m.files[run.file]
-        # Merge pages that lie back to back in the file into one read.
-        k = 0
-        while k < run.n_pages:
-            offset = layout.page_offset(run.page + k)
-            assert offset is not None
-            j = k + 1
-            while j < run.n_pages and layout.page_offset(run.page + j) == offset + (j - k) * nbytes:
-                j += 1
-            start = run.dest + k * nbytes
-            m.source.read_into(name, offset, flat[start : run.dest + j * nbytes].data)
-            k = j
-
-    def _fill(self, file: int, layout: FileLayout, items: list[_RegionRead]) -> None:
-        """Fill each target with its page region, however the file stores its pages.
-
-        Every byte range the regions need from the file is gathered first and read
-        in one call (adjacent ranges merged), then placed or decoded.
-        """
-        m = self.manifest
-        if layout.storage == "tifffile":
-            with m.source.open(m.files[file]) as fh:
-                pages = read_pages_with_tifffile(fh, layout, [p for p, _, _ in items], m.url(file))
-            for (_, region, target), pixels in zip(items, pages, strict=True):
-                target[...] = pixels[region]
-            return
+        name = m.files[file]
+        requests: list[tuple[int, memoryview]] = []
         ranges: list[tuple[int, int]] = []
         places: list[tuple[int, _Place]] = []
-        for page, region, target in items:
-            if layout.raw_pages:
-                offset = layout.page_offset(page)
-                assert offset is not None
-                runs = _box_runs(layout.page_shape, region, np.dtype(layout.dtype).itemsize)
-                ranges += [(offset + o, n) for o, n in runs.ranges]
-                places.append((len(runs.ranges), _place_raw(target, layout.dtype, runs)))
-            else:
-                self._plan_segments(file, layout, page, region, target, ranges, places)
-        views = m.source.read_ranges(m.files[file], ranges)
-        k = 0
-        for n, place in places:
-            place(views[k : k + n])
-            k += n
-
-    def _plan_segments(
-        self,
-        file: int,
-        layout: FileLayout,
-        page: int,
-        region: tuple[slice, ...],
-        target: np.ndarray,
-        ranges: list[tuple[int, int]],
-        places: list[tuple[int, _Place]],
-    ) -> None:
-        """Add the byte ranges of the strips or tiles a page region overlaps, and how to place them."""
-        seg = layout.segments
-        assert seg is not None
-        dtype = np.dtype(layout.dtype)
-        itemsize = dtype.itemsize
-        codec = seg.codec
-        kind = "strip" if seg.segment[1] == seg.image[1] else "tile"
-        prefix = f"{self.manifest.url(file)}: page {page}, {kind}"
-        region4 = seg.normalize(region)
-        target4 = seg.normalized_view(target)
-        samples = region4[3]
-        # What is per page, not per segment: segments whose valid part is all of their
-        # destination, itself a C-contiguous block of the file's dtype, decode straight
-        # into it.
-        direct = (
-            codec.decodes_into
-            and target4.dtype == dtype
-            and (samples.start, samples.stop) == (0, seg.contig_samples)
-        )
-        full = (*seg.segment, seg.contig_samples)
-        counts = seg.bytecounts[page]
-        offsets = seg.offsets[page]
-        for piece in seg.pieces(region4):
-            dest = target4[piece.dest]
-            count = int(counts[piece.segment])
-            offset = int(offsets[piece.segment])
-            if count == 0:
-                dest[...] = 0  # a segment never written reads as zeros, as in tifffile
-            elif codec.raw:
-                # Uncompressed: read only the rows (or row parts) wanted.
-                runs = _box_runs(full, (piece.rows, piece.cols, samples), itemsize)
-                if max(o + n for o, n in runs.ranges) > count:
+        pages: list[Piece] = []
+        for p in pieces:
+            if p.kind == "copy":
+                requests.append((p.offset, flat[p.dest[0]].data))
+            elif p.kind == "tifffile":
+                pages.append(p)
+            elif p.nbytes == 0:
+                out[p.dest] = 0  # a strip or tile never written reads as zeros, as in tifffile
+            elif p.kind == "raw":
+                runs = _box_runs(p.shape, p.select, out.itemsize)
+                if max(o + n for o, n in runs.ranges) > p.nbytes:
                     raise TiffReadError(
-                        f"{prefix} {piece.segment} holds {count} bytes, too few for its "
+                        f"{_where(m.url(file), p, self.layout_of(file))} holds {p.nbytes} bytes, too few for its "
                         "pixels. The file is corrupt; rewrite it."
                     )
-                ranges += [(offset + o, n) for o, n in runs.ranges]
-                places.append((len(runs.ranges), _place_raw(dest, layout.dtype, runs)))
+                ranges += [(p.offset + o, n) for o, n in runs.ranges]
+                places.append((len(runs.ranges), _place_raw(out[p.dest], m.layout.dtype, runs)))
             else:
-                ranges.append((offset, count))
-                places.append((1, _place_decoded(dest, seg, dtype, piece, samples, prefix, direct)))
+                ranges.append((p.offset, p.nbytes))
+                where = _where(m.url(file), p, self.layout_of(file))
+                places.append((1, _place_decoded(out[p.dest], p, m.dtype, where)))
+        if requests:
+            m.source.read_many_into(name, requests)
+        if ranges:
+            views = m.source.read_ranges(name, ranges)
+            k = 0
+            for n, place in places:
+                place(views[k : k + n])
+                k += n
+        if pages:
+            layout = self.layout_of(file)
+            with m.source.open(name) as fh:
+                decoded = read_pages_with_tifffile(fh, layout, [p.page for p in pages], m.url(file))
+            for p, pixels in zip(pages, decoded, strict=True):
+                out[p.dest] = pixels[p.select].reshape(out[p.dest].shape)
 
 
-_RegionRead = tuple[int, tuple[slice, ...], np.ndarray]
-"""A page, a region of it, and the array (of the region's shape) to fill."""
+def _where(url: str, piece: Piece, layout: FileLayout) -> str:
+    """Which strip or tile of which page of which file a piece is, in words."""
+    seg = layout.segments
+    kind = "strip" if seg is not None and seg.segment[1] == seg.image[1] else "tile"
+    if seg is None:
+        return f"{url}: page {piece.page} (bytes {piece.offset}-{piece.offset + piece.nbytes})"
+    return f"{url}: page {piece.page}, {kind} {piece.segment}"
+
 
 _Place = Callable[[Sequence[memoryview]], None]
 """Puts the bytes of some ranges where they belong in a chunk."""
@@ -320,48 +232,39 @@ def _box_runs(block: tuple[int, ...], region: tuple[slice, ...], itemsize: int) 
 def _place_raw(target: np.ndarray, dtype: str, runs: _Runs) -> _Place:
     def place(views: Sequence[memoryview]) -> None:
         data = views[0] if len(views) == 1 else b"".join(views)
-        target[...] = np.frombuffer(data, dtype).reshape(runs.shape)[runs.cut]
+        pixels = np.frombuffer(data, dtype).reshape(runs.shape)[runs.cut]
+        target[...] = pixels.reshape(target.shape)
 
     return place
 
 
-def _place_decoded(
-    dest: np.ndarray,
-    seg: Segments,
-    dtype: np.dtype[Any],
-    piece: SegmentPiece,
-    samples: slice,
-    prefix: str,
-    direct: bool = False,
-) -> _Place:
-    """Decode a segment into ``dest``: straight into it when ``direct`` and it fits."""
-    full, valid = seg.segment_shape(piece.segment)
+def _place_decoded(target: np.ndarray, piece: Piece, dtype: np.dtype, where: str) -> _Place:
+    """Decode a strip or tile into ``target``: straight into it when it fits whole."""
+    codec = piece.codec
+    assert codec is not None
+    full, valid = piece.shape, piece.valid
+    rows, cols, samples = piece.select
     into = (
-        direct
-        and (piece.rows.start, piece.rows.stop, piece.cols.start, piece.cols.stop)
-        == (0, valid[0], 0, valid[1])
+        codec.decodes_into
+        and (rows.start, rows.stop, cols.start, cols.stop) == (0, valid[0], 0, valid[1])
+        and (samples.start, samples.stop) == (0, full[2])
         and valid[1] == full[1]  # a tile padded across does not decode row for row
-        and dest.flags.c_contiguous
-        and dest.flags.writeable
+        and target.flags.c_contiguous
+        and target.flags.writeable
+        and target.dtype == dtype
     )
-    codec = seg.codec
 
     def place(views: Sequence[memoryview]) -> None:
         try:
-            if into and codec.decode_into(views[0], dest):
+            if into and codec.decode_into(views[0], target.reshape(valid)):
                 return
-            pixels = codec.decode(views[0], full, valid, dtype)
-            dest[...] = pixels[piece.rows, piece.cols, samples]
+            pixels = codec.decode(views[0], full, valid, dtype)  # type: ignore[arg-type]
+            target[...] = pixels[piece.select].reshape(target.shape)
         except Exception as exc:
             raise TiffReadError(
-                f"{prefix} {piece.segment} could not be decoded ({type(exc).__name__}: {exc}). "
-                "The file may be corrupt or truncated; check that tifffile.imread reads it."
+                f"{where} could not be decoded "
+                f"({type(exc).__name__}: {exc}). The file may be corrupt or truncated; check "
+                "that tifffile.imread reads it."
             ) from exc
 
     return place
-
-
-def _region_view(out: np.ndarray, read: PageRead) -> np.ndarray:
-    """The part of a chunk that a page read fills, shaped as the page region."""
-    k = len(read.dest) - len(read.region)
-    return out[tuple(s.start for s in read.dest[:k]) + read.dest[k:]]

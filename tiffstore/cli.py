@@ -22,8 +22,10 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from . import __version__
+from .build import ChunkSpec
+from .documents import array_attributes
 from .errors import TiffStoreError
-from .manifest import ChunkSpec, Manifest
+from .manifest import Manifest
 from .store import TiffStore
 
 __all__ = ["main"]
@@ -90,13 +92,13 @@ def inspect_report(store: TiffStore) -> dict[str, Any]:
     return {
         "source": attrs["source"],
         "files": len(m.files),
-        "bytes_on_disk": sum(m.file_sizes),
+        "bytes_on_disk": int(m.file_sizes.sum()),
         "shape": list(m.shape),
         "dims": list(m.dims),
         "dtype": str(m.dtype),
         "nbytes": m.nbytes,
         "chunks": list(m.chunks),
-        "chunk_bytes": store._keys.chunk_nbytes(),
+        "chunk_bytes": store.manifest.chunk_nbytes,
         "chunk_count": n_chunks,
         "axes": attrs["axes"],
         "coords": attrs["coords"],
@@ -179,9 +181,9 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         report = inspect_report(store)
         if args.files:
-            report["file_table"] = store.manifest.zattrs(max_files=sys.maxsize)["tiffstore"][
-                "files"
-            ]
+            report["file_table"] = array_attributes(store.manifest, max_files=sys.maxsize)[
+                "tiffstore"
+            ]["files"]
         print(json.dumps(report, indent=1))
     else:
         print_inspect(console, store, show_files=args.files)
@@ -256,7 +258,7 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
         plane = da.from_zarr(pages)[0, 1, args.z // 2].compute()
         console.print(
             f"One plane {plane.shape} read in {1000 * (time.perf_counter() - t0):.1f} ms, "
-            f"chunks {pages.chunks} ({_size(pages._keys.chunk_nbytes())} each)"
+            f"chunks {pages.chunks} ({_size(pages.manifest.chunk_nbytes)} each)"
         )
 
         console.rule("[bold]Your turn")

@@ -61,7 +61,7 @@ def to_dask(store: TiffStore, name: str | None = None) -> da.Array:
     from dask.highlevelgraph import HighLevelGraph
 
     m = store.manifest
-    token = name or f"tiffstore-{tokenize(store.manifest.files, m.chunks, m.source, m.layouts)}"
+    token = name or f"tiffstore-{tokenize(m.files, m.file_sizes, m.chunks, m.source, m.layouts)}"
     store_key = f"{token}-store"
     chunks = tuple(
         tuple(min(c, n - i) for i in range(0, n, c)) if n else (0,)

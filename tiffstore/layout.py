@@ -154,13 +154,14 @@ class Segments:
             return (region[0], region[1], region[2], one)
         return (one, region[0], region[1], region[2])
 
-    def normalized_view(self, target: np.ndarray) -> np.ndarray:
-        """A view of an array of the page's own dims as ``(planes, rows, columns, samples)``."""
+    def denormalize(self, region: tuple[slice, slice, slice, slice]) -> tuple[slice, ...]:
+        """The inverse of :meth:`normalize`: ``(planes, rows, columns, samples)`` -> page dims."""
+        planes, rows, cols, samples = region
         if self.samples == 1:
-            return target[None, :, :, None]
+            return (rows, cols)
         if self.planar:
-            return target[..., None]
-        return target[None]
+            return (planes, rows, cols)
+        return (rows, cols, samples)
 
     def pieces(self, region: tuple[slice, slice, slice, slice]) -> Iterator[SegmentPiece]:
         """The segments a normalized page region overlaps, and which part of each.
@@ -515,10 +516,13 @@ def _layout_of(tif: tifffile.TiffFile, name: str) -> FileLayout:
     page_nbytes = math.prod(page_shape) * np.dtype(dtype).itemsize
     offsets: list[int] = []
     for page in pages:
-        contiguous = getattr(page, "is_contiguous", None) if page is not None else None
-        if not contiguous or contiguous[1] != page_nbytes:
+        # ``is_contiguous``: uncompressed, with its strips or tiles back to back, in
+        # the file's native layout; the byte counts must then add up to the page.
+        if not isinstance(page, tifffile.TiffPage) or not page.is_contiguous:
             break
-        offsets.append(int(contiguous[0]))
+        if sum(int(n) for n in page.databytecounts) != page_nbytes:
+            break
+        offsets.append(int(page.dataoffsets[0]))
     if len(offsets) == n_pages:
         return layout("pages", page_offsets=tuple(offsets))
     segments = _segments_of(pages, keyframe, name)

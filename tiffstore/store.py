@@ -9,7 +9,6 @@ processes. Metadata is Zarr format 2 (``.zarray``, ``.zattrs``); chunk keys are
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -24,8 +23,9 @@ from zarr.abc.store import (
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
 from .assemble import ChunkReader
+from .documents import Documents
 from .errors import ReadOnlyError
-from .keys import StoreKeys
+from .keys import KeySpace
 from .manifest import Manifest
 
 __all__ = ["TiffMapping", "TiffStore"]
@@ -88,7 +88,8 @@ class TiffStore(Store):
             )
         super().__init__(read_only=True)
         self.manifest = manifest
-        self._keys = StoreKeys(manifest)
+        self.documents = Documents(manifest)
+        self.keys = KeySpace(manifest, self.documents)
         self._reader: ChunkReader | None = None
 
     # -- the array --------------------------------------------------------
@@ -118,8 +119,7 @@ class TiffStore(Store):
     @property
     def attrs(self) -> dict[str, Any]:
         """The array's attributes (the ``.zattrs`` document)."""
-        attrs: dict[str, Any] = json.loads(self._keys.documents[".zattrs"])
-        return attrs
+        return self.documents.attributes
 
     @property
     def mapping(self) -> TiffMapping:
@@ -174,14 +174,13 @@ class TiffStore(Store):
         return data if data is None or isinstance(data, bytes) else bytes(data)
 
     def _get_value(self, key: str, byte_range: ByteRequest | None) -> bytes | memoryview | None:
-        keys = self._keys
-        raw = keys.documents.get(key) or keys.coordinate_chunk(key)
+        raw = self._document(key)
         if raw is not None:
             return _slice_range(raw, byte_range)
-        chunk_key = keys.chunk_key(key)
+        chunk_key = self.keys.chunk_key(key)
         if chunk_key is None:
             return None
-        nbytes = keys.chunk_nbytes()
+        nbytes = self.manifest.chunk_nbytes
         part = None if byte_range is None else _byte_span(byte_range, nbytes)
         data = self.reader.read_chunk_bytes(chunk_key.index, part)
         if data is None and chunk_key.grouped:
@@ -190,6 +189,10 @@ class TiffStore(Store):
             full = np.full(m.chunks, m.fill_value, dtype=m.dtype).reshape(-1).view(np.uint8).data
             data = full if part is None else full[part[0] : part[1]]
         return data
+
+    def _document(self, key: str) -> bytes | None:
+        docs = self.documents
+        return docs.documents.get(key) or docs.coordinate_chunks.get(key)
 
     def get_sync(
         self,
@@ -210,7 +213,7 @@ class TiffStore(Store):
         byte_range: ByteRequest | None = None,
     ) -> Buffer | None:
         # docstring inherited
-        if key in self._keys.documents or self._keys.chunk_nbytes() <= self.inline_read_bytes:
+        if key in self.documents.documents or self.manifest.chunk_nbytes <= self.inline_read_bytes:
             # Metadata, or a read that costs less than the hop to a worker thread.
             return self.get_sync(key, prototype=prototype, byte_range=byte_range)
         prototype = prototype or default_buffer_prototype()
@@ -227,16 +230,15 @@ class TiffStore(Store):
 
     async def exists(self, key: str) -> bool:
         # docstring inherited
-        return self._keys.exists(key)
+        return self.keys.exists(key)
 
     async def getsize(self, key: str) -> int:
         # docstring inherited
-        keys = self._keys
-        raw = keys.documents.get(key) or keys.coordinate_chunk(key)
+        raw = self._document(key)
         if raw is not None:
             return len(raw)
-        if keys.exists(key):
-            return keys.chunk_nbytes()
+        if self.keys.exists(key):
+            return self.manifest.chunk_nbytes
         raise FileNotFoundError(key)
 
     # -- writing: refused -------------------------------------------------
@@ -244,7 +246,8 @@ class TiffStore(Store):
     def _refuse(self, what: str) -> ReadOnlyError:
         return ReadOnlyError(
             f"Cannot {what}: TiffStore is read-only and never changes the TIFF files. "
-            "To get a writable copy, materialize the array into a real Zarr store."
+            "To get a writable copy, write the array to a real Zarr store "
+            "(``tiffstore materialize SOURCE OUT``)."
         )
 
     async def set(self, key: str, value: Buffer) -> None:
@@ -269,12 +272,12 @@ class TiffStore(Store):
 
     async def list(self) -> AsyncIterator[str]:
         # docstring inherited
-        for key in self._keys.all_keys():
+        for key in self.keys.all_keys():
             yield key
 
     async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
         # docstring inherited
-        for key in self._keys.all_keys():
+        for key in self.keys.all_keys():
             if key.startswith(prefix):
                 yield key
 
@@ -283,14 +286,14 @@ class TiffStore(Store):
         prefix = prefix.strip("/")
         if not prefix:
             seen = set()
-            for key in self._keys.all_keys():
+            for key in self.keys.all_keys():
                 head = key.split("/", 1)[0]
                 if head not in seen:
                     seen.add(head)
                     yield head
             return
         start = prefix + "/"
-        for key in self._keys.all_keys():
+        for key in self.keys.all_keys():
             if key.startswith(start):
                 rest = key[len(start) :]
                 if "/" not in rest:
@@ -315,13 +318,13 @@ class TiffMapping(Mapping[str, bytes]):
         return data
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.store._keys.exists(key)
+        return isinstance(key, str) and self.store.keys.exists(key)
 
     def __iter__(self) -> Iterator[str]:
-        return self.store._keys.all_keys()
+        return self.store.keys.all_keys()
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.store._keys.all_keys())
+        return sum(1 for _ in self.store.keys.all_keys())
 
     def __repr__(self) -> str:
         return f"<TiffMapping of {self.store!r}>"

@@ -1,0 +1,214 @@
+"""The Zarr documents of the virtual array: its metadata, attributes and group view.
+
+The root of a :class:`~tiffstore.store.TiffStore` is two things at once:
+
+* a Zarr format 2 **array** (``.zarray``, ``.zattrs``, chunk keys ``"c.s.z.y.x"``),
+  for ``zarr.open_array(store)`` and ``dask.array.from_zarr(store)``;
+* a Zarr format 2 **group** (``.zgroup``, consolidated ``.zmetadata``) holding the
+  same pixels as ``image/`` and one small array per coordinate, for
+  ``xarray.open_zarr(store)``, which then shows the coordinates (wavelength per
+  channel, timestamps per file) as real xarray coordinates.
+
+Every document is built from the manifest alone; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from ._version import __version__
+from .manifest import Manifest, json_value
+from .naming import axis_kind
+
+__all__ = ["ARRAY_METADATA", "GROUP_METADATA", "Documents", "array_attributes", "array_metadata"]
+
+ARRAY_METADATA = (".zarray", ".zattrs")
+GROUP_METADATA = (".zgroup", ".zmetadata")
+
+
+def _json_bytes(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=True).encode()
+
+
+def _coordinate_array(values: Any) -> np.ndarray:
+    """Coordinate values (nested lists, ``None`` where no file) as a typed array."""
+    flat = np.asarray(values, dtype=object)
+    items = [v for v in flat.ravel().tolist() if v is not None]
+    if items and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        if len(items) == flat.size:
+            return flat.astype(np.int64)
+        return np.where(flat == None, np.nan, flat).astype(np.float64)  # noqa: E711
+    if items and all(isinstance(v, (int, float)) for v in items):
+        return np.where(flat == None, np.nan, flat).astype(np.float64)  # noqa: E711
+    text = np.where(flat == None, "", flat).astype(str)  # noqa: E711
+    return text.astype(f"<U{max(1, max((len(t) for t in text.ravel()), default=1))}")
+
+
+def array_metadata(m: Manifest) -> dict[str, Any]:
+    """The Zarr format 2 ``.zarray`` document."""
+    return {
+        "zarr_format": 2,
+        "shape": list(m.shape),
+        "chunks": list(m.chunks),
+        "dtype": m.layout.dtype,
+        "compressor": None,
+        "fill_value": json_value(m.fill_value),
+        "order": "C",
+        "filters": None,
+        "dimension_separator": ".",
+    }
+
+
+def array_attributes(
+    m: Manifest, max_files: int = 10_000, max_missing: int = 1_000
+) -> dict[str, Any]:
+    """The ``.zattrs`` document: ``_ARRAY_DIMENSIONS`` and tiffstore's description.
+
+    The ``tiffstore`` entry holds ``axes`` (name, kind, where it comes from,
+    size and, for name axes, values), ``coords`` (name -> dims, values, units),
+    ``template``, ``source``, ``files`` (names in grid order, ``null`` where
+    missing; left out past ``max_files``) and ``missing`` (axis values of empty
+    cells; cut at ``max_missing``).
+    """
+    axes: list[dict[str, Any]] = []
+    coords: dict[str, dict[str, Any]] = {}
+    for a in m.array_axes:
+        values = [json_value(v) for v in a.values]
+        axes.append(
+            {"name": a.name, "kind": a.kind, "source": "name", "size": a.size, "values": values}
+        )
+        coords[a.name] = {"dims": [a.name], "values": values}
+        if a.units:
+            coords[a.name]["units"] = a.units
+    nv = m.n_name_dims
+    for d, name in enumerate(m.file_dims):
+        axes.append(
+            {
+                "name": name,
+                "kind": axis_kind(name),
+                "source": "file",
+                "size": m.shape[nv + d],
+            }
+        )
+    sizes = {a.name: a.size for a in m.name_axes}
+    tile_axes = {m.name_axes[k].name for k, _ in m.stitched}
+    tile_coords: dict[str, dict[str, Any]] = {}
+    for c in m.coords:
+        shape = tuple(sizes[d] for d in c.dims)
+        values = c.as_array(shape).tolist() if shape else list(c.values)
+        entry: dict[str, Any] = {"dims": list(c.dims), "values": values}
+        if c.units:
+            entry["units"] = c.units
+        # A coordinate over tile axes has no dim of the stitched array to live on.
+        (tile_coords if tile_axes & set(c.dims) else coords)[c.name] = entry
+    missing = m.missing()
+    files: dict[str, Any] = {"count": len(m.files)}
+    if len(m.files) <= max_files:
+        names = [m.files[i] if i >= 0 else None for i in m.file_index.ravel().tolist()]
+        files["names"] = names
+    doc: dict[str, Any] = {
+        "_ARRAY_DIMENSIONS": list(m.dims),
+        "tiffstore": {
+            "version": __version__,
+            "source": m.source.url(""),
+            "template": m.template,
+            "axes": axes,
+            "coords": coords,
+            "files": files,
+            "missing_count": len(missing),
+            "missing": missing[:max_missing],
+        },
+    }
+    if m.stitched:
+        doc["tiffstore"]["tiles"] = [
+            {
+                "axis": m.name_axes[k].name,
+                "into": m.file_dims[d],
+                "tile_size": m.layout.shape[d],
+                "values": [json_value(v) for v in m.name_axes[k].values],
+            }
+            for k, d in m.stitched
+        ]
+        doc["tiffstore"]["tile_coords"] = tile_coords
+    return doc
+
+
+class Documents:
+    """Every metadata document of a store over ``manifest``, and its coordinate arrays' bytes.
+
+    Attributes
+    ----------
+    image_name
+        The name of the pixels in the group view (``image`` unless a dim or
+        coordinate takes it).
+    """
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        taken = set(manifest.dims) | {c.name for c in manifest.coords}
+        self.image_name = "image" if "image" not in taken else "image_data"
+
+    @cached_property
+    def _built(self) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        coord_chunks: dict[str, bytes] = {}
+        m = self.manifest
+        zarray = array_metadata(m)
+        zattrs = array_attributes(m)
+        docs: dict[str, dict[str, Any]] = {".zarray": zarray, ".zattrs": zattrs}
+        consolidated: dict[str, Any] = {".zgroup": {"zarr_format": 2}, ".zattrs": {}}
+        coords: dict[str, dict[str, Any]] = zattrs["tiffstore"]["coords"]
+        # In the group view, missing cells are served as filled chunks and the array
+        # has no fill value, so xarray does not mask real pixels that equal it.
+        image_zarray = dict(zarray, fill_value=None)
+        image_zattrs = {
+            "_ARRAY_DIMENSIONS": zattrs["_ARRAY_DIMENSIONS"],
+            "coordinates": " ".join(c for c in coords if c not in m.dims),
+        }
+        consolidated[f"{self.image_name}/.zarray"] = image_zarray
+        consolidated[f"{self.image_name}/.zattrs"] = image_zattrs
+        for name, coord in coords.items():
+            arr = _coordinate_array(coord["values"])
+            shape = list(arr.shape)
+            # No fill value for labels: xarray would mask the labels equal to it.
+            fill: Any = "NaN" if arr.dtype.kind == "f" else None
+            consolidated[f"{name}/.zarray"] = {
+                "zarr_format": 2,
+                "shape": shape,
+                "chunks": [max(1, n) for n in shape],
+                "dtype": arr.dtype.str,
+                "compressor": None,
+                "fill_value": fill,
+                "order": "C",
+                "filters": None,
+                "dimension_separator": ".",
+            }
+            attrs: dict[str, Any] = {"_ARRAY_DIMENSIONS": coord["dims"]}
+            if "units" in coord:
+                attrs["units"] = coord["units"]
+            consolidated[f"{name}/.zattrs"] = attrs
+            coord_chunks[f"{name}/" + ".".join("0" * len(shape) or "0")] = arr.tobytes()
+        docs[".zgroup"] = {"zarr_format": 2}
+        docs[".zmetadata"] = {"zarr_consolidated_format": 1, "metadata": consolidated}
+        out = {k: _json_bytes(v) for k, v in docs.items()}
+        out.update({k: _json_bytes(v) for k, v in consolidated.items() if "/" in k})
+        return out, coord_chunks
+
+    @property
+    def documents(self) -> dict[str, bytes]:
+        """Metadata key -> JSON bytes, for both views."""
+        return self._built[0]
+
+    @property
+    def coordinate_chunks(self) -> dict[str, bytes]:
+        """Key -> bytes of each coordinate array's single chunk."""
+        return self._built[1]
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        """The array's attributes (the root ``.zattrs`` document), a fresh copy."""
+        attrs: dict[str, Any] = json.loads(self.documents[".zattrs"])
+        return attrs

@@ -1,0 +1,224 @@
+"""Reading and checking the files' TIFF headers: all header I/O lives here.
+
+At open, :func:`scan_headers` parses one header per group of same-size files and
+compares the header bytes of a sample of each group with it; with
+``validate=True`` it parses every header. A file accepted on its group's word is
+checked on its first read (:func:`check_file`), or all at once by
+:func:`verify_manifest` (``Manifest.verify``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import LayoutMismatchError, TiffReadError
+from .layout import FileLayout, read_layout
+from .manifest import Manifest, columnize
+from .sources import FileSource, SourceFile
+
+__all__ = ["HeaderScan", "check_file", "check_truncated", "scan_headers", "verify_manifest"]
+
+logger = logging.getLogger(__name__)
+
+#: Uniform files whose pixel data starts within this many bytes are checked by
+#: comparing their header bytes to a parsed reference rather than parsing each.
+MAX_SIGNATURE_BYTES = 64 * 2**10
+
+
+@dataclass
+class HeaderScan:
+    """What :func:`scan_headers` found.
+
+    ``layouts[i]`` is file ``i``'s layout; files accepted on their group's header
+    bytes share one object. ``file_signature[i]`` numbers the group's header bytes
+    in ``signatures`` (-1 where the file's own header was parsed).
+    """
+
+    layouts: list[FileLayout]
+    signatures: list[bytes]
+    file_signature: np.ndarray
+    verified: np.ndarray
+
+
+def _parse_all(source: FileSource, names: Sequence[str], workers: int) -> list[FileLayout]:
+    def parse(name: str) -> FileLayout:
+        with source.open(name) as fh:
+            return read_layout(fh, source.url(name))
+
+    if len(names) == 1 or workers <= 1:
+        return [parse(n) for n in names]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(parse, names))
+
+
+def _heads(source: FileSource, names: Sequence[str], n: int, workers: int) -> list[bytes]:
+    def head(name: str) -> bytes:
+        return bytes(source.read(name, 0, n))
+
+    if len(names) <= 2 or workers <= 1:
+        return [head(name) for name in names]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(head, names))
+
+
+def scan_headers(
+    source: FileSource, files: Sequence[SourceFile], validate: bool, workers: int
+) -> HeaderScan:
+    """Find every file's layout, parsing one header per group of same-size files.
+
+    Files of one size whose header bytes (everything before the pixel data) match
+    a parsed reference share its layout; a few of each group are compared at open
+    and the rest on their first read. ``validate=True`` parses every header.
+    """
+    by_size: dict[int, list[int]] = defaultdict(list)
+    for i, f in enumerate(files):
+        by_size[f.size].append(i)
+    layouts: list[FileLayout | None] = [None] * len(files)
+    signatures: list[bytes] = []
+    file_signature = np.full(len(files), -1, np.int32)
+    verified = np.zeros(len(files), dtype=bool)
+    refs = [members[0] for members in by_size.values()]
+    ref_layouts = _parse_all(source, [files[i].name for i in refs], workers)
+    to_parse: list[int] = []
+    for members, ref_layout in zip(by_size.values(), ref_layouts, strict=True):
+        ref = members[0]
+        verified[ref] = True
+        layouts[ref] = ref_layout
+        rest = members[1:]
+        if not rest:
+            continue
+        end = ref_layout.data_offset
+        if (
+            validate
+            or ref_layout.storage != "contiguous"
+            or end is None
+            or end > MAX_SIGNATURE_BYTES
+        ):
+            to_parse.extend(rest)
+            continue
+        sig = bytes(source.read(files[ref].name, 0, end))
+        sample = sorted({members[len(members) // 2], members[-1]} - {ref})
+        if any(h != sig for h in _heads(source, [files[i].name for i in sample], end, workers)):
+            to_parse.extend(rest)
+            continue
+        verified[sample] = True
+        file_signature[rest] = len(signatures)
+        signatures.append(sig)
+        for i in rest:
+            layouts[i] = ref_layout
+    if to_parse:
+        parsed = _parse_all(source, [files[i].name for i in to_parse], workers)
+        for i, layout in zip(to_parse, parsed, strict=True):
+            verified[i] = True
+            layouts[i] = layout
+    full = [lay for lay in layouts if lay is not None]
+    assert len(full) == len(files)
+    return HeaderScan(full, signatures, file_signature, verified)
+
+
+def check_same_array(
+    source: FileSource, files: Sequence[SourceFile], layouts: Sequence[FileLayout]
+) -> None:
+    """Raise :class:`LayoutMismatchError` naming the first file unlike the first."""
+    first = layouts[0]
+    seen: set[int] = {id(first)}
+    for i, other in enumerate(layouts):
+        if id(other) in seen:
+            continue
+        seen.add(id(other))
+        if not first.same_array(other):
+            raise LayoutMismatchError(
+                "The files do not hold arrays of one shape and type, so they cannot be stacked:\n"
+                f"  {source.url(files[0].name)}: {first.describe()}\n"
+                f"  {source.url(files[i].name)}: {other.describe()}\n"
+                f"They differ in {'; '.join(first.differences(other))}. Open each kind "
+                "separately (a narrower glob or a list of files)."
+            )
+
+
+def check_truncated(m: Manifest, how: str = "validate=True") -> None:
+    """Raise :class:`TiffReadError` naming the files whose header points past their end."""
+    bad = m.truncated_files()
+    if not bad:
+        return
+    ends = m.data_ends()
+    lines = [
+        f"  {m.url(i)}: pixel data end at byte {int(ends[i])}, the file holds "
+        f"{int(m.file_sizes[i])} bytes"
+        for i in bad[:10]
+    ]
+    more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+    raise TiffReadError(
+        f"{len(bad)} file{'s are' if len(bad) > 1 else ' is'} truncated (still being "
+        "written, or cut short):\n" + "\n".join(lines) + more + "\nReplace "
+        f"{'them' if len(bad) > 1 else 'it'}, or open without {how} to read the other files "
+        "(chunks of a truncated file then fail when read)."
+    )
+
+
+def check_file(m: Manifest, file: int) -> FileLayout:
+    """The layout to read ``file`` with, comparing its header with its group's if unchecked.
+
+    A file written differently from its group (same size, other header bytes) is
+    parsed and read by its own header.
+
+    Raises
+    ------
+    LayoutMismatchError
+        When the file holds a different array from the rest.
+    """
+    layout = m.file_layout_of(file)
+    k = int(m.file_signature[file])
+    if m.verified[file] or k < 0:
+        return layout
+    signature = m.signatures[k]
+    name = m.files[file]
+    if bytes(m.source.read(name, 0, len(signature))) == signature:
+        return layout
+    with m.source.open(name) as fh:
+        own = read_layout(fh, m.url(file))
+    if not own.same_array(layout):
+        raise LayoutMismatchError(
+            f"{m.url(file)}: holds {own.describe()}, but the acquisition's files "
+            f"hold {layout.describe()}. Remove or replace this file, or open the "
+            "source with validate=True to find every such file up front."
+        )
+    logger.debug("%s: header differs from its group; using its own", m.url(file))
+    return own
+
+
+def verify_manifest(m: Manifest, workers: int = 16) -> Manifest:
+    """``m`` with every file's header checked (see :meth:`Manifest.verify`)."""
+    unchecked = np.flatnonzero(~m.verified & (m.file_signature >= 0)).tolist()
+    if unchecked:
+        layouts = [m.file_layout_of(i) for i in range(len(m.files))]
+
+        def own(i: int) -> FileLayout:
+            return check_file(m, i)
+
+        if workers > 1 and len(unchecked) > 2:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                checked = list(pool.map(own, unchecked))
+        else:
+            checked = [own(i) for i in unchecked]
+        for i, lay in zip(unchecked, checked, strict=True):
+            layouts[i] = lay
+        geometries, file_layout, tables = columnize(layouts)
+        m = dataclasses.replace(
+            m,
+            layouts=geometries,
+            file_layout=file_layout,
+            tables=tables,
+            signatures=(),
+            file_signature=np.full(len(m.files), -1, np.int32),
+            verified=np.ones(len(m.files), bool),
+        )
+    check_truncated(m, "verifying")
+    return m
