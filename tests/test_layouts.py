@@ -26,8 +26,8 @@ import pytest
 import tifffile
 
 import tiffstore
-from tiffstore.errors import LayoutMismatchError, TiffReadError
 from tiffstore.build import build_manifest
+from tiffstore.errors import LayoutMismatchError, TiffReadError
 from tiffstore.sources import LocalSource, resolve_source
 from tiffstore.store import TiffStore
 
