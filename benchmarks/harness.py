@@ -191,9 +191,7 @@ def attempt(
     """
     try:
         return measure()
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:
+    except Exception as exc:  # not KeyboardInterrupt or SystemExit (SIGTERM): those stop the run
         return Row(key, case, tool, role, unit, limit=limit, error=error_text(exc))
 
 

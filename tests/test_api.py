@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -51,12 +50,20 @@ def test_seed_naming_dims_and_coords(sample_dir):
     assert attrs["tiffstore"]["files"]["names"][0] == sample_name(0, 0)
 
 
-def test_files_ordered_by_parsed_index_not_listing(make_sample):
-    directory, ref = make_sample(channels=1, stacks=12, shape=(2, 8, 8))
-    names = sorted(os.listdir(directory))  # lexical order happens to agree; shuffle the list
-    store = tiffstore.open([directory / n for n in reversed(names)])
-    assert store.dims[:2] == ("stack", "z")  # one channel: no ch axis
-    np.testing.assert_array_equal(da.from_zarr(store).compute(), ref[0])
+def test_files_ordered_by_parsed_index_not_listing(tmp_path):
+    """Unpadded numbers sort wrong as text (stack10 before stack2): order comes from the values."""
+    import tifffile
+
+    values = [1, 2, 3, 9, 10, 11, 20]
+    paths = []
+    for s in values:
+        paths.append(tmp_path / f"img_ch0_stack{s}.tif")
+        tifffile.imwrite(paths[-1], np.full((2, 3), s, np.uint8))
+    assert sorted(p.name for p in paths) != [p.name for p in paths]  # text order differs
+    for given in (paths, list(reversed(paths)), sorted(paths)):
+        store = tiffstore.open(given)
+        assert store.coords["stack"]["values"] == values
+        np.testing.assert_array_equal(da.from_zarr(store)[:, 0, 0].compute(), values)
 
 
 def test_stack10_sorts_after_stack9_without_padding(tmp_path):
@@ -71,9 +78,15 @@ def test_stack10_sorts_after_stack9_without_padding(tmp_path):
 
 def test_glob_and_list_sources(sample_dir):
     directory, ref = sample_dir
-    by_glob = tiffstore.open(str(directory / "*_ch0_*.tif"))
+    (directory / "notes.txt").write_text("not a TIFF")
+    by_glob = tiffstore.open(str(directory / "*_ch0_*"))
     assert by_glob.shape == (4, 6, 32, 24)
     np.testing.assert_array_equal(da.from_zarr(by_glob).compute(), ref[0])
+    # A list: other files in it are left out, as a folder listing leaves them out.
+    listed = [*sorted(directory.glob("*_ch2_*.tif")), directory / "notes.txt"]
+    by_list = tiffstore.open(listed)
+    assert by_list.manifest.files == tuple(p.name for p in listed[:-1])
+    np.testing.assert_array_equal(da.from_zarr(by_list).compute(), ref[2])
 
 
 def test_missing_file_is_fill_value(make_sample):

@@ -23,7 +23,7 @@ def test_no_such_path(tmp_path):
 
 
 def test_glob_matching_nothing(tmp_path):
-    with pytest.raises(SourceError, match="matches no files"):
+    with pytest.raises(SourceError, match="matches no TIFF files"):
         tiffstore.open(str(tmp_path / "*.tif"))
 
 
@@ -76,8 +76,12 @@ def test_names_without_a_common_structure(tmp_path):
         tiffstore.open(tmp_path)
 
 
-def test_header_differing_from_its_group_is_read_with_its_own_layout(make_sample):
-    """A same-size file written differently is detected on first read, never misread."""
+def test_same_size_file_holding_another_array_fails_when_read(make_sample):
+    """A same-size file holding another array is detected on first read, never misread.
+
+    (A same-size file holding the same array with another header is read by its own
+    header: see test_plans.test_differing_header_is_read_with_its_own_layout.)
+    """
     directory, _ref = make_sample(channels=1, stacks=6, shape=(3, 8, 8))
     victim = directory / sample_name(0, 2)
     other = np.arange(3 * 8 * 8, dtype=np.uint16).reshape(3, 8, 8)

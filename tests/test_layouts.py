@@ -81,7 +81,7 @@ def _write_jpeg_tables(directory: Path) -> np.ndarray:
                 padded = np.zeros(tile, np.uint8)
                 part = page[r : r + 16, c : c + 16]
                 padded[: part.shape[0], : part.shape[1]] = part
-                head, rest = _split_jpeg_tables(imagecodecs.jpeg8_encode(padded, level=85))
+                head, rest = _split_jpeg_tables(bytes(imagecodecs.jpeg8_encode(padded, level=85)))
                 heads.add(head)
                 tiles.append(rest)
         assert len(heads) == 1
@@ -160,6 +160,18 @@ def _write_planes(directory: Path) -> np.ndarray:
     return np.stack([tifffile.imread(directory / f"plane_z{k:03d}.tif") for k in range(7)])
 
 
+def _write_pages_apart(directory: Path) -> np.ndarray:
+    """Uncompressed pages written one by one, each IFD between them: not back to back."""
+    for i in range(2):
+        data = _pixels(SHAPE, "uint16", i)
+        with tifffile.TiffWriter(directory / f"pos{i}.tif") as tif:
+            for k, page in enumerate(data):
+                # A description of its own per page keeps tifffile from writing the pages
+                # as one block; metadata=None keeps them one series.
+                tif.write(page, contiguous=False, metadata=None, description="p" * (k + 1))
+    return np.stack([tifffile.imread(directory / f"pos{i}.tif") for i in range(2)])
+
+
 RGB = (3, 40, 50, 3)
 PLANAR = (3, 3, 40, 50)
 HYPERSTACK = (2, 3, 2, 20, 30)
@@ -174,6 +186,7 @@ class Layout:
 
 LAYOUTS: dict[str, Layout] = {
     "uncompressed": Layout(lambda d: _write_pos(d), "contiguous"),
+    "uncompressed-pages-apart": Layout(_write_pages_apart, "pages"),
     "zlib-strips": Layout(lambda d: _write_pos(d, compression="zlib", rowsperstrip=7), "segments"),
     "lzw-predictor": Layout(
         lambda d: _write_pos(d, compression="lzw", predictor=True, rowsperstrip=16), "segments"

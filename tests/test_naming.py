@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -361,7 +361,8 @@ def test_split_tokens_keeps_guids_and_datetimes_whole() -> None:
 
 
 def test_natural_key_puts_numbers_first_then_text_naturally() -> None:
-    assert sorted(["B10", "b9", 3, "A01", 10], key=natural_key) == [3, 10, "A01", "b9", "B10"]
+    values: list[int | str] = ["B10", "b9", 3, "A01", 10]
+    assert sorted(values, key=natural_key) == [3, 10, "A01", "b9", "B10"]
 
 
 def test_axis_kinds_follow_ome_ngff() -> None:
@@ -513,7 +514,7 @@ def schemes(draw: st.DrawFn) -> dict[str, Any]:
         axes.append(
             {"label": label, "style": style, "values": values, "pad": draw(st.integers(1, 4))}
         )
-    sizes = [len(a["values"]) for a in axes]
+    sizes = [len(cast(list[Any], a["values"])) for a in axes]
     cells = list(np.ndindex(*sizes))
     missing = draw(st.sets(st.sampled_from(cells), max_size=len(cells) // 4))
     return {
@@ -626,7 +627,7 @@ def check_store(
     for idx in np.ndindex(*grid_shape):
         expected = pixels.get(idx)
         if expected is None:
-            assert not arr[idx].any()
+            assert not np.asarray(arr[idx]).any()
         else:
             np.testing.assert_array_equal(arr[idx], expected)
 

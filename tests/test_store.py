@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Mapping
 
 import numpy as np
 import psutil
@@ -154,12 +153,12 @@ def test_writes_raise_read_only_error(store):
         sync(store.clear())
     with pytest.raises(ReadOnlyError):
         store.with_read_only(False)
-    with pytest.raises(
-        (ReadOnlyError, zarr.errors.ContainsArrayError, ValueError, PermissionError)
-    ):
+    # zarr itself refuses to open a read-only store for writing...
+    with pytest.raises(ValueError, match="read-only"):
         zarr.open_array(store, mode="w", shape=(1,), dtype="u1")
+    # ...and a write through an array opened for reading reaches the store, which refuses.
     arr = zarr.open_array(store, mode="r")
-    with pytest.raises((ReadOnlyError, ValueError, PermissionError)):
+    with pytest.raises(ReadOnlyError, match="materialize"):
         arr[0, 0, 0, 0, 0] = 1
 
 
@@ -181,17 +180,22 @@ def test_sync_helpers(store, sample_dir):
     assert store._get_json_sync(".zarray", prototype=default_buffer_prototype())["zarr_format"] == 2
 
 
+async def _collect(it):
+    return [k async for k in it]
+
+
 def test_mapping_view(store, sample_dir):
     mapping = store.mapping
-    assert isinstance(mapping, Mapping)
     assert json.loads(mapping[".zarray"])["shape"] == list(sample_dir[1].shape)
     assert mapping["0.0.3.0.0"] == sample_dir[1][0, 0, 3].tobytes()
+    # Channel 1's stack 2 has no file: its chunks are absent, so readers use the fill value.
     with pytest.raises(KeyError):
         mapping["1.2.0.0.0"]
-    assert len(mapping) == len(list(mapping)) == len(list(store.keys.all_keys()))
-    assert ".zattrs" in mapping
-    with pytest.raises(TypeError):
-        mapping["x"] = b"1"  # type: ignore[index]
+    assert "1.2.0.0.0" not in mapping and mapping.get("1.2.0.0.0") is None
+    assert "0.0.3.0.0" in mapping and ".zattrs" in mapping and 5 not in mapping
+    keys = sync(_collect(store.list()))
+    assert list(mapping) == keys and len(mapping) == len(keys)
+    assert "1.2.0.0.0" not in keys and "image/1.2.0.0.0" in keys
 
 
 def test_one_plane_read_touches_one_file_and_one_plane_of_bytes(sample_dir, monkeypatch):

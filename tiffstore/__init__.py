@@ -10,6 +10,7 @@ from .api import open
 from .errors import (
     LayoutMismatchError,
     NamingError,
+    OptionError,
     ReadOnlyError,
     SourceError,
     TiffReadError,
@@ -22,6 +23,7 @@ __all__ = [
     "LayoutMismatchError",
     "Manifest",
     "NamingError",
+    "OptionError",
     "ReadOnlyError",
     "SourceError",
     "TiffMapping",

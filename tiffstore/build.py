@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import NamingError
+from .errors import NamingError, OptionError
 from .headers import check_same_array, check_truncated, scan_headers
 from .layout import FileLayout
 from .manifest import Manifest, columnize
@@ -68,7 +68,7 @@ def resolve_chunks(
     nn, nl = len(name_shape), len(layout.leading_shape)
     if isinstance(spec, (tuple, list)):
         if len(spec) != len(shape):
-            raise ValueError(
+            raise OptionError(
                 f"chunks={tuple(spec)} has {len(spec)} entries; the array has {len(shape)} dims {shape}."
             )
         out = []
@@ -78,7 +78,7 @@ def resolve_chunks(
             elif isinstance(c, (int, np.integer)) and c > 0:
                 out.append(min(int(c), max(n, 1)))
             else:
-                raise ValueError(
+                raise OptionError(
                     f"chunks={tuple(spec)}: each entry must be a positive int, -1 or None."
                 )
         return tuple(out)
@@ -95,7 +95,7 @@ def resolve_chunks(
     elif isinstance(spec, (int, np.integer)) and not isinstance(spec, bool) and spec > 0:
         pages = int(spec)
     else:
-        raise ValueError(
+        raise OptionError(
             f"chunks={spec!r} is not understood: use None, 'page', 'file', 'native', an int "
             "(pages per chunk) or a tuple with one entry per dim."
         )
@@ -126,7 +126,7 @@ def _stitch_plan(
     if tiles == "keep":
         return ()
     if tiles != "stitch":
-        raise ValueError(f"tiles={tiles!r}: use 'keep' (tile axes stay axes) or 'stitch'.")
+        raise OptionError(f"tiles={tiles!r}: use 'keep' (tile axes stay axes) or 'stitch'.")
     plan: list[tuple[int, int]] = []
     for k, axis in enumerate(grid_axes):
         name = axis.name.lower()
@@ -163,7 +163,7 @@ def _checked_chunks(
     nv = len(chunks) - len(layout.shape)
     for _, d in stitched:
         if layout.shape[d] % chunks[nv + d]:
-            raise ValueError(
+            raise OptionError(
                 f"chunks={chunks}: along the stitched {layout.dims[d]} dim a chunk must divide "
                 f"the tile size {layout.shape[d]}."
             )
@@ -176,7 +176,7 @@ def _checked_fill_value(fill_value: int | float | None, dtype: np.dtype) -> int 
     if dtype.kind == "b" and fill_value in (0, 1):
         return bool(fill_value)  # bilevel images: Zarr wants true or false
     if not np.can_cast(np.min_scalar_type(fill_value), dtype, casting="same_kind"):
-        raise ValueError(f"fill_value={fill_value!r} does not fit the files' dtype {dtype}.")
+        raise OptionError(f"fill_value={fill_value!r} does not fit the files' dtype {dtype}.")
     return fill_value
 
 

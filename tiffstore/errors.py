@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "LayoutMismatchError",
     "NamingError",
+    "OptionError",
     "ReadOnlyError",
     "SourceError",
     "TiffReadError",
@@ -37,6 +38,10 @@ class LayoutMismatchError(TiffStoreError, ValueError):
 
 class TiffReadError(TiffStoreError, OSError):
     """A TIFF file could not be read or is not what its header promised (truncated, corrupt)."""
+
+
+class OptionError(TiffStoreError, ValueError):
+    """An option has a value tiffstore does not understand (chunks, fill_value, tiles...)."""
 
 
 class ReadOnlyError(TiffStoreError, PermissionError):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Literal, NamedTuple
@@ -28,7 +29,7 @@ import numpy as np
 import tifffile
 
 from .codecs import SegmentCodec, segment_codec
-from .errors import TiffReadError
+from .errors import TiffReadError, TiffStoreError
 
 __all__ = [
     "FileLayout",
@@ -562,10 +563,25 @@ def read_layout(fh: IO[bytes] | str, name: str) -> FileLayout:
     try:
         with _open_tiff(fh) as tif:
             return _layout_of(tif, name)
-    except TiffReadError:
+    except TiffStoreError:
         raise
-    except (tifffile.TiffFileError, ValueError, OSError, EOFError, KeyError, IndexError) as exc:
+    except OSError as exc:
+        # The storage failed (a network timeout, a permission): not the file's fault.
+        raise TiffReadError(f"{name}: cannot read the file ({type(exc).__name__}: {exc}).") from exc
+    except (
+        tifffile.TiffFileError,
+        ValueError,
+        EOFError,
+        KeyError,
+        IndexError,
+        struct.error,
+    ) as exc:
         raise TiffReadError(f"{name}: not a TIFF file tifffile can read ({exc}).") from exc
+    except Exception as exc:
+        raise TiffReadError(
+            f"{name}: reading the TIFF header failed ({type(exc).__name__}: {exc}). Check "
+            "that tifffile.TiffFile opens it; if it does, please report this as a tiffstore bug."
+        ) from exc
 
 
 def read_pages_with_tifffile(

@@ -35,6 +35,7 @@ import logging
 import math
 import operator
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -1080,7 +1081,7 @@ def understand_names(names: Sequence[str], pattern: str | None = None) -> NameGr
     if n == 0:
         raise NamingError("No file names to understand.")
     if len(set(names)) != n:
-        dup = next(x for x in names if names.count(x) > 1)
+        dup = next(x for x, count in Counter(names).items() if count > 1)
         raise NamingError(
             f"The file {dup!r} is listed twice; each file can sit at one place only. "
             "Remove the duplicate from the list."

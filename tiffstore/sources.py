@@ -238,9 +238,9 @@ def _resolve_local(
             return LocalSource(str(folder)), found
         if globmod.has_magic(text):
             paths = [p for p in globmod.glob(os.path.expanduser(text), recursive=True)]
-            paths = [os.path.abspath(p) for p in paths if os.path.isfile(p)]
+            paths = [os.path.abspath(p) for p in paths if os.path.isfile(p) and _is_tiff(p)]
             if not paths:
-                raise SourceError(f"{text}: the glob matches no files.")
+                raise SourceError(f"{text}: the glob matches no TIFF files (*.tif, *.tiff).")
         elif path.is_file():
             paths = [str(path.resolve())]
         else:
@@ -250,6 +250,10 @@ def _resolve_local(
         if not paths:
             raise SourceError("The list of files is empty.")
         absent = [p for p in paths if not os.path.isfile(p)]
+        if not absent:
+            paths = [p for p in paths if _is_tiff(p)]
+            if not paths:
+                raise SourceError("None of the files listed is a TIFF file (*.tif, *.tiff).")
         if absent:
             raise SourceError(
                 f"{absent[0]}: no such file"
@@ -300,6 +304,12 @@ def _resolve_fsspec(
     )
 
 
+def _strip_file_scheme(path: str | os.PathLike[str]) -> str | os.PathLike[str]:
+    if isinstance(path, str) and path.startswith("file://"):
+        return path[len("file://") :]
+    return path
+
+
 def resolve_source(
     source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     storage_options: dict[str, Any] | None = None,
@@ -330,8 +340,10 @@ def resolve_source(
         reader: FileSource
         reader, files = _resolve_fsspec(source, storage_options or {})  # type: ignore[arg-type]
     else:
-        if isinstance(source, str) and source.startswith("file://"):
-            source = source[len("file://") :]
+        if isinstance(source, (str, os.PathLike)):
+            source = _strip_file_scheme(source)
+        else:
+            source = [_strip_file_scheme(s) for s in source]
         reader, files = _resolve_local(source)
     # A plain sort, for a deterministic order: where each file belongs in the
     # array comes from its name's parsed fields, never from this order.

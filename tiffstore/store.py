@@ -246,8 +246,8 @@ class TiffStore(Store):
     def _refuse(self, what: str) -> ReadOnlyError:
         return ReadOnlyError(
             f"Cannot {what}: TiffStore is read-only and never changes the TIFF files. "
-            "To get a writable copy, write the array to a real Zarr store "
-            "(``tiffstore materialize SOURCE OUT``)."
+            "To get a writable copy, write the array to a real Zarr store with "
+            "`tiffstore materialize SOURCE OUT`."
         )
 
     async def set(self, key: str, value: Buffer) -> None:

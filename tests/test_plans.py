@@ -1,0 +1,269 @@
+"""Chunk plans as plain data, header verification, and the read paths behind them."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import fsspec
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+import tiffstore
+from tiffstore.assemble import ChunkReader
+from tiffstore.errors import OptionError, TiffReadError
+from tiffstore.plans import ChunkPlan, Piece
+from tiffstore.sample import sample_name
+
+
+def _pos(directory: Path, n: int, shape: tuple[int, ...], **options: Any) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    options.setdefault("photometric", "minisblack")
+    for i in range(n):
+        data = rng.integers(0, 4000, shape, dtype=np.uint16)
+        tifffile.imwrite(directory / f"pos{i}.tif", data, **options)
+    return np.stack([tifffile.imread(directory / f"pos{i}.tif") for i in range(n)])
+
+
+def test_uncompressed_chunk_is_one_copy_piece(make_sample):
+    directory, ref = make_sample(channels=1, stacks=2, shape=(4, 16, 8))
+    store = tiffstore.open(directory, chunks=2)
+    plan = store.manifest.chunk_plan((1, 1, 0, 0))
+    assert isinstance(plan, ChunkPlan) and plan.complete
+    piece = plan.one_range()
+    assert piece is not None and piece.kind == "copy"
+    assert piece.nbytes == 2 * 16 * 8 * 2 == plan.nbytes
+    # The piece is exactly where the pixels are: read those bytes by hand.
+    with open(directory / store.manifest.files[piece.file], "rb") as fh:
+        fh.seek(piece.offset)
+        raw = fh.read(piece.nbytes)
+    np.testing.assert_array_equal(np.frombuffer(raw, "<u2").reshape(2, 16, 8), ref[0, 1, 2:4])
+    assert pickle.loads(pickle.dumps(plan)) == plan
+
+
+def test_compressed_chunk_is_decode_pieces_with_codecs(tmp_path):
+    ref = _pos(tmp_path, 2, (3, 40, 24), compression="zlib", predictor=True, rowsperstrip=16)
+    store = tiffstore.open(tmp_path, chunks=(1, 1, 40, 24))
+    m = store.manifest
+    plan = m.chunk_plan((1, 2, 0, 0))
+    assert plan.one_range() is None
+    assert [p.kind for p in plan.pieces] == ["decode"] * 3  # strips of 16, 16 and 8 rows
+    assert {p.codec.compressor_config()["id"] for p in plan.pieces} == {"zlib"}
+    assert {p.codec.predictor for p in plan.pieces} == {"imagecodecs_delta"}
+    assert [p.valid[0] for p in plan.pieces] == [16, 16, 8]
+    sizes = m.file_sizes
+    assert all(p.offset + p.nbytes <= sizes[p.file] for p in plan.pieces)
+    assert pickle.loads(pickle.dumps(plan)) == plan
+    out = ChunkReader(m).execute(plan)
+    np.testing.assert_array_equal(out[0, 0], ref[1, 2])
+
+
+def test_pages_apart_plan_several_ranges(tmp_path):
+    with tifffile.TiffWriter(tmp_path / "a.tif") as tif:
+        for k in range(3):
+            tif.write(np.full((4, 6), k, np.uint8), metadata=None, description="d" * (k + 1))
+    store = tiffstore.open(tmp_path / "a.tif", chunks=3)
+    plan = store.manifest.chunk_plan((0, 0, 0))
+    assert [p.kind for p in plan.pieces] == ["copy"] * 3
+    assert plan.one_range() is None
+    np.testing.assert_array_equal(zarr.open_array(store, mode="r")[:, 0, 0], [0, 1, 2])
+
+
+def test_plan_outside_the_grid_is_an_index_error(sample_dir):
+    store = tiffstore.open(sample_dir[0])
+    with pytest.raises(IndexError, match="outside the chunk grid"):
+        store.manifest.chunk_plan((9, 0, 0, 0, 0))
+
+
+def test_missing_file_plan_is_incomplete_or_empty(sample_dir):
+    m = tiffstore.open(sample_dir[0], chunks=(3, 4, 6, 32, 24)).manifest
+    plan = m.chunk_plan((0, 0, 0, 0, 0))
+    assert not plan.complete and len(plan.files) == 11
+    single = tiffstore.open(sample_dir[0]).manifest
+    assert single.chunk_plan((1, 2, 0, 0, 0)).empty
+
+
+# -- header verification -----------------------------------------------------
+
+
+def _pad_to(path: Path, size: int) -> None:
+    data = path.read_bytes()
+    assert len(data) <= size
+    path.write_bytes(data + b"\0" * (size - len(data)))
+
+
+@pytest.fixture
+def written_apart(make_sample):
+    """Six same-size files, one of them written with a shorter header and padded to size.
+
+    Its pixels start elsewhere than its neighbours', which the size alone does not show.
+    """
+    directory, ref = make_sample(channels=1, stacks=6, shape=(3, 8, 8))
+    size = (directory / sample_name(0, 0)).stat().st_size
+    victim = directory / sample_name(0, 1)  # neither the middle nor the last: not sampled
+    other = np.arange(3 * 8 * 8, dtype=np.uint16).reshape(3, 8, 8)
+    tifffile.imwrite(victim, other, metadata=None, photometric="minisblack")
+    _pad_to(victim, size)
+    ref = ref.copy()
+    ref[0, 1] = other
+    return directory, ref
+
+
+def test_differing_header_is_read_with_its_own_layout(written_apart):
+    directory, ref = written_apart
+    store = tiffstore.open(directory)
+    m = store.manifest
+    victim = m.files.index(sample_name(0, 1))
+    assert not m.verified[victim]  # trusted at open on its size
+    np.testing.assert_array_equal(da.from_zarr(store).compute(), ref[0])
+
+
+def test_verify_parses_every_unchecked_header(written_apart):
+    directory, ref = written_apart
+    m = tiffstore.open(directory).manifest
+    checked = m.verify()
+    assert checked.fully_verified and not m.fully_verified
+    victim = m.files.index(sample_name(0, 1))
+    assert checked.file_layout_of(victim).data_offset != m.file_layout_of(victim).data_offset
+    assert checked.file_layout_of(0) == m.file_layout_of(0)
+    # A store over the verified manifest reads right with no check left to do.
+    store = tiffstore.TiffStore(checked)
+    np.testing.assert_array_equal(da.from_zarr(store).compute(), ref[0])
+    assert checked.verify() == checked
+
+
+def test_header_pointing_past_the_end_is_named_at_open(tmp_path, caplog):
+    _pos(tmp_path, 3, (3, 40, 24), compression="zlib", rowsperstrip=8)
+    victim = tmp_path / "pos1.tif"
+    victim.write_bytes(victim.read_bytes()[:-200])  # the last strips now point past the end
+    with caplog.at_level(logging.WARNING):
+        store = tiffstore.open(tmp_path)
+    assert "pos1.tif" in caplog.text and "truncated" in caplog.text
+    m = store.manifest
+    assert [m.files[i] for i in m.truncated_files()] == ["pos1.tif"]
+    with pytest.raises(TiffReadError, match=r"pos1\.tif"):
+        da.from_zarr(store).compute()
+    with pytest.raises(TiffReadError, match=r"pos1\.tif: pixel data end at byte"):
+        tiffstore.open(tmp_path, validate=True)
+    with pytest.raises(TiffReadError, match=r"pos1\.tif"):
+        m.verify()
+
+
+def test_truncated_uncompressed_file_is_named_at_open(make_sample):
+    directory, _ = make_sample(channels=1, stacks=3, shape=(4, 16, 16))
+    victim = directory / sample_name(0, 2)
+    victim.write_bytes(victim.read_bytes()[: 256 + 3 * 16 * 16 * 2])  # header + 3 of 4 pages
+    store = tiffstore.open(directory)
+    assert store.manifest.truncated_files() == [2]
+    with pytest.raises(TiffReadError, match=r"stack0002.*truncated|truncated.*stack0002"):
+        tiffstore.open(directory, validate=True)
+
+
+# -- read paths --------------------------------------------------------------
+
+
+def test_large_chunks_are_read_off_the_event_loop(tmp_path, monkeypatch):
+    """Chunks over the inline limit are read in a worker thread, and read right."""
+    ref = _pos(tmp_path, 2, (5, 256, 512))  # one file: 1.25 MiB, over the 1 MiB limit
+    store = tiffstore.open(tmp_path, chunks="file")
+    assert store.manifest.chunk_nbytes > store.inline_read_bytes
+    threads: list[int] = []
+    original = ChunkReader.read_chunk_bytes
+
+    def spy(self, index, part=None):
+        threads.append(threading.get_ident())
+        return original(self, index, part)
+
+    monkeypatch.setattr(ChunkReader, "read_chunk_bytes", spy)
+    np.testing.assert_array_equal(zarr.open_array(store, mode="r")[:], ref)
+    assert len(threads) == 2
+    assert threading.get_ident() not in threads
+
+
+def test_segment_never_written_reads_as_zeros(tmp_path):
+    ref = _pos(tmp_path, 1, (2, 32, 32), compression="zlib", tile=(16, 16))
+    path = tmp_path / "pos0.tif"
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[1]
+        # A writer that never wrote a tile leaves its offset and byte count 0.
+        for name in ("TileOffsets", "TileByteCounts"):
+            tag = page.tags[name]
+            size = {"SHORT": 2, "LONG": 4, "LONG8": 8}[tag.dtype_name]
+            data[tag.valueoffset + size : tag.valueoffset + 2 * size] = bytes(size)
+    path.write_bytes(bytes(data))
+    expected = tifffile.imread(path)
+    assert (expected[1, :16, 16:] == 0).all() and not np.array_equal(expected, ref[0])
+    store = tiffstore.open(path)
+    np.testing.assert_array_equal(zarr.open_array(store, mode="r")[:], expected)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"chunks": "pages"}, "chunks='pages' is not understood"),
+        ({"chunks": (1, 2)}, "has 2 entries"),
+        ({"chunks": (1, 0, 8, 8)}, "positive int"),
+        ({"fill_value": -1}, "does not fit"),
+        ({"tiles": "mosaic"}, "tiles='mosaic'"),
+    ],
+)
+def test_bad_options_are_option_errors(make_sample, options, match):
+    directory, _ = make_sample(channels=1, stacks=2, shape=(2, 8, 8))
+    with pytest.raises(OptionError, match=match):
+        tiffstore.open(directory, **options)
+
+
+def test_fsspec_read_errors_name_the_url(sample_dir):
+    directory, _ = sample_dir
+    fs = fsspec.filesystem("memory")
+    for path in directory.iterdir():
+        fs.pipe(f"/gone/{path.name}", path.read_bytes())
+    try:
+        store = tiffstore.open("memory://gone/")
+        fs.rm(f"/gone/{sample_name(0, 0)}")
+        with pytest.raises(TiffReadError, match=f"memory://.*gone/{sample_name(0, 0)}"):
+            store.mapping["0.0.0.0.0"]
+    finally:
+        fs.rm("/gone", recursive=True)
+
+
+def test_list_of_urls_roots_at_their_common_folder(sample_dir):
+    directory, ref = sample_dir
+    fs = fsspec.filesystem("memory")
+    urls = []
+    for c in range(3):
+        for s in range(4):
+            name = sample_name(c, s)
+            if (directory / name).exists():
+                fs.pipe(f"/acq/ch{c}/{name}", (directory / name).read_bytes())
+                urls.append(f"memory://acq/ch{c}/{name}")
+    try:
+        store = tiffstore.open(urls)
+        assert store.manifest.source.url("").rstrip("/").endswith("/acq")
+        assert store.manifest.files[0] == f"ch0/{sample_name(0, 0)}"
+        got = da.from_zarr(store).compute()
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1, :2], ref[1, :2])
+    finally:
+        fs.rm("/acq", recursive=True)
+
+
+def test_list_of_file_urls(sample_dir):
+    directory, ref = sample_dir
+    urls = [f"file://{p}" for p in sorted(directory.glob("*_ch0_*.tif"))]
+    store = tiffstore.open(urls)
+    np.testing.assert_array_equal(da.from_zarr(store).compute(), ref[0])
+
+
+def test_pieces_are_frozen_values():
+    a = Piece("copy", 0, 10, 4, (slice(0, 4),))
+    assert a == Piece("copy", 0, 10, 4, (slice(0, 4),))
+    with pytest.raises(AttributeError):
+        a.offset = 3
