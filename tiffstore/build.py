@@ -7,6 +7,7 @@ shape, stitching tiles, the fill value, renaming axes that collide.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from .manifest import Manifest, columnize
 from .naming import Axis, Coordinate, NameGrid, understand_names
 from .sources import FileSource, SourceFile
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "ChunkSpec", "build_manifest", "resolve_chunks"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "ChunkSpec", "build_manifest", "rechunk", "resolve_chunks"]
 
 logger = logging.getLogger(__name__)
 
@@ -271,3 +272,14 @@ def build_manifest(
         manifest.chunks,
     )
     return manifest
+
+
+def rechunk(m: Manifest, chunks: ChunkSpec) -> Manifest:
+    """The same virtual array with other chunks (see :func:`resolve_chunks`).
+
+    Examples
+    --------
+    >>> pages = rechunk(store.manifest, "page")  # doctest: +SKIP
+    """
+    shape = resolve_chunks(chunks, m.array_axes, m.layout)
+    return dataclasses.replace(m, chunks=_checked_chunks(shape, m.stitched, m.layout))

@@ -22,7 +22,7 @@ import numcodecs.abc
 import numpy as np
 import tifffile
 
-__all__ = ["SegmentCodec", "segment_codec"]
+__all__ = ["SegmentCodec", "register_imagecodecs", "segment_codec"]
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ _FASTER = {"zlib": "imagecodecs_deflate"}
 
 @functools.cache
 def _codec(config: tuple[tuple[str, Any], ...]) -> numcodecs.abc.Codec:
-    _register_imagecodecs()
+    register_imagecodecs()
     return numcodecs.get_codec(dict(config))
 
 
@@ -254,14 +254,14 @@ def _decoder(config: tuple[tuple[str, Any], ...]) -> numcodecs.abc.Codec:
 
 @functools.cache
 def _filter(codec_id: str, dist: int, shape: tuple[int, ...], dtype: str) -> numcodecs.abc.Codec:
-    _register_imagecodecs()
+    register_imagecodecs()
     return numcodecs.get_codec(
         {"id": codec_id, "axis": -2, "dist": dist, "shape": list(shape), "dtype": dtype}
     )
 
 
 @functools.cache
-def _register_imagecodecs() -> None:
+def register_imagecodecs() -> None:
     from imagecodecs.numcodecs import register_codecs
 
     register_codecs(verbose=False)
@@ -326,7 +326,7 @@ def segment_codec(page: tifffile.TiffPage) -> SegmentCodec | None:
         predictor, dist = _PREDICTORS[page.predictor]
     codec = SegmentCodec(tuple(sorted(config.items())), predictor, dist, image)
     try:
-        _register_imagecodecs()
+        register_imagecodecs()
         if codec.compressor:
             _codec(codec.compressor)
         filter_config = codec.filter_config((1, 1, 1), np.dtype("u1"))

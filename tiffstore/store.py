@@ -135,6 +135,18 @@ class TiffStore(Store):
 
         return to_dask(self)
 
+    def write_references(self, target: str, **options: Any) -> str:
+        """Write fsspec reference files for this array (see :func:`tiffstore.references.write_references`).
+
+        Examples
+        --------
+        >>> store.write_references("raw.json", url="s3://bucket/raw/")  # doctest: +SKIP
+        'raw.json'
+        """
+        from .references import write_references
+
+        return write_references(self, target, **options)
+
     @property
     def reader(self) -> ChunkReader:
         if self._reader is None:
