@@ -70,10 +70,22 @@ class StoreKeys:
 
     # -- documents --------------------------------------------------------
 
+    @property
+    def scale(self) -> dict[str, tuple[float, str]]:
+        """Physical size of a pixel along the files' own ``z``/``y``/``x``: dim -> (size, units)."""
+        m = self.manifest
+        sizes = m.layout.scale.as_dict() if m.layout.scale else {}
+        return {d: v for d, v in sizes.items() if d in m.file_dims}
+
     def _build(self) -> dict[str, bytes]:
         m = self.manifest
         zarray = m.zarray()
         zattrs = m.zattrs()
+        scale = self.scale
+        if scale:
+            zattrs["tiffstore"]["scale"] = {
+                d: {"size": size, "units": units} for d, (size, units) in scale.items()
+            }
         docs: dict[str, dict[str, Any]] = {".zarray": zarray, ".zattrs": zattrs}
         consolidated: dict[str, Any] = {".zgroup": {"zarr_format": 2}, ".zattrs": {}}
         coords: dict[str, dict[str, Any]] = zattrs["tiffstore"]["coords"]
@@ -107,6 +119,22 @@ class StoreKeys:
                 attrs["units"] = coord["units"]
             consolidated[f"{name}/.zattrs"] = attrs
             self._coord_chunks[f"{name}/" + ".".join("0" * len(shape) or "0")] = arr.tobytes()
+        # Physical positions of the pixels, so that xarray shows z/y/x in units.
+        for d, (size, units) in scale.items():
+            n = m.shape[m.dims.index(d)]
+            consolidated[f"{d}/.zarray"] = {
+                "zarr_format": 2,
+                "shape": [n],
+                "chunks": [max(1, n)],
+                "dtype": "<f8",
+                "compressor": None,
+                "fill_value": None,
+                "order": "C",
+                "filters": None,
+                "dimension_separator": ".",
+            }
+            consolidated[f"{d}/.zattrs"] = {"_ARRAY_DIMENSIONS": [d], "units": units}
+            self._coord_chunks[f"{d}/0"] = (np.arange(n, dtype="<f8") * size).tobytes()
         docs[".zgroup"] = {"zarr_format": 2}
         docs[".zmetadata"] = {"zarr_consolidated_format": 1, "metadata": consolidated}
         out = {k: _json_bytes(v) for k, v in docs.items()}
