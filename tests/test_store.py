@@ -263,3 +263,18 @@ def test_group_view_serves_missing_cells_filled(make_sample):
     group = zarr.open_group(store, mode="r")
     assert (group["image"][0, 1] == 5).all()
     assert zarr.open_array(store, mode="r").fill_value == 5
+
+
+def test_read_only_errors_suggest_what_ships(sample_dir, tmp_path):
+    directory, ref = sample_dir
+    store = tiffstore.open(directory)
+    with pytest.raises(ReadOnlyError) as info:
+        store.with_read_only(False)
+    with pytest.raises(ReadOnlyError) as refused:
+        sync(store.delete("0.0.0.0.0"))
+    for message in (str(info.value), str(refused.value)):
+        assert "materialize" not in message
+        assert "store.to_dask().to_zarr('copy.zarr')" in message
+    # The suggestion works as written.
+    store.to_dask().to_zarr(str(tmp_path / "copy.zarr"))
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "copy.zarr"))[...], ref)
