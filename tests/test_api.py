@@ -8,6 +8,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pytest
+import tifffile
 import zarr
 
 import tiffstore
@@ -134,3 +135,28 @@ def test_to_dask_equals_from_zarr(make_sample, chunks):
     np.testing.assert_array_equal(through_zarr.compute(), ref)
     # Same files, same graph keys.
     assert tiffstore.open(directory, chunks=chunks, fill_value=3).to_dask().name == direct.name
+
+
+def test_a_stray_thumbnail_is_left_out_and_listed(make_sample, caplog):
+    directory, ref = make_sample(channels=2, stacks=3, shape=(4, 16, 12))
+    thumb = sample_name(1, 1).replace("_0000t", "_0000t_thumb")
+    tifffile.imwrite(directory / thumb, np.zeros((8, 6), np.uint8))  # another shape too
+    store = tiffstore.open(directory)
+    assert store.dims == ("ch", "stack", "z", "y", "x")
+    assert store.left_out == (thumb,)
+    assert thumb not in store.manifest.files and store.manifest.missing() == []
+    np.testing.assert_array_equal(store.to_dask().compute(), ref)
+    assert "Left out 1 file " in caplog.text and thumb in caplog.text
+    assert pickle.loads(pickle.dumps(store)).left_out == (thumb,)
+
+
+def test_a_truncated_file_is_named_at_open_without_validate(make_sample, caplog):
+    directory, ref = make_sample(channels=2, stacks=2, shape=(4, 16, 16))
+    end = int(tiffstore.open(directory).manifest.data_ends()[0])
+    assert end is not None
+    victim = directory / sample_name(1, 0)
+    victim.write_bytes(victim.read_bytes()[: end - 10])  # cut inside the pixel data
+    store = tiffstore.open(directory)
+    assert store.truncated == [victim.name]
+    assert "1 file is truncated" in caplog.text and victim.name in caplog.text
+    np.testing.assert_array_equal(store.to_dask()[0].compute(), ref[0])

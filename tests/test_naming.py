@@ -8,6 +8,7 @@ back as ``pattern=``, places every file the same way.
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from tiffstore.naming import (
     UNIT_LABELS,
     NameGrid,
     axis_kind,
+    find_strays,
     natural_key,
     split_tokens,
     understand_names,
@@ -479,11 +481,73 @@ def test_duplicate_and_indistinguishable_files() -> None:
 
 
 def test_different_structures_fail_with_template_for_the_main_kind() -> None:
-    names = [f"img_{i:03d}.tif" for i in range(4)] + ["img_001_thumb.tif"]
+    names = [f"img_{i:03d}.tif" for i in range(4)] + ["summary.tif"]
     with pytest.raises(NamingError, match="do not share one structure") as info:
         understand_names(names)
     assert "'img_000.tif' (and 3 more like it)" in str(info.value)
     assert "img_{field1}.tif" in str(info.value)
+    assert "exclude=['summary.tif'] (--exclude 'summary.tif')" in str(info.value)
+
+
+def test_a_stray_name_is_left_out_and_invents_no_axis(caplog) -> None:
+    names = [sample_name(c, s) for c in range(3) for s in range(4)]
+    thumb = names[5].replace("_0000t", "_0000t_thumb")
+    with caplog.at_level(logging.WARNING, logger="tiffstore.naming"):
+        grid = understand_names([*names[:6], thumb, *names[6:]])
+    assert grid.dims == ("ch", "stack") and grid.shape == (3, 4)
+    assert grid.left_out == (thumb,)
+    assert grid.positions[6] is None
+    index = grid.file_index()
+    assert 6 not in index and sorted(index.ravel().tolist()) == [*range(6), *range(7, 13)]
+    assert "Left out 1 file " in caplog.text and thumb in caplog.text
+    assert find_strays([*names, thumb]) == (thumb,)
+
+
+def test_strays_need_an_extra_part_at_a_separator() -> None:
+    # Channel names of different structure are values of one part, not strays.
+    names = [f"t{t}_{c}.tif" for t in range(20) for c in ("DAPI", "Cy5", "Bright Field")]
+    assert find_strays(names) == ()
+    assert understand_names(names).dims == ("t", "channel")
+    # A copy's " (1)" is a stray when the name without it is another file's.
+    assert find_strays(["a_t1.tif", "a_t2.tif", "a_t3.tif", "a_t2 (1).tif"]) == ("a_t2 (1).tif",)
+    # Half the names or more are never strays: that is another acquisition.
+    assert find_strays(["a_t1.tif", "a_t2.tif", "a_t1_x.tif", "a_t2_x.tif"]) == ()
+
+
+def test_a_subfolder_of_derived_files_suggests_the_glob_for_the_acquisition() -> None:
+    names = [sample_name(c, s) for c in range(3) for s in range(4)]
+    mips = [f"MIPs/{n[:-4]}_MIP_z.tif" for n in names]
+    with pytest.raises(NamingError, match="do not share one structure") as info:
+        understand_names(names + mips)
+    message = str(info.value)
+    assert "To open the 12 files like the first" in message
+    assert "exclude=['MIPs/*'] (--exclude 'MIPs/*')" in message
+    assert "--no-recursive" in message
+    start = message.split("start from:\n  ")[1]
+    assert start.startswith("ex6-2_CamA_ch{") and "MIP" not in start
+
+
+def test_a_common_ending_of_the_other_files_is_suggested() -> None:
+    names = [f"img_t{t}.tif" for t in range(5)] + [f"img_t{t}_MIP_001.tif" for t in range(10, 13)]
+    with pytest.raises(NamingError) as info:
+        understand_names(names)
+    assert "exclude=['*_MIP_001.tif']" in str(info.value)
+
+
+def test_two_camera_fields_make_one_axis_named_cam() -> None:
+    names = [
+        sample_name(c, s).replace("CamA", f"Cam{cam}").replace("CAM1", f"CAM{k}")
+        for k, cam in ((1, "A"), (2, "B"))
+        for c in range(2)
+        for s in range(3)
+    ]
+    grid = understand_names(names)
+    assert grid.dims == ("ch", "cam", "stack")
+    assert grid.axes[1].values == (1, 2)
+    coords = {c.name: c for c in grid.coords}
+    assert coords["cam_letter"].dims == ("cam",) and coords["cam_letter"].values == ("A", "B")
+    assert "Cam{cam_letter:coord}" in grid.template and "CAM{cam}" in grid.template
+    assert understand_names(names, pattern=grid.template).dims == grid.dims
 
 
 # ---------------------------------------------------------------------------
@@ -583,6 +647,7 @@ def test_random_schemes_round_trip(s: dict[str, Any]) -> None:
         expected = sorted((axes[k]["values"][i] for i in present[k]), key=natural_key)
         assert list(axis.values) == expected
     for pos, cell in zip(grid.positions, cells, strict=True):
+        assert pos is not None  # every generated name is placed
         assert tuple(grid.axes[j].values[p] for j, p in enumerate(pos)) == tuple(
             axes[k]["values"][cell[k]] for k in varying
         )

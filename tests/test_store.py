@@ -267,3 +267,18 @@ def test_group_view_serves_missing_cells_filled(make_sample):
     group = zarr.open_group(store, mode="r")
     assert (group["image"][0, 1] == 5).all()
     assert zarr.open_array(store, mode="r").fill_value == 5
+
+
+def test_read_only_errors_suggest_what_ships(sample_dir, tmp_path):
+    directory, ref = sample_dir
+    store = tiffstore.open(directory)
+    with pytest.raises(ReadOnlyError) as info:
+        store.with_read_only(False)
+    with pytest.raises(ReadOnlyError) as refused:
+        sync(store.delete("0.0.0.0.0"))
+    for message in (str(info.value), str(refused.value)):
+        assert "`tiffstore materialize SOURCE OUT`" in message
+    # The suggestion works as written.
+    tiffstore.materialize(store, str(tmp_path / "copy.zarr"))
+    copy = zarr.open_group(str(tmp_path / "copy.zarr"), mode="r")
+    np.testing.assert_array_equal(copy["image"][...], ref)

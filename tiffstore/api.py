@@ -2,15 +2,47 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .build import ChunkSpec, build_manifest
+from .errors import OptionError
+from .manifest import Manifest
+from .naming import understand_names
+from .scale import VoxelSize, unit_name
 from .sources import resolve_source
 from .store import TiffStore
 
 __all__ = ["open"]
+
+logger = logging.getLogger(__name__)
+
+#: ``scale=`` values: a size per dim (in the files' unit, else micrometres), or
+#: ``(size, unit)``.
+ScaleSpec = Mapping[str, float | tuple[float, str]]
+
+
+def _with_scale(manifest: Manifest, scale: ScaleSpec) -> Manifest:
+    """The manifest with its voxel size along ``z``/``y``/``x`` set from ``scale``."""
+    known = manifest.layout.scale.as_dict() if manifest.layout.scale else {}
+    sizes = dict(known)
+    for dim, value in scale.items():
+        if dim not in ("z", "y", "x") or dim not in manifest.file_dims:
+            raise OptionError(
+                f"scale={dict(scale)!r}: {dim!r} is not one of the files' own dims "
+                f"{manifest.file_dims} among z, y, x."
+            )
+        size, unit = value if isinstance(value, tuple) else (value, None)
+        unit = unit_name(unit) or unit or known.get(dim, (0.0, "micrometer"))[1]
+        if not float(size) > 0:
+            raise OptionError(f"scale={dict(scale)!r}: the size along {dim} must be positive.")
+        sizes[dim] = (float(size), unit)
+    voxel = VoxelSize(**sizes)
+    layouts = tuple(dataclasses.replace(lay, scale=voxel) for lay in manifest.layouts)
+    return dataclasses.replace(manifest, layouts=layouts)
 
 
 def open(
@@ -22,6 +54,11 @@ def open(
     storage_options: dict[str, Any] | None = None,
     validate: bool = False,
     tiles: str = "keep",
+    recursive: bool = True,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    scale: ScaleSpec | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> TiffStore:
     """Open TIFF files as one virtual, read-only Zarr array.
 
@@ -56,6 +93,27 @@ def open(
         their own, since tiles usually overlap and need registration. ``"stitch"``
         places a non-overlapping grid of tiles side by side along ``x``/``y``/``z``,
         and fails clearly when the positions do not tile.
+    recursive
+        Search a folder's subfolders too (default), or only the folder itself.
+    include, exclude
+        Globs (one or a list) on the names relative to the folder: keep only files
+        matching ``include``, then drop those matching ``exclude`` (``"MIPs/*"``,
+        ``"*_thumb.tif"``; a glob without ``/`` also matches the file name alone).
+    scale
+        What one pixel measures along the files' ``z``, ``y``, ``x``, overriding the
+        files' metadata: ``{"z": 2.0, "y": 0.1, "x": 0.1}`` (in the files' unit, else
+        micrometres) or ``{"z": (2.0, "micrometer")}``. See ``store.scale``.
+    progress
+        Called with a short description of each step of the open as it starts
+        (listing, names, headers), for a progress display; the library itself only
+        logs.
+
+    Notes
+    -----
+    Stray files, whose name has a part the others lack (``..._thumb.tif`` beside the
+    acquisition), are left out with a warning and listed in ``store.left_out``.
+    Files whose header points past their end (truncated) are named in a warning and
+    in ``store.truncated``; reading them raises :class:`~tiffstore.TiffReadError`.
 
     Returns
     -------
@@ -69,7 +127,28 @@ def open(
     >>> da.from_zarr(store)  # doctest: +SKIP
     dask.array<from-zarr, shape=(3, 199, 201, 1024, 768), dtype=uint16, chunksize=(1, 1, 10, 1024, 768), ...>
     """
-    reader, files = resolve_source(source, storage_options)
+
+    def step(message: str) -> None:
+        logger.info(message)
+        if progress is not None:
+            progress(message)
+
+    step(f"listing {source}")
+    reader, files = resolve_source(
+        source, storage_options, recursive=recursive, include=include, exclude=exclude
+    )
+    step(f"reading {len(files):,} file names")
+    left_out: tuple[str, ...] = ()
+    if pattern is None:
+        # Stray files are left out before their headers are read: a thumbnail of
+        # another shape must not stop the open. (Cached: build_manifest's own call
+        # on the kept names is free.)
+        left_out = understand_names([f.name for f in files]).left_out
+        if left_out:
+            out = set(left_out)
+            files = [f for f in files if f.name not in out]
+    what = "reading every header of" if validate else "reading the headers of"
+    step(f"{what} {len(files):,} files")
     manifest = build_manifest(
         reader,
         files,
@@ -79,4 +158,18 @@ def open(
         validate=validate,
         tiles=tiles,
     )
-    return TiffStore(manifest)
+    if scale:
+        manifest = _with_scale(manifest, scale)
+    store = TiffStore(manifest, left_out=left_out)
+    truncated = store.truncated
+    if truncated:
+        logger.warning(
+            "%d file%s truncated: the header points past the end of the file (still being "
+            "written?): %s. Reading %s raises TiffReadError; replace or exclude %s.",
+            len(truncated),
+            " is" if len(truncated) == 1 else "s are",
+            ", ".join(truncated[:5]) + (" ..." if len(truncated) > 5 else ""),
+            "it" if len(truncated) == 1 else "them",
+            "it" if len(truncated) == 1 else "them",
+        )
+    return store

@@ -9,17 +9,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .build import ChunkSpec
@@ -28,7 +31,14 @@ from .errors import TiffStoreError
 from .manifest import Manifest
 from .store import TiffStore
 
-__all__ = ["main"]
+__all__ = ["main", "parse_chunks"]
+
+#: Chunk requests by name, as ``tiffstore.open(chunks=...)`` takes them.
+CHUNK_WORDS = ("page", "file", "native", "auto")
+
+#: Exit statuses: 0 success, 1 the data or the files (a clear message on stderr),
+#: 2 the command line itself (usage, from argparse).
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 _DEMO_CODE = """\
 import dask.array as da
@@ -49,17 +59,83 @@ def _size(nbytes: float) -> str:
     return f"{nbytes} B"
 
 
-def _parse_chunks(text: str | None) -> ChunkSpec:
-    if text is None or text in ("page", "file", "auto"):
-        return text
-    if text.isdigit():
+def parse_chunks(text: str | None) -> ChunkSpec:
+    """A ``--chunks`` value as ``tiffstore.open(chunks=...)`` takes it.
+
+    ``page``, ``file``, ``native``, ``auto``, an int (pages per chunk), or a
+    comma-separated shape with ``-1`` (or nothing) for a whole dim.
+
+    Examples
+    --------
+    >>> parse_chunks("native"), parse_chunks("10"), parse_chunks("1,1,10,-1,-1")
+    ('native', 10, (1, 1, 10, None, None))
+    """
+    if text is None:
+        return None
+    text = text.strip()
+    if text.lower() in CHUNK_WORDS:
+        return text.lower()
+    if text.isdigit() and int(text) > 0:
         return int(text)
     try:
-        return tuple(None if p.strip() in ("-1", "", ":") else int(p) for p in text.split(","))
+        shape = tuple(None if p.strip() in ("-1", "", ":") else int(p) for p in text.split(","))
     except ValueError:
+        shape = ()
+    if len(shape) < 2 or any(c is not None and c <= 0 for c in shape):
         raise argparse.ArgumentTypeError(
-            f"--chunks {text!r}: use page, file, an int, or a comma-separated shape like 1,1,10,-1,-1"
-        ) from None
+            f"--chunks {text!r}: use {', '.join(CHUNK_WORDS)}, a number of pages, or a "
+            "comma-separated shape like 1,1,10,-1,-1 (-1 for a whole dim)"
+        )
+    return shape
+
+
+def parse_scale(text: str) -> dict[str, float | tuple[float, str]]:
+    """A ``--scale`` value: ``z=2,y=0.1,x=0.1``, each size optionally with a unit (``x=250nm``).
+
+    Examples
+    --------
+    >>> parse_scale("z=2,x=250nm")
+    {'z': 2.0, 'x': (250.0, 'nm')}
+    """
+    out: dict[str, float | tuple[float, str]] = {}
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*([zyx])\s*=\s*([0-9.eE+-]+)\s*([^\W\d]\w*)?\s*", part)
+        if m is None:
+            raise argparse.ArgumentTypeError(
+                f"--scale {text!r}: write sizes per dim like z=2,y=0.1,x=0.1 or x=250nm"
+            )
+        try:
+            size = float(m[2])
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--scale {text!r}: {m[2]!r} is not a number"
+            ) from None
+        out[m[1]] = (size, m[3]) if m[3] else size
+    return out
+
+
+#: What a library message says, as the command line says it.
+_CLI_WORDS = (
+    (re.compile(r"(?:include|exclude)=\[[^\]]*\] \((--[^)]*)\)"), r"\1"),
+    (re.compile(r"recursive=False \((--no-recursive)\)"), r"\1"),
+    (re.compile(r"\bvalidate=True\b"), "--validate"),
+    (re.compile(r"\btiles='(keep|stitch)'"), r"--tiles \1"),
+    (re.compile(r"\bpattern=(?= |$|;|,|\.)"), "--pattern"),
+    (re.compile(r"\bchunks=(?=[(\[\'\d])"), "--chunks "),
+    (re.compile(r"\bfill_value="), "--fill-value "),
+    (re.compile(r"\b(include|exclude)=(?=/)"), r"--\1"),
+)
+
+
+def for_the_shell(message: str) -> str:
+    """A library error message with its options spelled as the command's options."""
+    for regex, repl in _CLI_WORDS:
+        message = regex.sub(repl, message)
+    return message
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}" + ("" if n == 1 else "s")
 
 
 def _values_text(values: Sequence[Any], limit: int = 6) -> str:
@@ -104,6 +180,9 @@ def inspect_report(store: TiffStore) -> dict[str, Any]:
         "coords": attrs["coords"],
         "template": m.template,
         "missing": m.missing(),
+        "left_out": list(store.left_out),
+        "truncated": store.truncated,
+        "scale": {d: {"size": v, "units": u} for d, (v, u) in store.scale.items()},
         "layouts": [
             {"storage": lay.storage, "shape": list(lay.shape), "dtype": lay.dtype}
             for lay in m.layouts
@@ -116,14 +195,19 @@ def print_inspect(console: Console, store: TiffStore, show_files: bool = False) 
     r = inspect_report(store)
     m = store.manifest
     console.print(
-        f"[bold]Source[/bold]  {r['source']}  ({r['files']} files, {_size(r['bytes_on_disk'])})"
+        f"[bold]Source[/bold]  {r['source']}  "
+        f"({_count(r['files'], 'file')}, {_size(r['bytes_on_disk'])})",
+        highlight=False,
     )
     shape = " x ".join(f"{d}={n}" for d, n in zip(r["dims"], r["shape"], strict=True))
     console.print(f"[bold]Array[/bold]   {shape}  {r['dtype']}  ({_size(r['nbytes'])})")
     console.print(
         f"[bold]Chunks[/bold]  {tuple(r['chunks'])}  {_size(r['chunk_bytes'])} each, "
-        f"{r['chunk_count']} in all"
+        f"{r['chunk_count']:,} in all"
     )
+    if r["scale"]:
+        scale = ", ".join(f"{d}={v['size']:g} {v['units']}" for d, v in r["scale"].items())
+        console.print(f"[bold]Pixel[/bold]   {scale}")
     axes = Table(title="Axes", title_justify="left")
     for col in ("axis", "size", "kind", "from", "values"):
         axes.add_column(col)
@@ -147,12 +231,34 @@ def print_inspect(console: Console, store: TiffStore, show_files: bool = False) 
         shown = "; ".join(", ".join(f"{k}={v}" for k, v in cell.items()) for cell in missing[:8])
         more = f" ... and {len(missing) - 8} more" if len(missing) > 8 else ""
         console.print(
-            f"[bold yellow]Missing[/bold yellow] {len(missing)} file(s), served as "
+            f"[bold yellow]Missing[/bold yellow] {_count(len(missing), 'file')}, served as "
             f"fill value {m.fill_value}: {shown}{more}"
         )
     else:
         console.print("[bold]Missing[/bold] none: every grid cell has a file")
-    console.print(f"[bold]Template[/bold] {r['template']}")
+    for key, title, why in (
+        (
+            "truncated",
+            "Truncated",
+            "the header points past the end of the file (still being written?); "
+            "reading it fails: replace or exclude it",
+        ),
+        (
+            "left_out",
+            "Left out",
+            "a name with a part the others lack; pass --exclude to drop it silently",
+        ),
+    ):
+        if r[key]:
+            console.print(
+                f"[bold yellow]{title}[/bold yellow] {_count(len(r[key]), 'file')}: {why}:",
+                highlight=False,
+            )
+            for name in r[key][:20]:
+                console.print(f"  {name}", markup=False, highlight=False)
+            if len(r[key]) > 20:
+                console.print(f"  ... and {len(r[key]) - 20} more (--json lists them all)")
+    console.print("[bold]Template[/bold] " + r["template"].replace("[", "\\["), highlight=False)
     console.print("          (pass it as pattern= / --pattern to fix or adjust how names are read)")
     if show_files:
         files = Table(title="Files", title_justify="left")
@@ -164,20 +270,36 @@ def print_inspect(console: Console, store: TiffStore, show_files: bool = False) 
         for cell in np.ndindex(*m.file_index.shape):
             i = int(m.file_index[cell])
             labels = [str(a.values[k]) for a, k in zip(m.name_axes, cell, strict=True)]
-            files.add_row(*labels, m.files[i] if i >= 0 else "[yellow](missing)[/yellow]")
+            files.add_row(
+                *labels, Text(m.files[i]) if i >= 0 else Text("(missing)", style="yellow")
+            )
         console.print(files)
 
 
 def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     from .api import open as open_store
 
-    store = open_store(
-        args.source,
-        pattern=args.pattern,
-        chunks=_parse_chunks(args.chunks),
-        validate=args.validate,
-        tiles=args.tiles,
-    )
+    errors = _console(stderr=True)
+    show = not args.quiet and errors.is_terminal
+    with errors.status("Opening", spinner="dots") if show else nullcontext() as status:
+
+        def progress(message: str) -> None:
+            if status is not None:
+                status.update(message[:1].upper() + message[1:] + " ...")
+
+        store = open_store(
+            args.source,
+            pattern=args.pattern,
+            chunks=args.chunks,
+            fill_value=args.fill_value,
+            validate=args.validate,
+            tiles=args.tiles,
+            recursive=args.recursive,
+            include=args.include,
+            exclude=args.exclude,
+            scale=args.scale,
+            progress=progress,
+        )
     if args.json:
         report = inspect_report(store)
         if args.files:
@@ -187,7 +309,7 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps(report, indent=1))
     else:
         print_inspect(console, store, show_files=args.files)
-    return 0
+    return EXIT_OK
 
 
 def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
@@ -203,8 +325,8 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
     root = Path(args.dir) if keep else Path(tempfile.mkdtemp(prefix="tiffstore-demo-"))
     try:
         shape = (args.z, 256, 192)
-        console.rule(
-            "[bold]1. A light-sheet acquisition: one TIFF stack per channel and time point"
+        _rule(
+            console, "[bold]1. A light-sheet acquisition: one TIFF stack per channel and time point"
         )
         t0 = time.perf_counter()
         paths = write_sample(
@@ -218,7 +340,7 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
             console.print(f"  {p.name}")
         console.print("  ... (channel 2's last stack is missing on purpose)")
 
-        console.rule("[bold]2. tiffstore.open: the names are understood, no template needed")
+        _rule(console, "[bold]2. tiffstore.open: the names are understood, no template needed")
         t0 = time.perf_counter()
         store = open_store(root)
         console.print(
@@ -226,7 +348,7 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
         )
         print_inspect(console, store)
 
-        console.rule("[bold]3. One dask array over every file, read lazily chunk by chunk")
+        _rule(console, "[bold]3. One dask array over every file, read lazily chunk by chunk")
         stack = da.from_zarr(store)
         console.print(stack)
         t0 = time.perf_counter()
@@ -242,7 +364,7 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
             table.add_row(str(c), f"{waves[c]} nm", *[f"{v:.1f}" for v in mean[c]])
         console.print(table)
 
-        console.rule("[bold]4. Exactly what tifffile reads, file by file")
+        _rule(console, "[bold]4. Exactly what tifffile reads, file by file")
         ref = tifffile.imread(root / sample_name(1, 2))
         same = np.array_equal(stack[1, 2].compute(), ref)
         z = zarr.open_array(store, mode="r")
@@ -252,7 +374,7 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
             f"through zarr.open_array too: [bold]{same_zarr}[/bold]"
         )
 
-        console.rule('[bold]5. chunks="page": one z-plane reads one plane of bytes')
+        _rule(console, '[bold]5. chunks="page": one z-plane reads one plane of bytes')
         pages = open_store(root, chunks="page")
         t0 = time.perf_counter()
         plane = da.from_zarr(pages)[0, 1, args.z // 2].compute()
@@ -261,7 +383,7 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
             f"chunks {pages.chunks} ({_size(pages.manifest.chunk_nbytes)} each)"
         )
 
-        console.rule("[bold]Your turn")
+        _rule(console, "[bold]Your turn")
         path = root if keep else "raw/"
         console.print(_DEMO_CODE.format(path=path), markup=False, highlight=False)
         if not keep:
@@ -277,31 +399,121 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+EPILOG = """\
+exit status:
+  0  success
+  1  the files or the data: no TIFF files, names that do not form a grid, files
+     that do not match, a truncated file... (one clear message on stderr)
+  2  the command line itself: an unknown option or a value it does not take
+
+examples:
+  tiffstore inspect raw/                        axes, coordinates, chunks, a template
+  tiffstore inspect raw/ --exclude 'MIPs/*'     leave a folder of derived files out
+  tiffstore inspect raw/ --chunks native --json
+"""
+
+
+def _rule(console: Console, title: str) -> None:
+    """A section heading: a rule across a terminal, a plain line elsewhere."""
+    if console.is_terminal:
+        console.rule(title)
+    else:
+        console.print(f"\n{title}", highlight=False)
+
+
+def _number(text: str) -> int | float:
+    """An int where the text is one (so it fits integer pixels), else a float."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console that wraps and cuts nothing when its output is not a terminal, so
+    that templates, paths and file names stay whole and copyable."""
+    console = Console(stderr=stderr)
+    if console.is_terminal:
+        return console
+    return Console(stderr=stderr, soft_wrap=True, width=100_000, color_system=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tiffstore",
         description="Open folders of microscope TIFF files as one virtual Zarr array.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tiffstore {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress display, errors only"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("inspect", help="show what tiffstore understood of an acquisition")
+    p = sub.add_parser(
+        "inspect",
+        help="show what tiffstore understood of an acquisition",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("source", nargs="+", help="folder, glob, or files")
     p.add_argument("--pattern", help="template or regex for the file names (default: inferred)")
     p.add_argument(
-        "--chunks", help="page, file, an int (pages per chunk) or a shape like 1,1,10,-1,-1"
+        "--chunks",
+        type=parse_chunks,
+        help="page, file, native, auto, a number of pages per chunk, or a shape like "
+        "1,1,10,-1,-1 (default: whole pages up to about 16 MiB)",
+    )
+    p.add_argument(
+        "--fill-value",
+        type=_number,
+        default=None,
+        help="value of missing files' pixels (default 0)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
         "--files", action="store_true", help="list every file with its place in the grid"
     )
-    p.add_argument("--validate", action="store_true", help="parse every file's header now")
+    p.add_argument(
+        "--validate",
+        action="store_true",
+        help="parse every file's header now and check each holds all its pixel data",
+    )
     p.add_argument(
         "--tiles",
         choices=("keep", "stitch"),
         default="keep",
         help="keep tile fields (000x_001y) as axes, or stitch a non-overlapping grid",
+    )
+    p.add_argument(
+        "--no-recursive",
+        dest="recursive",
+        action="store_false",
+        help="take only the folder's own files, not its subfolders'",
+    )
+    p.add_argument(
+        "--include",
+        action="append",
+        metavar="GLOB",
+        help="keep only files matching GLOB (relative name, e.g. 'raw/*'; repeatable)",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        metavar="GLOB",
+        help="leave out files matching GLOB (e.g. 'MIPs/*' or '*_thumb.tif'; repeatable)",
+    )
+    p.add_argument(
+        "--scale",
+        type=parse_scale,
+        metavar="z=2,y=0.1,x=0.1",
+        help="pixel size per dim, overriding the files' metadata (units: x=250nm; "
+        "default micrometer)",
     )
     p.set_defaults(func=_cmd_inspect)
 
@@ -313,27 +525,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_handler(verbose: int) -> logging.Handler:
+    errors = _console(stderr=True)
+    if errors.is_terminal:
+        return RichHandler(console=errors, show_time=False, show_path=verbose > 1)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    return handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tiffstore`` command."""
+    """Entry point of the ``tiffstore`` command; returns the exit status (see ``EPILOG``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    console = Console()
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(
-        level=level, format="%(message)s", handlers=[RichHandler(console=Console(stderr=True))]
-    )
+    console = _console()
+    level = logging.ERROR if args.quiet else logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[_log_handler(args.verbose)])
+    if not args.verbose:
+        # tifffile logs what it cannot parse without naming the file; tiffstore
+        # names the file itself (truncated files, unreadable headers).
+        logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     if args.command == "inspect" and len(args.source) == 1:
         args.source = args.source[0]
     try:
         return int(args.func(args, console))
-    except TiffStoreError as exc:
-        Console(stderr=True).print(
-            f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False
+    except (TiffStoreError, ValueError, OSError) as exc:
+        _console(stderr=True).print(
+            "[bold red]error:[/bold red] " + for_the_shell(str(exc)).replace("[", "\\["),
+            highlight=False,
         )
-        return 2
-    except argparse.ArgumentTypeError as exc:
-        parser.error(str(exc))
-        return 2
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -48,6 +48,26 @@ def _coordinate_array(values: Any) -> np.ndarray:
     return text.astype(f"<U{max(1, max((len(t) for t in text.ravel()), default=1))}")
 
 
+def scale_of(m: Manifest) -> dict[str, tuple[float, str]]:
+    """What one pixel measures along the files' own ``z``/``y``/``x``: dim -> (size, units)."""
+    sizes = m.layout.scale.as_dict() if m.layout.scale else {}
+    return {d: v for d, v in sizes.items() if d in m.file_dims}
+
+
+def _coordinate_metadata(shape: list[int], dtype: str, fill: Any) -> dict[str, Any]:
+    return {
+        "zarr_format": 2,
+        "shape": shape,
+        "chunks": [max(1, n) for n in shape],
+        "dtype": dtype,
+        "compressor": None,
+        "fill_value": fill,
+        "order": "C",
+        "filters": None,
+        "dimension_separator": ".",
+    }
+
+
 def array_metadata(m: Manifest) -> dict[str, Any]:
     """The Zarr format 2 ``.zarray`` document."""
     return {
@@ -123,6 +143,11 @@ def array_attributes(
             "missing": missing[:max_missing],
         },
     }
+    scale = scale_of(m)
+    if scale:
+        doc["tiffstore"]["scale"] = {
+            d: {"size": size, "units": units} for d, (size, units) in scale.items()
+        }
     if m.stitched:
         doc["tiffstore"]["tiles"] = [
             {
@@ -175,22 +200,18 @@ class Documents:
             shape = list(arr.shape)
             # No fill value for labels: xarray would mask the labels equal to it.
             fill: Any = "NaN" if arr.dtype.kind == "f" else None
-            consolidated[f"{name}/.zarray"] = {
-                "zarr_format": 2,
-                "shape": shape,
-                "chunks": [max(1, n) for n in shape],
-                "dtype": arr.dtype.str,
-                "compressor": None,
-                "fill_value": fill,
-                "order": "C",
-                "filters": None,
-                "dimension_separator": ".",
-            }
+            consolidated[f"{name}/.zarray"] = _coordinate_metadata(shape, arr.dtype.str, fill)
             attrs: dict[str, Any] = {"_ARRAY_DIMENSIONS": coord["dims"]}
             if "units" in coord:
                 attrs["units"] = coord["units"]
             consolidated[f"{name}/.zattrs"] = attrs
             coord_chunks[f"{name}/" + ".".join("0" * len(shape) or "0")] = arr.tobytes()
+        # Physical positions of the pixels, so that xarray shows z/y/x in units.
+        for d, (size, units) in scale_of(m).items():
+            n = m.shape[m.dims.index(d)]
+            consolidated[f"{d}/.zarray"] = _coordinate_metadata([n], "<f8", None)
+            consolidated[f"{d}/.zattrs"] = {"_ARRAY_DIMENSIONS": [d], "units": units}
+            coord_chunks[f"{d}/0"] = (np.arange(n, dtype="<f8") * size).tobytes()
         docs[".zgroup"] = {"zarr_format": 2}
         docs[".zmetadata"] = {"zarr_consolidated_format": 1, "metadata": consolidated}
         out = {k: _json_bytes(v) for k, v in docs.items()}
@@ -206,6 +227,11 @@ class Documents:
     def coordinate_chunks(self) -> dict[str, bytes]:
         """Key -> bytes of each coordinate array's single chunk."""
         return self._built[1]
+
+    @property
+    def scale(self) -> dict[str, tuple[float, str]]:
+        """See :func:`scale_of`."""
+        return scale_of(self.manifest)
 
     @property
     def attributes(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import tifffile
 
 from .codecs import SegmentCodec, segment_codec
 from .errors import TiffReadError, TiffStoreError
+from .scale import VoxelSize, read_voxel_size
 
 __all__ = [
     "FileLayout",
@@ -234,6 +235,9 @@ class FileLayout:
         For ``tifffile``: byte offset of every page's IFD, so that a page is decoded
         without parsing the file's other pages (``None`` when tifffile must decode
         the whole series).
+    scale
+        What one voxel measures along ``z``, ``y``, ``x``, from the file's metadata
+        (see :mod:`tiffstore.scale`); ``None`` when not read.
     """
 
     shape: tuple[int, ...]
@@ -246,6 +250,7 @@ class FileLayout:
     segments: Segments | None = None
     samples: int = 1
     page_ifds: tuple[int, ...] | None = None
+    scale: VoxelSize | None = None
 
     @property
     def leading_shape(self) -> tuple[int, ...]:
@@ -506,8 +511,12 @@ def _layout_of(tif: tifffile.TiffFile, name: str) -> FileLayout:
         page_ndim = len(shape)
     n_pages = math.prod(shape[: len(shape) - page_ndim])
 
+    scale = read_voxel_size(tif)
+
     def layout(storage: Storage, **where: Any) -> FileLayout:
-        return FileLayout(shape, dtype, dims, page_ndim, storage, samples=samples, **where)
+        return FileLayout(
+            shape, dtype, dims, page_ndim, storage, samples=samples, scale=scale, **where
+        )
 
     if series.dataoffset is not None:
         return layout("contiguous", data_offset=int(series.dataoffset))

@@ -37,7 +37,7 @@ import operator
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from typing import Any, Literal
 
@@ -52,6 +52,7 @@ __all__ = [
     "NameField",
     "NameGrid",
     "axis_kind",
+    "find_strays",
     "natural_key",
     "split_tokens",
     "strip_tiff_suffix",
@@ -359,14 +360,19 @@ class Coordinate:
 class NameGrid:
     """What the names say: the axes, where each file sits, coordinates and a template.
 
-    ``positions[i]`` is the index along every axis of the i-th name given.
+    ``positions[i]`` is the index along every axis of the i-th name given, or
+    ``None`` for a name left out (see ``left_out``).
+    ``left_out`` holds the stray names that were not placed on the grid: names
+    with a part the others lack (``..._thumb.tif`` beside the acquisition), which
+    would otherwise invent an axis (see :func:`find_strays`).
     """
 
     axes: tuple[Axis, ...]
-    positions: tuple[tuple[int, ...], ...]
+    positions: tuple[tuple[int, ...] | None, ...]
     coords: tuple[Coordinate, ...] = ()
     template: str = ""
     fields: tuple[str, ...] = field(default=())
+    left_out: tuple[str, ...] = ()
 
     @property
     def dims(self) -> tuple[str, ...]:
@@ -380,7 +386,8 @@ class NameGrid:
         """Array of the grid's shape holding each cell's file number, -1 where none."""
         index = np.full(self.shape, -1, dtype=np.int64)
         for i, pos in enumerate(self.positions):
-            index[pos] = i
+            if pos is not None:
+                index[pos] = i
         return index
 
     def missing(self) -> list[dict[str, Value]]:
@@ -443,18 +450,120 @@ class _Columns:
         return spans
 
 
+def _folder(name: str) -> str:
+    return name.rsplit("/", 1)[0] if "/" in name else ""
+
+
+def _glob_hint(main: Sequence[str], others: Sequence[str]) -> str:
+    """An ``include=``/``exclude=`` choice that keeps ``main`` and drops ``others``, for
+    messages; empty when no simple glob tells them apart."""
+    main_dirs = {_folder(n) for n in main}
+    other_dirs = {_folder(n) for n in others}
+
+    def spelled(option: str, globs: Sequence[str]) -> str:
+        lib = ", ".join(f"{g!r}" for g in globs)
+        cli = " ".join(f"--{option} '{g}'" for g in globs)
+        return f"{option}=[{lib}] ({cli})"
+
+    if not main_dirs & other_dirs:
+        if main_dirs == {""}:
+            tops = sorted({n.split("/", 1)[0] for n in others})
+            if len(tops) <= 3:
+                return (
+                    spelled("exclude", [f"{t}/*" for t in tops])
+                    + ", or recursive=False (--no-recursive)"
+                )
+        elif len(main_dirs) == 1:
+            (folder,) = main_dirs
+            return spelled("include", [f"{folder}/*"])
+    if len(others) == 1:
+        return spelled("exclude", [re.sub(r"([*?\[])", r"[\1]", others[0])])
+    # A common ending of the other names (``_MIP_z.tif``) that no kept name has.
+    ending = "".join(
+        reversed(
+            [
+                chars[0]
+                for chars in itertools.takewhile(
+                    lambda chars: len(set(chars)) == 1,
+                    zip(*(n[::-1] for n in others), strict=False),
+                )
+            ]
+        )
+    )
+    ending = ending.lstrip("0123456789")
+    shortest = min(map(len, others))
+    if 4 < len(ending) < shortest and not any(n.endswith(ending) for n in main):
+        return spelled("exclude", [f"*{ending}"])
+    return ""
+
+
 def _structure_error(names: Sequence[str], signatures: list[tuple[str, ...]]) -> str:
     groups: dict[tuple[str, ...], list[str]] = {}
     for name, sig in zip(names, signatures, strict=True):
         groups.setdefault(sig, []).append(name)
-    ranked = sorted(groups.values(), key=len, reverse=True)
+    # The largest group first; among equals the one fewest folders down.
+    ranked = sorted(groups.values(), key=lambda g: (-len(g), g[0].count("/")))
     examples = "\n".join(f"  {g[0]!r} (and {len(g) - 1} more like it)" for g in ranked[:4])
-    return (
-        f"The file names do not share one structure, so their axes cannot be inferred:\n"
-        f"{examples}\n"
-        "Select one acquisition with a narrower glob, or give pattern= with a template; "
-        f"for names like the first, start from:\n  {_suggest_template(ranked[0])}"
+    main = ranked[0]
+    others = [n for g in ranked[1:] for n in g]
+    hint = _glob_hint(main, others)
+    files = "the file" if len(main) == 1 else f"the {len(main)} files"
+    choose = (
+        f"To open {files} like the first, pass {hint}; or "
+        if hint
+        else "Select one acquisition with a narrower glob or include=/exclude= globs, or "
     )
+    return (
+        f"The file names do not share one structure (they fall into {len(groups)} groups: "
+        f"another folder level or another part), so their axes cannot be inferred:\n"
+        f"{examples}\n" + choose + "give pattern= with a template; "
+        f"for names like the first, start from:\n  {_suggest_template(main)}"
+    )
+
+
+def find_strays(names: Sequence[str]) -> tuple[str, ...]:
+    """Names with a part that the other names lack, which must not invent an axis.
+
+    A stray name is the structure of most names with one extra part that starts or
+    ends at a separator (``..._0000t_thumb.tif`` beside ``..._0000t.tif``, ``a (1).tif``
+    beside ``a.tif``): either the name without that part is another file's name, or
+    few files (at most one in 20) have it. Strays are fewer than half the names.
+    Differing free text of one part (channels ``DAPI``, ``Cy5``, ``Bright Field``)
+    is not stray.
+
+    Examples
+    --------
+    >>> find_strays(["a_t1.tif", "a_t2.tif", "a_t3.tif", "a_t2_thumb.tif"])
+    ('a_t2_thumb.tif',)
+    """
+    names = list(names)
+    if len(names) < 3:
+        return ()
+    stems = _strip_suffixes(names)
+    if _align_like_first(stems) is not None:
+        return ()
+    tokenized = [split_tokens(s) for s in stems]
+    signatures = [tuple(map(_token_kind, t)) for t in tokenized]
+    counts = Counter(signatures)
+    main = max(counts, key=lambda sig: (counts[sig], -len(sig)))
+    main_stems = {st for st, sig in zip(stems, signatures, strict=True) if sig == main}
+    few = max(1, len(names) // 20)
+    strays: list[str] = []
+    for name, tokens, sig in zip(names, tokenized, signatures, strict=True):
+        extra = len(sig) - len(main)
+        if extra <= 0:
+            continue
+        for i in range(len(main) + 1):
+            if sig[:i] != main[:i] or sig[i + extra :] != main[i:]:
+                continue
+            if sig[i][0] != "s" and sig[i + extra - 1][0] != "s":
+                continue
+            if counts[sig] <= few or "".join(tokens[:i] + tokens[i + extra :]) in main_stems:
+                strays.append(name)
+                break
+    if 2 * len(strays) >= len(names):
+        return ()
+    return tuple(strays)
 
 
 _KIND_GROUPS = {"d": r"(\d+)", "a": r"([^\W\d_]+)", "x": f"({_UUID}|{_DATETIME})"}
@@ -641,10 +750,14 @@ def _convention_names(stems: Sequence[str], cols: _Columns) -> dict[int, str]:
     return {}
 
 
-def _fields_from_names(names: Sequence[str]) -> tuple[list[NameField], _Columns]:
-    """Split names into aligned parts and return the varying ones as named fields."""
+def _fields_from_names(
+    names: Sequence[str], cols: _Columns | None = None
+) -> tuple[list[NameField], _Columns]:
+    """Split names into aligned parts (unless given) and return the varying ones as
+    named fields."""
     stems = _strip_suffixes(names)
-    cols = _align(names, stems)
+    if cols is None:
+        cols = _align(names, stems)
     columns, kinds = cols.columns, cols.kinds
     varying = [not _is_constant(col) for col in columns]
     convention = _convention_names(stems, cols)
@@ -835,6 +948,61 @@ def _fields_table(fields: Sequence[NameField]) -> str:
 
 # ---------------------------------------------------------------------------
 # fields -> axes
+
+
+def _leave_out(names: Sequence[str], strays: Sequence[str]) -> NameGrid:
+    """The grid of the names without ``strays``, which are listed as left out."""
+    out = set(strays)
+    shown = ", ".join(strays[:5]) + (f" ... and {len(strays) - 5} more" if len(strays) > 5 else "")
+    logger.warning(
+        "Left out %d file%s whose name has a part the others lack (it would invent an "
+        "axis): %s. Exclude them (exclude=/--exclude) to silence this.",
+        len(strays),
+        "" if len(strays) == 1 else "s",
+        shown,
+    )
+    grid = _understand_cached(tuple(n for n in names if n not in out), None)
+    placed = iter(grid.positions)
+    positions = tuple(None if n in out else next(placed) for n in names)
+    return replace(grid, positions=positions, left_out=tuple(strays) + grid.left_out)
+
+
+def _name_tied_fields(classes: list[_Class], fields: list[NameField]) -> list[NameField]:
+    """Give a tied class's representative the plain name its members share.
+
+    ``CamA_..._CAM1`` gives two fields labelled ``cam``, tied one to one; they were
+    named ``cam`` and ``cam_2`` in order of appearance. The one that becomes the axis
+    (or speaks for the class) is ``cam``; the other is ``cam_letter`` (single letters),
+    ``cam_name`` (other text) or ``cam_number``.
+    """
+    taken = {f.name for f in fields}
+    renames: dict[str, str] = {}
+    for cls in classes:
+        groups: dict[str, list[NameField]] = {}
+        for f in cls.members:
+            groups.setdefault(re.sub(r"_\d+$", "", f.name), []).append(f)
+        for base, group in groups.items():
+            if len(group) < 2 or all(f.name != base for f in group):
+                continue
+            best = next((f for f in group if f is cls.rep), None) or max(group, key=_rank)
+            renames[best.name] = base
+            for f in group:
+                if f is not best:
+                    kind = (
+                        "number"
+                        if f.numeric
+                        else "letter"
+                        if all(len(str(v)) == 1 for v in f.values)
+                        else "name"
+                    )
+                    renames[f.name] = _unique_name(f"{base}_{kind}", taken)
+    if not renames:
+        return fields
+    for cls in classes:
+        cls.members = [replace(f, name=renames.get(f.name, f.name)) for f in cls.members]
+        cls.__dict__.pop("rep", None)
+    by_name = {f.name: f for cls in classes for f in cls.members}
+    return [by_name[renames.get(f.name, f.name)] for f in fields]
 
 
 def _codes(values: Sequence[Value]) -> tuple[np.ndarray, int]:
@@ -1076,7 +1244,13 @@ def understand_names(names: Sequence[str], pattern: str | None = None) -> NameGr
     >>> g.template
     'a_ch{ch}_t{t}.tif'
     """
-    names = list(names)
+    return _understand_cached(tuple(names), pattern)
+
+
+# Opening calls this twice on the same names (to leave strays out of the listing,
+# then to build the manifest); the second call is free.
+@lru_cache(maxsize=2)
+def _understand_cached(names: tuple[str, ...], pattern: str | None) -> NameGrid:
     n = len(names)
     if n == 0:
         raise NamingError("No file names to understand.")
@@ -1091,7 +1265,12 @@ def understand_names(names: Sequence[str], pattern: str | None = None) -> NameGr
         if n == 1:
             only = names[0].replace("{", "{{").replace("}", "}}")
             return NameGrid(axes=(), positions=((),), template=only)
-        fields, cols = _fields_from_names(names)
+        stems = _strip_suffixes(names)
+        cols = _align_like_first(stems)
+        strays = find_strays(names) if cols is None else ()
+        if strays:
+            return _leave_out(names, strays)
+        fields, cols = _fields_from_names(names, cols)
     else:
         fields = _fields_from_pattern(names, pattern)
         if n == 1 and not any(f.role == "axis" for f in fields):
@@ -1104,6 +1283,8 @@ def understand_names(names: Sequence[str], pattern: str | None = None) -> NameGr
     classes = _tie_classes(fields)
     chosen = _choose_axes(classes, fields, names)
     _check_unambiguous(chosen, fields, names)
+    if pattern is None:
+        fields = _name_tied_fields(classes, fields)
 
     axes: list[Axis] = []
     index: list[np.ndarray] = []

@@ -9,6 +9,7 @@ Other protocols go through fsspec.
 
 from __future__ import annotations
 
+import fnmatch
 import glob as globmod
 import os
 from abc import ABC, abstractmethod
@@ -21,7 +22,15 @@ from typing import IO, Any
 from .errors import SourceError, TiffReadError
 from .naming import TIFF_SUFFIXES
 
-__all__ = ["FileSource", "FsspecSource", "LocalSource", "SourceFile", "resolve_source"]
+__all__ = [
+    "FileSource",
+    "FsspecSource",
+    "LocalSource",
+    "SourceFile",
+    "matches_glob",
+    "resolve_source",
+    "select_files",
+]
 
 
 @dataclass(frozen=True)
@@ -199,7 +208,7 @@ class FsspecSource(FileSource):
             yield fh
 
 
-def _walk_local(root: Path) -> list[SourceFile]:
+def _walk_local(root: Path, recursive: bool = True) -> list[SourceFile]:
     found: list[SourceFile] = []
     append = found.append
     stack: list[tuple[str | Path, str]] = [(root, "")]
@@ -214,7 +223,7 @@ def _walk_local(root: Path) -> list[SourceFile]:
                 # named like one is caught by is_file (from d_type: no syscall).
                 if name.lower().endswith(TIFF_SUFFIXES) and entry.is_file():
                     append(SourceFile(prefix + name, entry.stat().st_size))
-                elif entry.is_dir():
+                elif recursive and entry.is_dir():
                     stack.append((entry.path, f"{prefix}{name}/"))
     return found
 
@@ -225,16 +234,19 @@ def _common_root(paths: Sequence[str]) -> str:
 
 
 def _resolve_local(
-    source: str | os.PathLike[str] | Sequence[Any],
+    source: str | os.PathLike[str] | Sequence[Any], recursive: bool = True
 ) -> tuple[LocalSource, list[SourceFile]]:
     if isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
         path = Path(text).expanduser()
         if path.is_dir():
             folder = path.resolve()
-            found = _walk_local(folder)
+            found = _walk_local(folder, recursive)
             if not found:
-                raise SourceError(f"{folder}: the folder holds no TIFF files (*.tif, *.tiff).")
+                where = "" if recursive else " directly (recursive=False)"
+                raise SourceError(
+                    f"{folder}: the folder holds no TIFF files (*.tif, *.tiff){where}."
+                )
             return LocalSource(str(folder)), found
         if globmod.has_magic(text):
             paths = [p for p in globmod.glob(os.path.expanduser(text), recursive=True)]
@@ -268,7 +280,7 @@ def _resolve_local(
 
 
 def _resolve_fsspec(
-    source: str | Sequence[str], storage_options: dict[str, Any]
+    source: str | Sequence[str], storage_options: dict[str, Any], recursive: bool = True
 ) -> tuple[FsspecSource, list[SourceFile]]:
     import fsspec
 
@@ -281,7 +293,7 @@ def _resolve_fsspec(
         if globmod.has_magic(path):
             found = fs.glob(path, detail=True)
         elif fs.isdir(path):
-            found = fs.find(path, detail=True)
+            found = fs.find(path, detail=True, maxdepth=None if recursive else 1)
         elif fs.isfile(path):
             found = {path: fs.info(path)}
         else:
@@ -310,18 +322,75 @@ def _strip_file_scheme(path: str | os.PathLike[str]) -> str | os.PathLike[str]:
     return path
 
 
+def _globs(patterns: str | Sequence[str] | None) -> list[str]:
+    if patterns is None:
+        return []
+    return [patterns] if isinstance(patterns, str) else list(patterns)
+
+
+def matches_glob(name: str, patterns: Sequence[str]) -> bool:
+    """Whether a file name (relative, ``/``-separated) matches one of the globs.
+
+    A glob is matched against the whole relative name, where ``*`` crosses folders
+    (``MIPs/*``, ``*_MIP_z.tif``); a glob without ``/`` is also matched against the
+    file name alone (``ex6-2_*``).
+
+    Examples
+    --------
+    >>> matches_glob("MIPs/a_MIP_z.tif", ["MIPs/*"]), matches_glob("raw/b.tif", ["b*"])
+    (True, True)
+    """
+    base = name.rsplit("/", 1)[-1]
+    return any(
+        fnmatch.fnmatchcase(name, p) or ("/" not in p and fnmatch.fnmatchcase(base, p))
+        for p in patterns
+    )
+
+
+def select_files(
+    files: list[SourceFile],
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+) -> list[SourceFile]:
+    """The files that match an ``include`` glob (all when none given) and no ``exclude`` glob."""
+    inc, exc = _globs(include), _globs(exclude)
+    if not inc and not exc:
+        return files
+    kept = [
+        f
+        for f in files
+        if (not inc or matches_glob(f.name, inc)) and not (exc and matches_glob(f.name, exc))
+    ]
+    if not kept:
+        raise SourceError(
+            f"None of the {len(files)} TIFF files is left after include={inc} exclude={exc} "
+            f"(first: {files[0].name!r}). Globs are matched against names relative to the "
+            "folder, such as 'MIPs/*' or '*_MIP_z.tif'."
+        )
+    return kept
+
+
 def resolve_source(
     source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     storage_options: dict[str, Any] | None = None,
+    *,
+    recursive: bool = True,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
 ) -> tuple[FileSource, list[SourceFile]]:
     """List an acquisition's TIFF files.
 
     Parameters
     ----------
     source
-        A folder (searched recursively), a glob, a list of files, or fsspec URLs of any of these.
+        A folder, a glob, a list of files, or fsspec URLs of any of these.
     storage_options
         Passed to fsspec for URLs.
+    recursive
+        Search a folder's subfolders too (default), or only the folder itself.
+    include, exclude
+        Globs on the names relative to the root (see :func:`matches_glob`): keep only
+        files matching an ``include`` glob, then drop those matching an ``exclude`` glob.
 
     Returns
     -------
@@ -338,13 +407,14 @@ def resolve_source(
         if not isinstance(source, (str, os.PathLike)):
             source = [os.fspath(s) for s in source]
         reader: FileSource
-        reader, files = _resolve_fsspec(source, storage_options or {})  # type: ignore[arg-type]
+        reader, files = _resolve_fsspec(source, storage_options or {}, recursive)  # type: ignore[arg-type]
     else:
         if isinstance(source, (str, os.PathLike)):
             source = _strip_file_scheme(source)
         else:
             source = [_strip_file_scheme(s) for s in source]
-        reader, files = _resolve_local(source)
+        reader, files = _resolve_local(source, recursive)
+    files = select_files(files, include, exclude)
     # A plain sort, for a deterministic order: where each file belongs in the
     # array comes from its name's parsed fields, never from this order.
     files.sort(key=lambda f: f.name)

@@ -9,7 +9,7 @@ processes. Metadata is Zarr format 2 (``.zarray``, ``.zattrs``); chunk keys are
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -80,14 +80,20 @@ class TiffStore(Store):
     #: uint16 plane reads in ~40 us from the page cache; the hop adds ~100 us).
     inline_read_bytes = 1 << 20
 
-    def __init__(self, manifest: Manifest, *, read_only: bool = True) -> None:
+    def __init__(
+        self, manifest: Manifest, *, read_only: bool = True, left_out: Sequence[str] = ()
+    ) -> None:
         if not read_only:
             raise ReadOnlyError(
                 "TiffStore is read-only: it serves TIFF files as Zarr and never writes them. "
-                "Use tiffstore's materialize to write a real Zarr copy."
+        "To get a writable copy, write the array to a real Zarr store with "
+                "`tiffstore materialize SOURCE OUT`."
             )
         super().__init__(read_only=True)
         self.manifest = manifest
+        #: Stray files of the source that were not placed on the grid (see
+        #: :func:`tiffstore.naming.find_strays`).
+        self.left_out: tuple[str, ...] = tuple(left_out)
         self.documents = Documents(manifest)
         self.keys = KeySpace(manifest, self.documents)
         self._reader: ChunkReader | None = None
@@ -115,6 +121,24 @@ class TiffStore(Store):
         """Coordinates: name -> ``{"dims": [...], "values": [...], "units": ...}``."""
         coords: dict[str, dict[str, Any]] = self.attrs["tiffstore"]["coords"]
         return coords
+
+    @property
+    def truncated(self) -> list[str]:
+        """Files whose header points past their end (cut short, or still being written).
+
+        Costs no I/O: the listing gave each file's size, the header its data's end.
+        """
+        m = self.manifest
+        return [m.files[i] for i in m.truncated_files()]
+
+    @property
+    def scale(self) -> dict[str, tuple[float, str]]:
+        """What one pixel measures along the files' ``z``/``y``/``x``: dim -> (size, units).
+
+        From the files' metadata (OME ``PhysicalSize*``, ImageJ ``spacing``/``unit``,
+        resolution tags) or ``tiffstore.open(..., scale=...)``; empty when unknown.
+        """
+        return self.documents.scale
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -169,14 +193,14 @@ class TiffStore(Store):
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"manifest": self.manifest}
+        return {"manifest": self.manifest, "left_out": self.left_out}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["manifest"])  # type: ignore[misc]
+        self.__init__(state["manifest"], left_out=state.get("left_out", ()))  # type: ignore[misc]
 
     def with_read_only(self, read_only: bool = False) -> TiffStore:
         """A new store over the same files; ``read_only=False`` raises :class:`ReadOnlyError`."""
-        return TiffStore(self.manifest, read_only=read_only)
+        return TiffStore(self.manifest, read_only=read_only, left_out=self.left_out)
 
     # -- reading ----------------------------------------------------------
 
