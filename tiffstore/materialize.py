@@ -930,13 +930,24 @@ def _prepare_output(
     if overwrite:
         _remove_ours(store, found)
         return None
-    diff = sorted(k for k in settings if found.get("settings", {}).get(k) != settings[k])
+    before = _flat_settings(found.get("settings", {}))
+    now = _flat_settings(settings)
+    diff = [f"{k}: {before.get(k)} then, {now.get(k)} now" for k in now if before.get(k) != now[k]]
     if diff:
         raise MaterializeError(
-            f"{output.url} was started with other settings ({', '.join(diff)} differ); "
-            "resume with the same options, or pass overwrite=True to start again."
+            f"{output.url} was started with other settings ({'; '.join(diff)}). Resume with "
+            "the same options, or pass overwrite=True (--overwrite) to start again."
         )
     return found
+
+
+def _flat_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings as ``name -> value``, one entry per array field (``image chunks``)."""
+    flat = {k: v for k, v in settings.items() if k != "arrays"}
+    for array in settings.get("arrays", []):
+        flat.update({f"{array['path']} {k}": v for k, v in array.items() if k != "path"})
+    flat["levels"] = len(settings.get("arrays", []))
+    return flat
 
 
 def _write_metadata(
