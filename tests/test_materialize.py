@@ -55,8 +55,9 @@ def image(out: str | Path, path: str = "image", **kwargs: object) -> np.ndarray:
         {},
         {"compression": "zlib"},
         {"compression": "zlib", "tile": (16, 16)},
+        {"byteorder": ">"},
     ],
-    ids=["uncompressed", "zlib-strips", "zlib-tiles"],
+    ids=["uncompressed", "zlib-strips", "zlib-tiles", "big-endian"],
 )
 @pytest.mark.parametrize(
     ("zarr_format", "chunks", "shards"),

@@ -37,6 +37,7 @@ small.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -363,19 +364,26 @@ class Job:
         arrays: tuple[ArrayPlan, ...],
         order: tuple[int, ...],
         downsample_axes: tuple[int, ...],
+        codec: Codec,
     ) -> None:
         self.source = source
         self.output = output
         self.arrays = arrays
         self.order = order
         self.downsample_axes = downsample_axes
+        self.codec = codec
+        #: Pixels are written little-endian whatever the TIFFs' byte order.
+        self.dtype = source.dtype.newbyteorder("<") if source.dtype.itemsize > 1 else source.dtype
+        self.fill = source.manifest.fill_value
+        self._blosc = codec.for_format(2, self.dtype.itemsize)
         self._open: dict[str, Any] = {}
         self._store: Any = None
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
         return {
-            k: getattr(self, k) for k in ("source", "output", "arrays", "order", "downsample_axes")
+            k: getattr(self, k)
+            for k in ("source", "output", "arrays", "order", "downsample_axes", "codec")
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -446,10 +454,48 @@ class Job:
         from zarr.core.sync import sync
 
         data = self.expected(task)
-        self.array(task.path)[task.slices] = data
         record = json.dumps({"chunks": task.chunks, "bytes": data.nbytes}).encode()
-        sync(self.store.set(task.record_key, default_buffer_prototype().buffer.from_bytes(record)))
+        prototype = default_buffer_prototype()
+        if self.plan(task.path).shards is not None:
+            # zarr builds the shard (its chunks and index) from the whole shard's pixels.
+            self.array(task.path)[task.slices] = data
+            puts = []
+        else:
+            puts = list(self.encode_chunks(task, data))
+        puts.append((task.record_key, record))
+        store = self.store
+
+        async def put_all() -> None:
+            # The record goes last: only a task whose every chunk is stored counts as done.
+            chunks, (key, value) = puts[:-1], puts[-1]
+            await asyncio.gather(*(store.set(k, prototype.buffer.from_bytes(v)) for k, v in chunks))
+            await store.set(key, prototype.buffer.from_bytes(value))
+
+        sync(put_all())
         return int(data.nbytes)
+
+    def encode_chunks(self, task: Task, data: np.ndarray) -> Iterator[tuple[str, bytes]]:
+        """``(key, Blosc bytes)`` of each chunk of a task that is not all fill value.
+
+        Encoding here, in the task's thread, rather than through ``Array.__setitem__``
+        saves zarr's extra copy of every chunk and its single event-loop thread: 1.5-2x
+        the throughput on two cores. Chunks all equal to the fill value are not stored,
+        as zarr does with ``write_empty_chunks=False``.
+        """
+        plan = self.plan(task.path)
+        for key, region in self.chunk_regions(task):
+            local = tuple(
+                slice(r.start - a, r.stop - a) for r, a in zip(region, task.start, strict=True)
+            )
+            chunk = data[local]
+            if (not chunk.any()) if self.fill == 0 else bool((chunk == self.fill).all()):
+                continue
+            if chunk.shape != plan.chunks:
+                # Edge chunks are stored whole, the part outside the array as fill value.
+                full = np.full(plan.chunks, self.fill, dtype=self.dtype)
+                full[tuple(slice(0, n) for n in chunk.shape)] = chunk
+                chunk = full
+            yield key, self._blosc.encode(np.ascontiguousarray(chunk, dtype=self.dtype))
 
     def verify(self, task: Task) -> list[str]:
         """Keys of the task's chunks whose values differ from the source (or cannot be read)."""
@@ -830,7 +876,6 @@ def materialize(
     if overwrite and resume:
         raise MaterializeError("choose overwrite or resume, not both")
     codec = Codec(cname, clevel, shuffle)
-    dtype = source.dtype
 
     order, axes = _ome_axes(source.dims) if ome else (tuple(range(len(source.dims))), [])
     dims = tuple(source.dims[d] for d in order)
@@ -839,11 +884,11 @@ def materialize(
     shape, out_chunks, out_shards = arrays[0].shape, arrays[0].chunks, arrays[0].shards
 
     output = Output(os.fspath(out), storage_options)
-    job = Job(source, output, tuple(arrays), order, spatial)
+    job = Job(source, output, tuple(arrays), order, spatial, codec)
     settings = {
         "source": source.attrs["tiffstore"]["source"],
         "zarr_format": zarr_format,
-        "dtype": dtype.str,
+        "dtype": job.dtype.str,
         "dims": list(dims),
         "order": list(order),
         "arrays": [
@@ -974,7 +1019,7 @@ def _write_metadata(
         )
     root = zarr.open_group(store, mode="r+", use_consolidated=False)
     dims = marker["settings"]["dims"]
-    dtype = source.dtype
+    dtype = job.dtype
     coord_names = [c[0] for c in coords if c[0] not in dims]
     fill = source.manifest.fill_value
     for plan in job.arrays:
