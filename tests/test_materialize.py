@@ -207,7 +207,7 @@ def test_symlinked_output_is_refused(sample_dir, tmp_path):
     assert not any(elsewhere.iterdir())
 
 
-def test_interrupted_run_is_marked_incomplete_and_resumes(make_sample, tmp_path):
+def test_interrupted_run_is_marked_incomplete_and_resumes(make_sample, tmp_path, capsys):
     directory, ref = make_sample(channels=2, stacks=4, shape=(8, 32, 32))
     out = tmp_path / "out.zarr"
     calls = []
@@ -223,6 +223,8 @@ def test_interrupted_run_is_marked_incomplete_and_resumes(make_sample, tmp_path)
     assert status is not None and status["complete"] is False
     attrs = json.loads((out / "image" / ".zattrs").read_text())
     assert attrs["tiffstore"]["materialize"]["complete"] is False
+    assert main(["inspect", str(out)]) == 0
+    assert "INCOMPLETE" in capsys.readouterr().out
     done = len(list((out / JOURNAL / "image").iterdir()))
     assert 0 < done < 8
     summary = materialize(directory, out, chunks=(1, 1, 4, 16, 16), resume=True, verify=True)
@@ -230,6 +232,8 @@ def test_interrupted_run_is_marked_incomplete_and_resumes(make_sample, tmp_path)
     assert summary.chunks_skipped == done * 8
     assert summary.chunks_written == 64 - done * 8
     np.testing.assert_array_equal(image(out), ref)
+    assert main(["inspect", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["complete"] is True
 
 
 def test_verify_names_a_corrupted_chunk_and_resume_repairs_it(sample_dir, tmp_path):

@@ -167,8 +167,38 @@ def print_inspect(console: Console, store: TiffStore, show_files: bool = False) 
         console.print(files)
 
 
+def _print_materialized(console: Console, path: str, status: dict[str, Any], as_json: bool) -> int:
+    """``inspect`` of a materialize output: whether it is complete, and what it holds."""
+    if as_json:
+        print(json.dumps({"materialized": path, **status}, indent=1))
+        return 0
+    settings = status.get("settings", {})
+    state = (
+        "[bold green]complete[/bold green]"
+        if status.get("complete")
+        else "[bold red]INCOMPLETE[/bold red] (interrupted or failed verification: "
+        "finish it with `tiffstore materialize SOURCE OUT --resume`)"
+    )
+    console.print(f"[bold]Materialized[/bold] {path}: {state}")
+    console.print(f"  from {settings.get('source')}, Zarr format {settings.get('zarr_format')}")
+    for array in settings.get("arrays", []):
+        shape = " x ".join(
+            f"{d}={n}" for d, n in zip(settings.get("dims", []), array["shape"], strict=False)
+        )
+        console.print(
+            f"  {array['path']}: {shape} {settings.get('dtype')}, chunks {array['chunks']}"
+        )
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     from .api import open as open_store
+    from .materialize import materialize_status
+
+    if isinstance(args.source, str):
+        status = materialize_status(args.source)
+        if status is not None:
+            return _print_materialized(console, args.source, status, args.json)
 
     store = open_store(
         args.source,
