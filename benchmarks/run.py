@@ -6,6 +6,7 @@ Usage::
     python benchmarks/run.py --quick              # a tiny smoke run (seconds)
     python benchmarks/run.py --only limits,tiffstore --size 0.5
     python benchmarks/run.py --many 1000,10000 --docs docs/benchmarks.md
+    python benchmarks/run.py --only materialize   # optional: writes Zarr copies (minutes)
 
 Prints one table (figure, ratio to the limit, ratio to the best peer) and the
 targets, and writes everything as JSON (``--out``). Data are written into a
@@ -31,6 +32,7 @@ if __package__ in (None, ""):
     sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import compressed, limits, open_many, peers, scaling, tiffstore_read
+from benchmarks import materialize as materialize_bench
 from benchmarks.data import Context
 from benchmarks.harness import (
     Row,
@@ -50,7 +52,10 @@ GROUPS: dict[str, ModuleType] = {
     "compressed": compressed,
     "open": open_many,
     "scaling": scaling,
+    "materialize": materialize_bench,
 }
+#: Groups that run only when asked for with ``--only``.
+OPTIONAL = {"materialize"}
 
 DOCS_BEGIN = "<!-- results: begin -->"
 DOCS_END = "<!-- results: end -->"
@@ -125,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     log = _logger(start)
     machine = machine_info()
     machine["command"] = " ".join(["python benchmarks/run.py", *(argv or sys.argv[1:])])
-    chosen = [g for g in GROUPS if not args.only or g in args.only.split(",")]
+    only = args.only.split(",") if args.only else []
+    chosen = [g for g in GROUPS if g in only or (not only and g not in OPTIONAL)]
     rows: list[Row] = []
     targets: list[Target] = []
     with tempfile.TemporaryDirectory(prefix="tiffstore-bench-", dir=args.workdir) as tmp:

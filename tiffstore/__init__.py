@@ -17,11 +17,14 @@ from .errors import (
     TiffStoreError,
 )
 from .manifest import Manifest
+from .materialize import MaterializeError, MaterializeSummary, materialize, materialize_status
 from .store import TiffMapping, TiffStore
 
 __all__ = [
     "LayoutMismatchError",
     "Manifest",
+    "MaterializeError",
+    "MaterializeSummary",
     "NamingError",
     "OptionError",
     "ReadOnlyError",
@@ -31,5 +34,7 @@ __all__ = [
     "TiffStore",
     "TiffStoreError",
     "__version__",
+    "materialize",
+    "materialize_status",
     "open",
 ]

@@ -1,7 +1,8 @@
 """The ``tiffstore`` command: argument parsing and printing only.
 
 ``tiffstore inspect SOURCE`` shows what tiffstore understood of an acquisition;
-``tiffstore demo`` writes sample data and walks through opening and reading it.
+``tiffstore demo`` writes sample data and walks through opening and reading it;
+``tiffstore materialize SOURCE OUT`` writes a real, compressed Zarr copy.
 """
 
 from __future__ import annotations
@@ -276,8 +277,39 @@ def print_inspect(console: Console, store: TiffStore, show_files: bool = False) 
         console.print(files)
 
 
+def _print_materialized(console: Console, path: str, status: dict[str, Any], as_json: bool) -> int:
+    """``inspect`` of a materialize output: whether it is complete, and what it holds."""
+    if as_json:
+        print(json.dumps({"materialized": path, **status}, indent=1))
+        return 0
+    settings = status.get("settings", {})
+    state = (
+        "[bold green]complete[/bold green]"
+        if status.get("complete")
+        else "[bold red]INCOMPLETE[/bold red] (interrupted or failed verification: "
+        "finish it with `tiffstore materialize SOURCE OUT --resume`)"
+    )
+    console.print(f"[bold]Materialized[/bold] {path}: {state}")
+    console.print(f"  from {settings.get('source')}, Zarr format {settings.get('zarr_format')}")
+    for array in settings.get("arrays", []):
+        shape = " x ".join(
+            f"{d}={n}" for d, n in zip(settings.get("dims", []), array["shape"], strict=False)
+        )
+        console.print(
+            f"  {array['path']}: {shape} {settings.get('dtype')}, chunks {array['chunks']}"
+        )
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     from .api import open as open_store
+    from .materialize import materialize_status
+
+    sources = [args.source] if isinstance(args.source, str) else list(args.source)
+    if len(sources) == 1:
+        made = materialize_status(sources[0])
+        if made is not None:
+            return _print_materialized(console, sources[0], made, args.json)
 
     errors = _console(stderr=True)
     show = not args.quiet and errors.is_terminal
@@ -441,6 +473,93 @@ def _console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, soft_wrap=True, width=100_000, color_system=None)
 
 
+def _shape_arg(text: str) -> tuple[int | None, ...]:
+    try:
+        return tuple(None if p.strip() in ("-1", "", ":") else int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a comma-separated shape like 1,1,64,256,256 (-1: whole dim)"
+        ) from None
+
+
+def _shards_arg(text: str) -> tuple[int | None, ...] | str:
+    return _shape_arg(text) if "," in text else text
+
+
+def _cmd_materialize(args: argparse.Namespace, console: Console) -> int:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from .materialize import materialize
+
+    show = console.is_terminal and not (args.quiet or args.json)
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not show,
+    )
+    phases: dict[str, TaskID] = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase not in phases:
+            phases[phase] = bars.add_task(phase, total=total)
+        bars.update(phases[phase], completed=done)
+
+    options = json.loads(args.storage_options) if args.storage_options else None
+    with bars:
+        summary = materialize(
+            args.source,
+            args.out,
+            chunks=args.chunks,
+            zarr_format=args.zarr_format,
+            shards=args.shards,
+            cname=args.cname,
+            clevel=args.clevel,
+            shuffle=args.shuffle,
+            ome=args.ome,
+            levels=args.levels,
+            scheduler=args.scheduler,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            verify=args.verify,
+            progress=progress if show else None,
+            storage_options=options,
+            open_options={"pattern": args.pattern, "tiles": args.tiles},
+        )
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=1))
+    elif not args.quiet:
+        stored = (
+            f", {_size(summary.stored_bytes)} stored" if summary.stored_bytes is not None else ""
+        )
+        console.print(
+            f"[bold]Wrote[/bold] {summary.path}: {_size(summary.bytes)} in {summary.seconds:.1f} s "
+            f"({_size(summary.throughput)}/s{stored}); {summary.chunks_written} chunks written, "
+            f"{summary.chunks_skipped} already done"
+        )
+        if summary.verified is not None:
+            console.print(
+                "[bold green]Verified[/bold green]: every chunk equals the source"
+                if summary.verified
+                else f"[bold red]{len(summary.mismatched)} chunk(s) differ from the source:"
+                f"[/bold red] {', '.join(summary.mismatched)}. Run again with --resume to "
+                "rewrite them."
+            )
+    return 0 if summary.verified is not False else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tiffstore",
@@ -522,6 +641,37 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--stacks", type=int, default=6, help="time points (default 6)")
     d.add_argument("--z", type=int, default=64, help="planes per stack (default 64)")
     d.set_defaults(func=_cmd_demo)
+
+    w = sub.add_parser(
+        "materialize", help="write a real, compressed Zarr copy (resumable, verifiable)"
+    )
+    w.add_argument("source", help="folder, glob, URL or reference file (as for inspect)")
+    w.add_argument("out", help="output folder or fsspec URL (s3://bucket/data.zarr)")
+    w.add_argument(
+        "--chunks", type=_shape_arg, help="output chunks, e.g. 1,1,64,256,256 (default: so)"
+    )
+    w.add_argument("--zarr-format", type=int, choices=(2, 3), default=2, help="default 2")
+    w.add_argument(
+        "--shards", type=_shards_arg, help="format 3: shard shape (1,1,64,1024,1024) or size (1GB)"
+    )
+    w.add_argument("--cname", default="zstd", help="Blosc compressor (zstd)")
+    w.add_argument("--clevel", type=int, default=3, help="Blosc level (3)")
+    w.add_argument(
+        "--shuffle", choices=("noshuffle", "shuffle", "bitshuffle"), default="bitshuffle"
+    )
+    w.add_argument("--ome", action="store_true", help="write OME-NGFF metadata (0.4 / 0.5)")
+    w.add_argument("--levels", type=int, default=1, help="with --ome: pyramid levels (1)")
+    w.add_argument("--scheduler", help="dask.distributed scheduler address to run on")
+    w.add_argument("--workers", type=int, help="local threads (default: one per CPU)")
+    w.add_argument("--overwrite", action="store_true", help="replace an earlier materialize output")
+    w.add_argument("--resume", action="store_true", help="finish an interrupted run")
+    w.add_argument("--verify", action="store_true", help="compare the output with the source")
+    w.add_argument("--storage-options", help="fsspec options for OUT, as JSON")
+    w.add_argument("--pattern", help="template or regex for the file names (default: inferred)")
+    w.add_argument("--tiles", choices=("keep", "stitch"), default="keep")
+    w.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    w.add_argument("--json", action="store_true", help="print the summary as JSON")
+    w.set_defaults(func=_cmd_materialize)
     return parser
 
 

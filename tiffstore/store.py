@@ -86,7 +86,7 @@ class TiffStore(Store):
         if not read_only:
             raise ReadOnlyError(
                 "TiffStore is read-only: it serves TIFF files as Zarr and never writes them. "
-        "To get a writable copy, write the array to a real Zarr store with "
+                "To get a writable copy, write the array to a real Zarr store with "
                 "`tiffstore materialize SOURCE OUT`."
             )
         super().__init__(read_only=True)

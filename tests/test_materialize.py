@@ -1,0 +1,370 @@
+"""materialize: a real Zarr copy equal to the source, resumable, verified, refused where unsafe."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import tiffstore
+from tiffstore.cli import main
+from tiffstore.materialize import JOURNAL, MaterializeError, default_chunks, materialize
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# TEMP: replaced by the shared fixture at merge
+@pytest.fixture
+def s3_bucket() -> Iterator[tuple[str, dict[str, object]]]:
+    """A bucket on a moto S3 server on loopback: ``(url, storage_options)``."""
+    server_mod = pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options: dict[str, object] = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": f"http://{host}:{port}"},
+    }
+    fs = s3fs.S3FileSystem(**options)
+    fs.mkdir("bucket-x")
+    try:
+        yield "s3://bucket-x", options
+    finally:
+        server.stop()
+
+
+def image(out: str | Path, path: str = "image", **kwargs: object) -> np.ndarray:
+    return np.asarray(zarr.open_array(str(out), path=path, mode="r", **kwargs)[...])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"compression": "zlib"},
+        {"compression": "zlib", "tile": (16, 16)},
+        {"byteorder": ">"},
+    ],
+    ids=["uncompressed", "zlib-strips", "zlib-tiles", "big-endian"],
+)
+@pytest.mark.parametrize(
+    ("zarr_format", "chunks", "shards"),
+    [
+        (2, None, None),
+        (2, (1, 2, 4, 16, 10), None),
+        (3, (1, 1, 3, 32, 32), None),
+        (3, (1, 1, 2, 16, 16), (1, 2, 4, 32, 32)),
+    ],
+    ids=["v2-default", "v2-rechunk", "v3", "v3-shards"],
+)
+def test_output_equals_source(make_sample, tmp_path, options, zarr_format, chunks, shards):
+    directory, ref = make_sample(
+        channels=2, stacks=3, shape=(6, 32, 24), missing=[(1, 1)], **options
+    )
+    out = tmp_path / "out.zarr"
+    summary = materialize(
+        directory, out, chunks=chunks, zarr_format=zarr_format, shards=shards, workers=3
+    )
+    assert summary.complete and summary.verified is None
+    np.testing.assert_array_equal(image(out), ref)
+    arr = zarr.open_array(out, path="image", mode="r")
+    assert arr.metadata.zarr_format == zarr_format
+    expected_chunks = chunks or default_chunks(("ch", "stack", "z", "y", "x"), ref.shape)
+    assert arr.chunks == tuple(min(c, n) for c, n in zip(expected_chunks, ref.shape, strict=True))
+    if shards:
+        assert arr.shards == shards
+    assert summary.bytes == ref.nbytes
+    assert summary.chunks_written > 0 and summary.chunks_skipped == 0
+    assert not (out / JOURNAL).exists()
+    assert tiffstore.materialize_status(out)["complete"] is True
+
+
+def test_defaults_blosc_zstd_bitshuffle_and_dims(sample_dir, tmp_path):
+    directory, _ = sample_dir
+    out = tmp_path / "out.zarr"
+    materialize(directory, out)
+    meta = json.loads((out / "image" / ".zarray").read_text())
+    assert meta["compressor"] == {
+        "id": "blosc",
+        "cname": "zstd",
+        "clevel": 3,
+        "shuffle": 2,
+        "blocksize": 0,
+    }
+    attrs = json.loads((out / "image" / ".zattrs").read_text())
+    assert attrs["_ARRAY_DIMENSIONS"] == ["ch", "stack", "z", "y", "x"]
+    assert attrs["tiffstore"]["coords"]["wavelength"]["values"] == [488, 560, 642]
+    materialize(directory, tmp_path / "v3.zarr", zarr_format=3, cname="lz4", shuffle="shuffle")
+    arr = zarr.open_array(tmp_path / "v3.zarr", path="image", mode="r")
+    assert arr.metadata.dimension_names == ("ch", "stack", "z", "y", "x")
+    codec = arr.metadata.codecs[-1].to_dict()
+    assert codec["configuration"]["cname"] == "lz4"
+    assert codec["configuration"]["shuffle"] == "shuffle"
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_xarray_sees_coordinates(sample_dir, tmp_path, zarr_format):
+    xr = pytest.importorskip("xarray")
+    directory, ref = sample_dir
+    out = tmp_path / "out.zarr"
+    materialize(directory, out, zarr_format=zarr_format)
+    ds = xr.open_zarr(out)
+    assert ds["image"].dims == ("ch", "stack", "z", "y", "x")
+    assert ds["image"].dtype == ref.dtype  # not masked to float by a fill value
+    np.testing.assert_array_equal(ds["image"].values, ref)
+    assert ds["wavelength"].values.tolist() == [488, 560, 642]
+    assert ds["wavelength"].dims == ("ch",)
+    assert np.isnan(ds["msec"].values[1, 2])  # the missing file has no timestamp
+
+
+def test_fsspec_memory_output(sample_dir):
+    directory, ref = sample_dir
+    url = f"memory://materialize-{os.getpid()}/out.zarr"
+    summary = materialize(directory, url, zarr_format=3, verify=True)
+    assert summary.verified and summary.stored_bytes is None
+    np.testing.assert_array_equal(image(url), ref)
+    assert tiffstore.materialize_status(url)["complete"] is True
+
+
+@pytest.mark.network
+def test_s3_round_trip(make_sample, s3_bucket):
+    url, options = s3_bucket
+    directory, ref = make_sample(channels=2, stacks=2, shape=(4, 32, 24))
+    out = f"{url}/copy.zarr"
+    summary = materialize(directory, out, chunks=(1, 1, 2, 16, 16), storage_options=options)
+    assert summary.complete
+    np.testing.assert_array_equal(image(out, storage_options=options), ref)
+    again = materialize(
+        directory,
+        out,
+        chunks=(1, 1, 2, 16, 16),
+        storage_options=options,
+        resume=True,
+        verify=True,
+    )
+    assert again.verified and again.chunks_written == 0
+
+
+def test_refuses_non_empty_output(sample_dir, tmp_path):
+    directory, _ = sample_dir
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(MaterializeError, match="exists and is not empty"):
+        materialize(directory, foreign)
+    for flags in ({"overwrite": True}, {"resume": True}):
+        with pytest.raises(MaterializeError, match="not written by tiffstore materialize"):
+            materialize(directory, foreign, **flags)
+    assert (foreign / "notes.txt").read_text() == "mine"
+    out = tmp_path / "out.zarr"
+    materialize(directory, out)
+    with pytest.raises(MaterializeError, match="exists and is not empty"):
+        materialize(directory, out)
+    with pytest.raises(
+        MaterializeError, match=r"image chunks: \[1, 1, 6, 32, 24\] then, \[1, 1, 2, 8, 8\] now"
+    ):
+        materialize(directory, out, chunks=(1, 1, 2, 8, 8), resume=True)
+
+
+def test_overwrite_removes_only_what_it_wrote(sample_dir, tmp_path):
+    directory, ref = sample_dir
+    out = tmp_path / "out.zarr"
+    materialize(directory, out, chunks=(1, 1, 2, 8, 8))
+    (out / "README.txt").write_text("kept")
+    (out / "image" / "extra").mkdir()
+    summary = materialize(directory, out, overwrite=True, zarr_format=3)
+    assert summary.complete
+    assert (out / "README.txt").read_text() == "kept"
+    assert not (out / ".zarray").exists() and not (out / ".zgroup").exists()
+    np.testing.assert_array_equal(image(out), ref)
+
+
+def test_symlinked_output_is_refused(sample_dir, tmp_path):
+    directory, _ = sample_dir
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = tmp_path / "link.zarr"
+    link.symlink_to(elsewhere)
+    with pytest.raises(MaterializeError, match="symbolic link"):
+        materialize(directory, link)
+    out = tmp_path / "out.zarr"
+    materialize(directory, out)
+    (out / "image" / "escape").symlink_to(elsewhere)
+    with pytest.raises(MaterializeError, match="symbolic link inside"):
+        materialize(directory, out, overwrite=True)
+    assert not any(elsewhere.iterdir())
+
+
+def test_interrupted_run_is_marked_incomplete_and_resumes(make_sample, tmp_path, capsys):
+    directory, ref = make_sample(channels=2, stacks=4, shape=(8, 32, 32))
+    out = tmp_path / "out.zarr"
+    calls = []
+
+    def stop_after_three(phase: str, done: int, total: int) -> None:
+        calls.append(done)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        materialize(directory, out, chunks=(1, 1, 4, 16, 16), workers=1, progress=stop_after_three)
+    status = tiffstore.materialize_status(out)
+    assert status is not None and status["complete"] is False
+    attrs = json.loads((out / "image" / ".zattrs").read_text())
+    assert attrs["tiffstore"]["materialize"]["complete"] is False
+    assert main(["inspect", str(out)]) == 0
+    assert "INCOMPLETE" in capsys.readouterr().out
+    done = len(list((out / JOURNAL / "image").iterdir()))
+    assert 0 < done < 8
+    summary = materialize(directory, out, chunks=(1, 1, 4, 16, 16), resume=True, verify=True)
+    assert summary.verified and summary.complete
+    assert summary.chunks_skipped == done * 8
+    assert summary.chunks_written == 64 - done * 8
+    np.testing.assert_array_equal(image(out), ref)
+    assert main(["inspect", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["complete"] is True
+
+
+def test_verify_names_a_corrupted_chunk_and_resume_repairs_it(sample_dir, tmp_path):
+    directory, ref = sample_dir
+    out = tmp_path / "out.zarr"
+    materialize(directory, out, chunks=(1, 1, 3, 16, 24))
+    # Valid Blosc data with other values: only a comparison with the source finds it.
+    arr = zarr.open_array(out, path="image", mode="r+")
+    good = arr[0, 1, 3:6, 16:32, :]
+    arr[0, 1, 3:6, 16:32, :] = good + 1
+    (out / "image" / "2.0.0.0.0").write_bytes(b"not blosc at all")
+    summary = materialize(directory, out, chunks=(1, 1, 3, 16, 24), resume=True, verify=True)
+    assert summary.verified is False and not summary.complete
+    assert summary.mismatched == ("image/0.1.1.1.0", "image/2.0.0.0.0")
+    assert tiffstore.materialize_status(out)["complete"] is False
+    repaired = materialize(directory, out, chunks=(1, 1, 3, 16, 24), resume=True, verify=True)
+    assert repaired.verified and repaired.complete
+    assert 0 < repaired.chunks_written < repaired.chunks_skipped
+    np.testing.assert_array_equal(image(out), ref)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_ome_ngff_validates(make_sample, tmp_path, zarr_format):
+    models = pytest.importorskip(f"ome_zarr_models.v0{4 if zarr_format == 2 else 5}")
+    directory, ref = make_sample(channels=2, stacks=3, shape=(4, 40, 30))
+    out = tmp_path / "ome.zarr"
+    summary = materialize(
+        directory,
+        out,
+        zarr_format=zarr_format,
+        ome=True,
+        levels=3,
+        chunks=(1, 1, 2, 16, 16),
+        shards=(1, 1, 4, 32, 32) if zarr_format == 3 else None,
+        verify=True,
+    )
+    assert summary.verified
+    group = zarr.open_group(out, mode="r")
+    model = models.Image.from_zarr(group)
+    attrs = model.attributes if zarr_format == 2 else model.attributes.ome
+    multiscale = attrs.multiscales[0]
+    assert [a.name for a in multiscale.axes] == ["stack", "ch", "z", "y", "x"]
+    assert [a.type for a in multiscale.axes] == ["time", "channel", "space", "space", "space"]
+    assert [d.path for d in multiscale.datasets] == ["0", "1", "2"]
+    # Level 0 is the source in OME order (time before channel); level 1 the 2 x 2 mean.
+    np.testing.assert_array_equal(image(out, "0"), ref.transpose(1, 0, 2, 3, 4))
+    level1 = image(out, "1")
+    assert level1.shape == (3, 2, 4, 20, 15)
+    expected = ref.transpose(1, 0, 2, 3, 4)[..., :2, :2].mean(axis=(-1, -2))
+    np.testing.assert_array_equal(level1[..., 0, 0], np.rint(expected).astype(ref.dtype))
+    assert image(out, "2").shape == (3, 2, 4, 10, 8)
+
+
+def test_ome_refuses_dims_it_cannot_name(make_sample, tmp_path):
+    directory, _ = make_sample(channels=2, stacks=2, shape=(2, 3, 16, 16))
+    with pytest.raises(MaterializeError, match="ome=True needs"):
+        materialize(directory, tmp_path / "o.zarr", ome=True)
+
+
+def test_cli_json_quiet_and_refusal(sample_dir, tmp_path, capsys):
+    directory, ref = sample_dir
+    out = tmp_path / "out.zarr"
+    code = main(
+        ["materialize", str(directory), str(out), "--json", "--verify", "--chunks", "1,1,3,-1,-1"]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["verified"] is True and summary["complete"] is True
+    assert summary["chunks"] == [1, 1, 3, 32, 24]
+    assert summary["bytes"] == ref.nbytes
+    assert main(["materialize", str(directory), str(out), "--quiet"]) == 1  # refused: not a usage error
+    captured = capsys.readouterr()
+    assert "--overwrite" in captured.err and "Traceback" not in captured.err
+    assert main(["materialize", str(directory), str(out), "--quiet", "--overwrite"]) == 0
+    assert capsys.readouterr().out == ""
+    np.testing.assert_array_equal(image(out), ref)
+
+
+@pytest.mark.slow
+def test_distributed_cluster(make_sample, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    directory, ref = make_sample(channels=2, stacks=3, shape=(8, 32, 32), missing=[(0, 2)])
+    out = tmp_path / "out.zarr"
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        summary = materialize(
+            directory,
+            out,
+            chunks=(1, 1, 4, 16, 16),
+            scheduler=cluster.scheduler_address,
+            verify=True,
+        )
+    assert summary.verified and summary.complete
+    np.testing.assert_array_equal(image(out), ref)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume(make_sample, tmp_path):
+    directory, ref = make_sample(channels=2, stacks=6, shape=(32, 96, 96), compression="zlib")
+    out = tmp_path / "out.zarr"
+    base = [sys.executable, "-m", "tiffstore", "materialize", str(directory), str(out)]
+    base += ["--chunks", "1,1,4,32,32", "--workers", "2", "--quiet"]
+    rng = random.Random(11)
+    journal = out / JOURNAL / "image"
+    killed = 0
+    for attempt in range(5):
+        proc = subprocess.Popen(base + (["--resume"] if attempt else []), cwd=ROOT)
+        # Kill after a random number of finished tasks (0: during start-up or metadata).
+        target = rng.randint(0, 10)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            done = len(os.listdir(journal)) if journal.is_dir() else 0
+            if done >= target and (target or rng.random() < 0.02):
+                break
+            time.sleep(0.005)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed += 1
+        proc.wait(timeout=30)
+    assert killed >= 3
+    status = tiffstore.materialize_status(out)
+    assert status is None or status["complete"] is False
+    result = subprocess.run(
+        [*base, "--resume", "--verify", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["verified"] is True and summary["complete"] is True
+    np.testing.assert_array_equal(image(out), ref)
