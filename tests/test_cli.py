@@ -227,3 +227,13 @@ def test_progress_shows_on_a_terminal_unless_quiet(sample_dir):
     quiet = on_terminal("--quiet", "inspect", str(sample_dir[0]))
     assert "Opening" not in quiet and "Reading the headers" not in quiet
     assert "Template" in quiet
+
+
+def test_warnings_on_stderr_name_command_options(make_sample):
+    directory, _ = make_sample(channels=2, stacks=2, shape=(2, 8, 8))
+    thumb = sample_name(0, 1).replace("_0000t", "_0000t_thumb")
+    tifffile.imwrite(directory / thumb, np.zeros((5, 5), np.uint8))
+    result = run_cli("inspect", str(directory))
+    assert result.returncode == 0, result.stderr
+    assert "WARNING: Left out 1 file whose name" in result.stderr and thumb in result.stderr
+    assert "--exclude" in result.stderr and "exclude=" not in result.stderr

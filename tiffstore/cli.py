@@ -81,8 +81,8 @@ def parse_chunks(text: str | None) -> ChunkSpec:
         shape = ()
     if len(shape) < 2 or any(c is not None and c <= 0 for c in shape):
         raise argparse.ArgumentTypeError(
-            f"--chunks {text!r}: use {', '.join(CHUNK_WORDS)}, a number of pages, or a "
-            "comma-separated shape like 1,1,10,-1,-1 (-1 for a whole dim)"
+            f"{text!r} is not a chunk request: use {', '.join(CHUNK_WORDS)}, a number of "
+            "pages, or a comma-separated shape like 1,1,10,-1,-1 (-1 for a whole dim)"
         )
     return shape
 
@@ -100,7 +100,7 @@ def parse_scale(text: str) -> dict[str, float | tuple[float, str]]:
         m = re.fullmatch(r"\s*([zyx])\s*=\s*([0-9.eE+-]+)\s*([^\W\d]\w*)?\s*", part)
         if m is None:
             raise argparse.ArgumentTypeError(
-                f"--scale {text!r}: write sizes per dim like z=2,y=0.1,x=0.1 or x=250nm"
+                f"{text!r}: write sizes per dim like z=2,y=0.1,x=0.1 or x=250nm"
             )
         try:
             size = float(m[2])
@@ -121,7 +121,7 @@ _CLI_WORDS = (
     (re.compile(r"\bpattern=(?= |$|;|,|\.)"), "--pattern"),
     (re.compile(r"\bchunks=(?=[(\[\'\d])"), "--chunks "),
     (re.compile(r"\bfill_value="), "--fill-value "),
-    (re.compile(r"\b(include|exclude)=(?=/)"), r"--\1"),
+    (re.compile(r"\b(include|exclude)=(?=[\s.,;)]|$)"), r"--\1"),
 )
 
 
@@ -523,12 +523,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ShellFormatter(logging.Formatter):
+    """Log messages with the library's option names spelled as the command's."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return for_the_shell(super().format(record))
+
+
 def _log_handler(verbose: int) -> logging.Handler:
     errors = _console(stderr=True)
+    handler: logging.Handler
     if errors.is_terminal:
-        return RichHandler(console=errors, show_time=False, show_path=verbose > 1)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        handler = RichHandler(console=errors, show_time=False, show_path=verbose > 1)
+        handler.setFormatter(_ShellFormatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_ShellFormatter("%(levelname)s: %(message)s"))
     return handler
 
 
