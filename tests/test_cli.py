@@ -188,9 +188,9 @@ def test_error_messages_speak_of_command_line_options(make_sample, capsys):
 
 
 def test_progress_is_reported_to_a_callback_and_never_printed_when_piped(sample_dir, capsys):
-    steps: list[str] = []
-    tiffstore.open(sample_dir[0], progress=steps.append, validate=True)
-    assert steps[0].startswith("listing") and "reading every header of 11 files" in steps
+    steps: list[tuple[str, int, int | None]] = []
+    tiffstore.open(sample_dir[0], validate=True, progress=lambda *a: steps.append(a))
+    assert steps == [("listing", 0, None), ("names", 0, 11), ("headers", 0, 11)]
     assert main(["inspect", str(sample_dir[0])]) == 0
     captured = capsys.readouterr()
     assert "Opening" not in captured.err and "listing" not in captured.err.lower()
@@ -223,9 +223,9 @@ def test_progress_shows_on_a_terminal_unless_quiet(sample_dir):
         return b"".join(chunks).decode(errors="replace")
 
     shown = on_terminal("inspect", str(sample_dir[0]))
-    assert "Reading the headers of 11 files" in shown or "Opening" in shown
+    assert "Reading the TIFF headers (11 files)" in shown or "Opening" in shown
     quiet = on_terminal("--quiet", "inspect", str(sample_dir[0]))
-    assert "Opening" not in quiet and "Reading the headers" not in quiet
+    assert "Opening" not in quiet and "Reading the TIFF headers" not in quiet
     assert "Template" in quiet
 
 

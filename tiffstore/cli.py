@@ -274,6 +274,14 @@ def print_inspect(console: Console, store: TiffStore, show_files: bool = False) 
         console.print(files)
 
 
+#: What each step of an open is called on the terminal.
+_STEP_TEXT = {
+    "listing": "Listing the files",
+    "names": "Reading the file names",
+    "headers": "Reading the TIFF headers",
+}
+
+
 def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     from .api import open as open_store
 
@@ -281,9 +289,14 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     show = not args.quiet and errors.is_terminal
     with errors.status("Opening", spinner="dots") if show else nullcontext() as status:
 
-        def progress(message: str) -> None:
-            if status is not None:
-                status.update(message[:1].upper() + message[1:] + " ...")
+        def progress(step: str, done: int, total: int | None) -> None:
+            if status is None:
+                return
+            text = _STEP_TEXT.get(step, step)
+            if total is not None:
+                count = f"{done:,} of {total:,}" if done else f"{total:,}"
+                text = f"{text} ({count} {'file' if total == 1 else 'files'})"
+            status.update(text + " ...")
 
         store = open_store(
             args.source,
