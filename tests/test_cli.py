@@ -237,3 +237,15 @@ def test_warnings_on_stderr_name_command_options(make_sample):
     assert result.returncode == 0, result.stderr
     assert "WARNING: Left out 1 file whose name" in result.stderr and thumb in result.stderr
     assert "--exclude" in result.stderr and "exclude=" not in result.stderr
+
+
+def test_a_truncated_file_gives_no_anonymous_tifffile_error(make_sample):
+    directory, _ = make_sample(channels=2, stacks=2, shape=(4, 16, 16))
+    end = tiffstore.open(directory).manifest.layout.data_end
+    victim = directory / sample_name(0, 1)
+    victim.write_bytes(victim.read_bytes()[: end - 10])
+    result = run_cli("inspect", str(directory))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("WARNING: 1 file is truncated") and victim.name in result.stderr
+    assert "invalid page offset" not in result.stderr and "TiffPages" not in result.stderr
+    assert victim.name in result.stdout
