@@ -224,7 +224,7 @@ def test_progress_shows_on_a_terminal_unless_quiet(sample_dir):
 
     shown = on_terminal("inspect", str(sample_dir[0]))
     assert "Reading the TIFF headers (11 files)" in shown or "Opening" in shown
-    quiet = on_terminal("--quiet", "inspect", str(sample_dir[0]))
+    quiet = on_terminal("inspect", str(sample_dir[0]), "--quiet")
     assert "Opening" not in quiet and "Reading the TIFF headers" not in quiet
     assert "Template" in quiet
 

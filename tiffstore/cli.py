@@ -464,6 +464,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="no progress display, errors only"
     )
+    # The same switches after the command (``tiffstore inspect raw/ -q``); SUPPRESS
+    # keeps a subcommand's default from overwriting what was given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output"
+    )
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no progress display, errors only",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -471,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="show what tiffstore understood of an acquisition",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
     )
     p.add_argument("source", nargs="+", help="folder, glob, or files")
     p.add_argument("--pattern", help="template or regex for the file names (default: inferred)")
@@ -528,7 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_inspect)
 
-    d = sub.add_parser("demo", help="write sample data and show tiffstore at work")
+    d = sub.add_parser(
+        "demo", help="write sample data and show tiffstore at work", parents=[common]
+    )
     d.add_argument("--dir", help="write the sample data here and keep it (default: temporary)")
     d.add_argument("--stacks", type=int, default=6, help="time points (default 6)")
     d.add_argument("--z", type=int, default=64, help="planes per stack (default 64)")
