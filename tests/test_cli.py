@@ -188,9 +188,9 @@ def test_error_messages_speak_of_command_line_options(make_sample, capsys):
 
 
 def test_progress_is_reported_to_a_callback_and_never_printed_when_piped(sample_dir, capsys):
-    steps: list[str] = []
-    tiffstore.open(sample_dir[0], progress=steps.append, validate=True)
-    assert steps[0].startswith("listing") and "reading every header of 11 files" in steps
+    steps: list[tuple[str, int, int | None]] = []
+    tiffstore.open(sample_dir[0], validate=True, progress=lambda *a: steps.append(a))
+    assert steps == [("listing", 0, None), ("names", 0, 11), ("headers", 0, 11)]
     assert main(["inspect", str(sample_dir[0])]) == 0
     captured = capsys.readouterr()
     assert "Opening" not in captured.err and "listing" not in captured.err.lower()
@@ -223,7 +223,29 @@ def test_progress_shows_on_a_terminal_unless_quiet(sample_dir):
         return b"".join(chunks).decode(errors="replace")
 
     shown = on_terminal("inspect", str(sample_dir[0]))
-    assert "Reading the headers of 11 files" in shown or "Opening" in shown
-    quiet = on_terminal("--quiet", "inspect", str(sample_dir[0]))
-    assert "Opening" not in quiet and "Reading the headers" not in quiet
+    assert "Reading the TIFF headers (11 files)" in shown or "Opening" in shown
+    quiet = on_terminal("inspect", str(sample_dir[0]), "--quiet")
+    assert "Opening" not in quiet and "Reading the TIFF headers" not in quiet
     assert "Template" in quiet
+
+
+def test_warnings_on_stderr_name_command_options(make_sample):
+    directory, _ = make_sample(channels=2, stacks=2, shape=(2, 8, 8))
+    thumb = sample_name(0, 1).replace("_0000t", "_0000t_thumb")
+    tifffile.imwrite(directory / thumb, np.zeros((5, 5), np.uint8))
+    result = run_cli("inspect", str(directory))
+    assert result.returncode == 0, result.stderr
+    assert "WARNING: Left out 1 file whose name" in result.stderr and thumb in result.stderr
+    assert "--exclude" in result.stderr and "exclude=" not in result.stderr
+
+
+def test_a_truncated_file_gives_no_anonymous_tifffile_error(make_sample):
+    directory, _ = make_sample(channels=2, stacks=2, shape=(4, 16, 16))
+    end = tiffstore.open(directory).manifest.layout.data_end
+    victim = directory / sample_name(0, 1)
+    victim.write_bytes(victim.read_bytes()[: end - 10])
+    result = run_cli("inspect", str(directory))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("WARNING: 1 file is truncated") and victim.name in result.stderr
+    assert "invalid page offset" not in result.stderr and "TiffPages" not in result.stderr
+    assert victim.name in result.stdout

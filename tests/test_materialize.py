@@ -304,7 +304,9 @@ def test_cli_json_quiet_and_refusal(sample_dir, tmp_path, capsys):
     assert summary["verified"] is True and summary["complete"] is True
     assert summary["chunks"] == [1, 1, 3, 32, 24]
     assert summary["bytes"] == ref.nbytes
-    assert main(["materialize", str(directory), str(out), "--quiet"]) == 1  # refused: not a usage error
+    assert (
+        main(["materialize", str(directory), str(out), "--quiet"]) == 1
+    )  # refused: not a usage error
     captured = capsys.readouterr()
     assert "--overwrite" in captured.err and "Traceback" not in captured.err
     assert main(["materialize", str(directory), str(out), "--quiet", "--overwrite"]) == 0

@@ -58,7 +58,7 @@ def open(
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
     scale: ScaleSpec | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str, int, int | None], None] | None = None,
 ) -> TiffStore:
     """Open TIFF files as one virtual, read-only Zarr array.
 
@@ -104,9 +104,10 @@ def open(
         files' metadata: ``{"z": 2.0, "y": 0.1, "x": 0.1}`` (in the files' unit, else
         micrometres) or ``{"z": (2.0, "micrometer")}``. See ``store.scale``.
     progress
-        Called with a short description of each step of the open as it starts
-        (listing, names, headers), for a progress display; the library itself only
-        logs.
+        Called as ``progress(step, done, total)`` when each step of the open starts
+        (``"listing"``, ``"names"``, ``"headers"``; ``done`` is 0, ``total`` the number
+        of files, ``None`` while unknown), for a progress display. The library itself
+        only logs.
 
     Notes
     -----
@@ -128,16 +129,16 @@ def open(
     dask.array<from-zarr, shape=(3, 199, 201, 1024, 768), dtype=uint16, chunksize=(1, 1, 10, 1024, 768), ...>
     """
 
-    def step(message: str) -> None:
+    def step(name: str, total: int | None, message: str) -> None:
         logger.info(message)
         if progress is not None:
-            progress(message)
+            progress(name, 0, total)
 
-    step(f"listing {source}")
+    step("listing", None, f"listing {source}")
     reader, files = resolve_source(
         source, storage_options, recursive=recursive, include=include, exclude=exclude
     )
-    step(f"reading {len(files):,} file names")
+    step("names", len(files), f"reading {len(files):,} file names")
     left_out: tuple[str, ...] = ()
     if pattern is None:
         # Stray files are left out before their headers are read: a thumbnail of
@@ -147,8 +148,8 @@ def open(
         if left_out:
             out = set(left_out)
             files = [f for f in files if f.name not in out]
-    what = "reading every header of" if validate else "reading the headers of"
-    step(f"{what} {len(files):,} files")
+    what = "every header" if validate else "the headers"
+    step("headers", len(files), f"reading {what} of {len(files):,} files")
     manifest = build_manifest(
         reader,
         files,

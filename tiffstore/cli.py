@@ -84,8 +84,8 @@ def parse_chunks(text: str | None) -> ChunkSpec:
         shape = ()
     if len(shape) < 2 or any(c is not None and c <= 0 for c in shape):
         raise argparse.ArgumentTypeError(
-            f"--chunks {text!r}: use {', '.join(CHUNK_WORDS)}, a number of pages, or a "
-            "comma-separated shape like 1,1,10,-1,-1 (-1 for a whole dim)"
+            f"{text!r} is not a chunk request: use {', '.join(CHUNK_WORDS)}, a number of "
+            "pages, or a comma-separated shape like 1,1,10,-1,-1 (-1 for a whole dim)"
         )
     return shape
 
@@ -103,7 +103,7 @@ def parse_scale(text: str) -> dict[str, float | tuple[float, str]]:
         m = re.fullmatch(r"\s*([zyx])\s*=\s*([0-9.eE+-]+)\s*([^\W\d]\w*)?\s*", part)
         if m is None:
             raise argparse.ArgumentTypeError(
-                f"--scale {text!r}: write sizes per dim like z=2,y=0.1,x=0.1 or x=250nm"
+                f"{text!r}: write sizes per dim like z=2,y=0.1,x=0.1 or x=250nm"
             )
         try:
             size = float(m[2])
@@ -124,7 +124,7 @@ _CLI_WORDS = (
     (re.compile(r"\bpattern=(?= |$|;|,|\.)"), "--pattern"),
     (re.compile(r"\bchunks=(?=[(\[\'\d])"), "--chunks "),
     (re.compile(r"\bfill_value="), "--fill-value "),
-    (re.compile(r"\b(include|exclude)=(?=/)"), r"--\1"),
+    (re.compile(r"\b(include|exclude)=(?=[\s.,;)]|$)"), r"--\1"),
 )
 
 
@@ -301,6 +301,14 @@ def _print_materialized(console: Console, path: str, status: dict[str, Any], as_
     return 0
 
 
+#: What each step of an open is called on the terminal.
+_STEP_TEXT = {
+    "listing": "Listing the files",
+    "names": "Reading the file names",
+    "headers": "Reading the TIFF headers",
+}
+
+
 def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     from .api import open as open_store
     from .materialize import materialize_status
@@ -315,9 +323,14 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     show = not args.quiet and errors.is_terminal
     with errors.status("Opening", spinner="dots") if show else nullcontext() as status:
 
-        def progress(message: str) -> None:
-            if status is not None:
-                status.update(message[:1].upper() + message[1:] + " ...")
+        def progress(step: str, done: int, total: int | None) -> None:
+            if status is None:
+                return
+            text = _STEP_TEXT.get(step, step)
+            if total is not None:
+                count = f"{done:,} of {total:,}" if done else f"{total:,}"
+                text = f"{text} ({count} {'file' if total == 1 else 'files'})"
+            status.update(text + " ...")
 
         store = open_store(
             args.source,
@@ -572,6 +585,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="no progress display, errors only"
     )
+    # The same switches after the command (``tiffstore inspect raw/ -q``); SUPPRESS
+    # keeps a subcommand's default from overwriting what was given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output"
+    )
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no progress display, errors only",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -579,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="show what tiffstore understood of an acquisition",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
     )
     p.add_argument("source", nargs="+", help="folder, glob, or files")
     p.add_argument("--pattern", help="template or regex for the file names (default: inferred)")
@@ -636,7 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_inspect)
 
-    d = sub.add_parser("demo", help="write sample data and show tiffstore at work")
+    d = sub.add_parser(
+        "demo", help="write sample data and show tiffstore at work", parents=[common]
+    )
     d.add_argument("--dir", help="write the sample data here and keep it (default: temporary)")
     d.add_argument("--stacks", type=int, default=6, help="time points (default 6)")
     d.add_argument("--z", type=int, default=64, help="planes per stack (default 64)")
@@ -675,12 +704,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ShellFormatter(logging.Formatter):
+    """Log messages with the library's option names spelled as the command's."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return for_the_shell(super().format(record))
+
+
 def _log_handler(verbose: int) -> logging.Handler:
     errors = _console(stderr=True)
+    handler: logging.Handler
     if errors.is_terminal:
-        return RichHandler(console=errors, show_time=False, show_path=verbose > 1)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        handler = RichHandler(console=errors, show_time=False, show_path=verbose > 1)
+        handler.setFormatter(_ShellFormatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_ShellFormatter("%(levelname)s: %(message)s"))
     return handler
 
 

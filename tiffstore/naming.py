@@ -956,7 +956,7 @@ def _leave_out(names: Sequence[str], strays: Sequence[str]) -> NameGrid:
     shown = ", ".join(strays[:5]) + (f" ... and {len(strays) - 5} more" if len(strays) > 5 else "")
     logger.warning(
         "Left out %d file%s whose name has a part the others lack (it would invent an "
-        "axis): %s. Exclude them (exclude=/--exclude) to silence this.",
+        "axis): %s. Leave them out with exclude= to silence this.",
         len(strays),
         "" if len(strays) == 1 else "s",
         shown,
