@@ -74,7 +74,11 @@ class StoreKeys:
         m = self.manifest
         zarray = m.zarray()
         zattrs = m.zattrs()
-        docs: dict[str, dict[str, Any]] = {".zarray": zarray, ".zattrs": zattrs}
+        # The root ".zattrs" is also the group view's attributes (xarray's Dataset
+        # attrs, copied out by ``to_zarr``), so it leaves out the array's
+        # ``_ARRAY_DIMENSIONS``: the dims live on ``image/.zattrs`` and in ``tiffstore``.
+        root_attrs = {k: v for k, v in zattrs.items() if k != "_ARRAY_DIMENSIONS"}
+        docs: dict[str, dict[str, Any]] = {".zarray": zarray, ".zattrs": root_attrs}
         consolidated: dict[str, Any] = {".zgroup": {"zarr_format": 2}, ".zattrs": {}}
         coords: dict[str, dict[str, Any]] = zattrs["tiffstore"]["coords"]
         # In the group view, missing cells are served as filled chunks and the array
