@@ -123,3 +123,18 @@ def test_get_reader_declines_what_it_cannot_open(tmp_path):
     assert get_reader(str(tmp_path / "notes.txt")) is None
     assert get_reader([]) is None
     assert get_reader(str(tmp_path / "refs.json")) is None  # absent
+
+
+def test_npe2_reads_through_the_installed_plugin(sample_dir):
+    """napari's own read path (npe2 discovery + the reader contribution), no GUI."""
+    npe2 = pytest.importorskip("npe2")
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    try:
+        pm.get_manifest("tiffstore")
+    except KeyError:
+        pytest.skip("tiffstore is not installed: its napari.manifest entry point is absent")
+    directory, ref = sample_dir
+    [(data, kwargs, kind)] = npe2.read([str(directory)], stack=False, plugin_name="tiffstore")
+    assert (kind, kwargs["name"]) == ("image", ["488 nm", "560 nm", "642 nm"])
+    np.testing.assert_array_equal(data[0, 1].compute(), ref[0, 1])

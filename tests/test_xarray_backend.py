@@ -88,6 +88,8 @@ def test_engine_by_name(sample_dir):
     directory, ref = sample_dir
     ds = xr.open_dataset(directory, engine="tiffstore", chunks={})
     np.testing.assert_array_equal(ds["image"].values, ref)
+    guessed = xr.open_dataset(directory, chunks={})  # no engine: xarray asks guess_can_open
+    np.testing.assert_array_equal(guessed["image"].values, ref)
 
 
 def test_guess_can_open(sample_dir, tmp_path):
