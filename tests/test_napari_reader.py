@@ -138,3 +138,22 @@ def test_npe2_reads_through_the_installed_plugin(sample_dir):
     [(data, kwargs, kind)] = npe2.read([str(directory)], stack=False, plugin_name="tiffstore")
     assert (kind, kwargs["name"]) == ("image", ["488 nm", "560 nm", "642 nm"])
     np.testing.assert_array_equal(data[0, 1].compute(), ref[0, 1])
+
+
+def test_channels_inside_the_files(tmp_path):
+    """ImageJ hyperstacks (Z, C, Y, X) per time point: the channel dim is a file dim."""
+    rng = np.random.default_rng(0)
+    ref = rng.integers(100, 4000, size=(3, 5, 2, 16, 12), dtype=np.uint16)
+    for t in range(3):
+        tifffile.imwrite(
+            tmp_path / f"cells_t{t}.tif", ref[t], imagej=True, metadata={"axes": "ZCYX"}
+        )
+    store = tiffstore.open(tmp_path)
+    assert store.dims == ("t", "z", "c", "y", "x")
+    [(data, kwargs, _)] = layer_data(store)
+    assert kwargs["channel_axis"] == 2
+    assert kwargs["name"] == ["c 0", "c 1"]
+    for c, (lo, hi) in enumerate(kwargs["contrast_limits"]):
+        sample = ref[[0, 2], 2, c]  # middle z of the first and last time point
+        assert (lo, hi) == (sample.min(), sample.max())
+    np.testing.assert_array_equal(data.compute(), ref)

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 import tiffstore
@@ -126,3 +127,24 @@ def test_evenly_spaced():
     assert len(evenly_spaced(199, 8)) == 8
     assert evenly_spaced(5, 0) == [0, 1, 2, 3, 4]
     assert evenly_spaced(9, 1) == [4]
+
+
+def test_channels_inside_the_files(tmp_path):
+    """ImageJ hyperstacks (Z, C, Y, X) per time point: rows are the files' channels."""
+    rng = np.random.default_rng(1)
+    ref = rng.integers(100, 4000, size=(3, 4, 2, 16, 12), dtype=np.uint16)
+    for t in range(3):
+        tifffile.imwrite(
+            tmp_path / f"cells_t{t}.tif", ref[t], imagej=True, metadata={"axes": "ZCYX"}
+        )
+    out = tmp_path / "ij.png"
+    preview = write_preview(tiffstore.open(tmp_path), out, max_planes=0, tile=16)
+    assert preview.row_labels == ("c 0", "c 1")
+    assert preview.column_labels == ("t=0", "t=1", "t=2")
+    assert preview.projected_dims == ("z",) and preview.downsample == 1
+    [cell] = [c for c in preview.cells if (c.row, c.column) == (1, 2)]
+    left, top, right, bottom = cell.box
+    pixels = np.asarray(Image.open(out).convert("L"))[top:bottom, left:right]
+    lo, hi = preview.contrast[1]
+    want = np.clip(np.rint((ref[2, :, 1].max(axis=0) - lo) * 255 / (hi - lo)), 0, 255)
+    np.testing.assert_allclose(pixels, want, atol=1)

@@ -90,7 +90,9 @@ class AcquisitionGrid:
         if len(spatial) < 2:
             shape = dict(zip(dims, store.shape, strict=True))
             raise TiffStoreError(f"{store!r}: the array {shape} has no 2-d image plane to show")
-        plane = (spatial[-2], spatial[-1])
+        named = [i for i in spatial if dims[i].lower() in ("y", "x")]
+        # y and x by name, so that a samples dim after them (y, x, s) is not taken.
+        plane = (named[0], named[1]) if len(named) == 2 else (spatial[-2], spatial[-1])
         values = {d: a["values"] for d, a in axes.items() if "values" in a}
         if channel_dim is not None:
             values.setdefault(dims[channel_dim], list(range(store.shape[channel_dim])))
