@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -148,3 +149,23 @@ def test_channels_inside_the_files(tmp_path):
     lo, hi = preview.contrast[1]
     want = np.clip(np.rint((ref[2, :, 1].max(axis=0) - lo) * 255 / (hi - lo)), 0, 255)
     np.testing.assert_allclose(pixels, want, atol=1)
+
+
+def test_cli_progress_on_a_terminal(sample_dir, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from tiffstore.cli import build_parser
+
+    directory, _ = sample_dir
+    out = tmp_path / "tty.png"
+    args = build_parser().parse_args(["preview", str(directory), str(out), "--planes", "2"])
+    args.source = args.source[0]
+    text = io.StringIO()
+    console = Console(file=text, force_terminal=True, width=100)
+    assert args.func(args, console) == 0
+    assert out.is_file()
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text.getvalue())
+    assert "reading planes" in shown  # the progress bar was drawn
+    assert "2 of 6 plane(s)" in shown

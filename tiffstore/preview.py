@@ -13,11 +13,10 @@ projections).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +128,89 @@ def _fit(draw: Any, text: str, font: Any, width: int) -> str:
     return text + "…"
 
 
+Job = tuple[int, int, tuple[int, ...], int | None]  # row, column, cell, channel
+
+
+def _read_projections(
+    store: TiffStore,
+    grid: AcquisitionGrid,
+    jobs: list[Job],
+    depth: list[int],
+    planes: list[tuple[int, ...]],
+    factor: int,
+    workers: int,
+    progress: Callable[[int, int], None] | None,
+) -> dict[tuple[int, int], np.ndarray]:
+    """(row, column) -> the cell's max projection over ``planes``, shrunk by ``factor``.
+
+    Each worker holds one plane and one running maximum at a time.
+    """
+    import zarr
+
+    array = zarr.open_array(store, mode="r")
+    total = len(jobs) * len(planes)
+    done = 0
+    lock = threading.Lock()
+
+    def project(job: Job) -> np.ndarray:
+        nonlocal done
+        _, _, cell, channel = job
+        result: np.ndarray | None = None
+        for plane in planes:
+            index = grid.index(cell, channel, dict(zip(depth, plane, strict=True)))
+            data = np.asarray(array[index])
+            result = data if result is None else np.maximum(result, data, out=result)
+            with lock:
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        assert result is not None
+        return block_max(result, factor)
+
+    if progress is not None:
+        progress(0, total)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return dict(zip(((r, k) for r, k, _, _ in jobs), pool.map(project, jobs), strict=True))
+
+
+def _row_contrast(projections: Sequence[np.ndarray]) -> tuple[float, float]:
+    """0.5 and 99.5 percentiles of a row's projections (``hi > lo`` always)."""
+    values = np.concatenate([v.ravel() for v in projections]) if projections else np.zeros(1)
+    if values.dtype.kind == "f":
+        values = values[np.isfinite(values)]
+    if values.size == 0:
+        values = np.zeros(1)
+    lo, hi = (float(p) for p in np.percentile(values, [0.5, 99.5]))
+    return lo, hi if hi > lo else lo + 1.0
+
+
+def _caption(
+    dims: Sequence[str],
+    depth: Sequence[int],
+    n_planes: int,
+    planes_total: int,
+    n_columns: int,
+    columns_total: int,
+    factor: int,
+) -> str:
+    """What the picture leaves out, said in the picture."""
+    if not depth:
+        projected = "one plane per cell (nothing to project)"
+    elif n_planes < planes_total:
+        projected = f"{n_planes} of {planes_total} planes, evenly spaced"
+    else:
+        projected = f"all {planes_total} planes"
+    if depth:
+        projected = f"max projection over {', '.join(dims[d] for d in depth)}: {projected}"
+    shown = (
+        f"{n_columns} of {columns_total} columns shown, evenly spaced"
+        if n_columns < columns_total
+        else f"all {n_columns} columns"
+    )
+    shrunk = f"shrunk {factor}x by block max" if factor > 1 else "full resolution"
+    return f"{projected}; {shown}; {shrunk}"
+
+
 def write_preview(
     store: TiffStore,
     out: str | Path,
@@ -153,7 +235,7 @@ def write_preview(
         points...), evenly spaced, first and last included. ``0`` for all.
     max_planes
         Most planes read per projection, evenly spaced along the dims projected
-        (``z``...); the footer says how many. ``0`` for all.
+        (``z``...); the caption says how many. ``0`` for all.
     tile
         Long side of each cell in pixels; projections are shrunk by block maximum.
     workers
@@ -174,16 +256,21 @@ def write_preview(
     """
     import time
 
-    import zarr
     from PIL import Image, ImageDraw
 
     t0 = time.perf_counter()
     out = Path(out)
     grid = AcquisitionGrid.of(store)
     dims, shape = grid.dims, grid.shape
+
+    # -- what to read: sampled columns, sampled planes ------------------------
     other = [d for d in grid.name_dims if d != grid.channel_dim]
-    columns_all = list(itertools.product(*(range(shape[d]) for d in other)))
-    columns = [columns_all[i] for i in evenly_spaced(len(columns_all), max_columns)]
+    other_shape = tuple(shape[d] for d in other)
+    columns_total = math.prod(other_shape)
+    columns = [
+        tuple(int(i) for i in np.unravel_index(k, other_shape)) if other else ()
+        for k in evenly_spaced(columns_total, max_columns)
+    ]
     depth = [
         d
         for d in range(len(dims))
@@ -205,50 +292,21 @@ def write_preview(
             by_dim[grid.channel_dim] = channel
         return tuple(by_dim[d] for d in grid.name_dims)
 
-    jobs = [
+    jobs: list[Job] = [
         (r, k, full_cell(c, col), c)
         for r, c in enumerate(channels)
         for k, col in enumerate(columns)
     ]
-    todo = [j for j in jobs if not grid.name_dims or grid.present[j[2]]]
-    total = len(todo) * len(planes)
-    done = 0
-    lock = threading.Lock()
-    array = zarr.open_array(store, mode="r")
     h, w = (shape[d] for d in grid.plane_dims)
     factor = max(1, math.ceil(max(h, w) / max(1, tile)))
+    present = [j for j in jobs if not grid.name_dims or grid.present[j[2]]]
+    shrunk = _read_projections(store, grid, present, depth, planes, factor, workers, progress)
+    contrast = [
+        _row_contrast([v for (row, _), v in shrunk.items() if row == r])
+        for r in range(len(channels))
+    ]
 
-    def project(job: tuple[int, int, tuple[int, ...], int | None]) -> np.ndarray:
-        nonlocal done
-        _, _, cell, channel = job
-        result: np.ndarray | None = None
-        for plane in planes:
-            index = grid.index(cell, channel, dict(zip(depth, plane, strict=True)))
-            data = np.asarray(array[index])
-            result = data if result is None else np.maximum(result, data, out=result)
-            with lock:
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-        assert result is not None
-        return block_max(result, factor)
-
-    if progress is not None:
-        progress(0, total)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        shrunk = dict(zip(((r, k) for r, k, _, _ in todo), pool.map(project, todo), strict=True))
-
-    contrast: list[tuple[float, float]] = []
-    for r in range(len(channels)):
-        row_values = [v for (row, _), v in shrunk.items() if row == r]
-        finite = np.concatenate([v.ravel() for v in row_values]) if row_values else np.zeros(1)
-        finite = finite[np.isfinite(finite)] if finite.dtype.kind == "f" else finite
-        if finite.size == 0:
-            finite = np.zeros(1)
-        lo, hi = (float(p) for p in np.percentile(finite, [0.5, 99.5]))
-        contrast.append((lo, hi if hi > lo else lo + 1.0))
-
-    # -- layout ------------------------------------------------------------
+    # -- layout ----------------------------------------------------------------
     th, tw = math.ceil(h / factor), math.ceil(w / factor)
     pad, gap = 10, 6
     font, small = _font(14), _font(11)
@@ -264,81 +322,51 @@ def write_preview(
     )
     left = pad + label_w + (gap * 2 if label_w else 0)
     top = pad + 2 * 20 + 18
-    n_rows, n_cols = len(channels), len(columns)
-    width = max(left + n_cols * (tw + gap) - gap + pad, 480)
-    height = top + n_rows * (th + gap) - gap + pad + 2 * 18
+    width = max(left + len(columns) * (tw + gap) - gap + pad, 480)
+    height = top + len(channels) * (th + gap) - gap + pad + 2 * 18
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
 
+    # -- drawing ---------------------------------------------------------------
     source = store.attrs["tiffstore"]["source"]
     title = f"{source}  " + " x ".join(f"{d}={n}" for d, n in zip(dims, shape, strict=True))
+    caption = _caption(dims, depth, len(planes), planes_total, len(columns), columns_total, factor)
     draw.text((pad, pad), _fit(draw, title, font, width - 2 * pad), fill=TEXT, font=font)
-    depth_text = (
-        f"max projection over {', '.join(dims[d] for d in depth)}: "
-        + (
-            f"{len(planes)} of {planes_total} planes, evenly spaced"
-            if len(planes) < planes_total
-            else f"all {planes_total} planes"
-        )
-        if depth
-        else "one plane per cell (nothing to project)"
-    )
-    shown = (
-        f"{n_cols} of {len(columns_all)} columns shown, evenly spaced"
-        if n_cols < len(columns_all)
-        else f"all {n_cols} columns"
-    )
     draw.text(
-        (pad, pad + 20),
-        _fit(
-            draw,
-            f"{depth_text}; {shown}; "
-            + (f"shrunk {factor}x by block max" if factor > 1 else "full resolution"),
-            small,
-            width - 2 * pad,
-        ),
-        fill=DIM_TEXT,
-        font=small,
+        (pad, pad + 20), _fit(draw, caption, small, width - 2 * pad), fill=DIM_TEXT, font=small
     )
-
-    cells: list[PreviewCell] = []
     for k, label in enumerate(column_labels):
         x0 = left + k * (tw + gap)
         draw.text((x0, top - 18), _fit(draw, label, small, tw), fill=TEXT, font=small)
-    for r, c in enumerate(channels):
-        y0 = top + r * (th + gap)
+    cells: list[PreviewCell] = []
+    for r, k, cell, _ in jobs:
+        x0, y0 = left + k * (tw + gap), top + r * (th + gap)
         lo, hi = contrast[r]
-        draw.text((pad, y0), row_labels[r], fill=TEXT, font=font)
-        draw.text((pad, y0 + 20), f"{lo:.5g}-{hi:.5g}", fill=DIM_TEXT, font=small)
-        for k, col in enumerate(columns):
-            x0 = left + k * (tw + gap)
-            box = (x0, y0, x0 + tw, y0 + th)
-            cell = full_cell(c, col)
-            label = ", ".join(
-                p for p in (row_labels[r], grid.cell_label(cell, skip=grid.channel_dim)) if p
-            )
-            projection = shrunk.get((r, k))
-            if projection is None:
-                draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=MISSING_FILL)
-                draw.line((box[0], box[1], box[2] - 1, box[3] - 1), fill=MISSING_MARK, width=3)
-                draw.line((box[0], box[3] - 1, box[2] - 1, box[1]), fill=MISSING_MARK, width=3)
-                draw.text((x0 + 4, y0 + 4), "missing", fill=TEXT, font=small)
-            else:
-                gray = to_gray(projection, lo, hi)
-                sheet.paste(Image.fromarray(np.stack([gray] * 3, axis=-1), "RGB"), box[:2])
-            cells.append(PreviewCell(r, k, cell, box, projection is None, label))
-
+        if k == 0:
+            draw.text((pad, y0), row_labels[r], fill=TEXT, font=font)
+            draw.text((pad, y0 + 20), f"{lo:.5g}-{hi:.5g}", fill=DIM_TEXT, font=small)
+        box = (x0, y0, x0 + tw, y0 + th)
+        projection = shrunk.get((r, k))
+        if projection is None:
+            draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=MISSING_FILL)
+            draw.line((box[0], box[1], box[2] - 1, box[3] - 1), fill=MISSING_MARK, width=3)
+            draw.line((box[0], box[3] - 1, box[2] - 1, box[1]), fill=MISSING_MARK, width=3)
+            draw.text((x0 + 4, y0 + 4), "missing", fill=TEXT, font=small)
+        else:
+            gray = to_gray(projection, lo, hi)
+            sheet.paste(Image.fromarray(np.stack([gray] * 3, axis=-1), "RGB"), box[:2])
+        parts = (row_labels[r], grid.cell_label(cell, skip=grid.channel_dim))
+        label = ", ".join(p for p in parts if p)
+        cells.append(PreviewCell(r, k, cell, box, projection is None, label))
     n_missing = int((~grid.present).sum()) if grid.name_dims else 0
+    footer = (
+        f"{n_missing} missing file(s) in the whole grid (drawn cells marked in red)"
+        if n_missing
+        else "no missing files"
+    )
     draw.text(
         (pad, height - pad - 16),
-        _fit(
-            draw,
-            f"{n_missing} missing file(s) in the whole grid (drawn cells marked in red)"
-            if n_missing
-            else "no missing files",
-            small,
-            width - 2 * pad,
-        ),
+        _fit(draw, footer, small, width - 2 * pad),
         fill=MISSING_MARK if n_missing else DIM_TEXT,
         font=small,
     )
@@ -351,7 +379,7 @@ def write_preview(
         size=sheet.size,
         row_labels=row_labels,
         column_labels=column_labels,
-        columns_total=len(columns_all),
+        columns_total=columns_total,
         cells=tuple(cells),
         projected_dims=tuple(dims[d] for d in depth),
         planes=tuple(planes),
