@@ -110,6 +110,8 @@ def test_guess_can_open(sample_dir, tmp_path):
     empty.mkdir()
     (empty / ".zgroup").write_text("{}")
     assert not backend.guess_can_open(empty)
+    (empty / "stray.tif").write_bytes(b"")
+    assert not backend.guess_can_open(empty)  # a Zarr store is the Zarr backend's
     assert not backend.guess_can_open(tmp_path / "data.nc")
     assert not backend.guess_can_open(str(directory / "*.nc"))
     other = tmp_path / "other.json"

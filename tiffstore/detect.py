@@ -21,6 +21,7 @@ REFERENCE_SUFFIXES = (".json", ".parq", ".parquet")
 
 #: How many directory entries a folder scan looks at before giving up.
 _SCAN_LIMIT = 10_000
+_ZARR_MARKERS = (".zgroup", ".zarray", "zarr.json")
 #: How much of a JSON reference file is read to find tiffstore's mark.
 _HEAD_BYTES = 64 * 1024
 
@@ -65,8 +66,9 @@ def is_tiff_source(source: Any) -> bool:
     """Whether ``source`` is a TIFF file, a glob of TIFF files or a folder holding TIFFs.
 
     A folder is scanned (recursively, breadth first) until its first ``.tif``/``.tiff``
-    file, looking at no more than 10,000 entries. URLs are judged by their suffix
-    alone: listing a bucket to answer this would be too slow.
+    file, looking at no more than 10,000 entries; a Zarr store's folder (``.zgroup``,
+    ``.zarray``, ``zarr.json``) is not. URLs are judged by their suffix alone: listing
+    a bucket to answer this would be too slow.
 
     Examples
     --------
@@ -85,7 +87,9 @@ def is_tiff_source(source: Any) -> bool:
         return False
     if glob.has_magic(text):
         return any(p.lower().endswith(TIFF_SUFFIXES) for p in glob.iglob(text, recursive=True))
-    return path.is_dir() and _folder_has_tiff(path)
+    if not path.is_dir() or any((path / m).exists() for m in _ZARR_MARKERS):
+        return False  # a Zarr store's folder: leave it to the Zarr backend, unscanned
+    return _folder_has_tiff(path)
 
 
 def is_reference_file(source: Any) -> bool:
