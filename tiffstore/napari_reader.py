@@ -58,8 +58,8 @@ def _scale(store: TiffStore, dims: Sequence[str]) -> tuple[float, ...] | None:
     """Voxel size along ``dims`` from ``store.scale``, if the store has one.
 
     ``store.scale`` may map dim names to a number, to ``(number, unit)``, or to an object
-    with a ``value``; or be a sequence aligned with ``store.dims``. Dims it does not
-    name get 1.
+    or dict with a ``value``; or be a sequence aligned with ``store.dims``. Dims it does
+    not name get 1. Stores without ``scale`` give ``None`` (napari's default, 1).
     """
     scale = getattr(store, "scale", None)
     if not scale:
@@ -70,7 +70,7 @@ def _scale(store: TiffStore, dims: Sequence[str]) -> tuple[float, ...] | None:
     def number(v: Any) -> float:
         if isinstance(v, (tuple, list)):
             v = v[0]
-        v = getattr(v, "value", v)
+        v = v.get("value") if isinstance(v, Mapping) else getattr(v, "value", v)
         return float(v) if v is not None else 1.0
 
     out = tuple(number(scale[d]) if d in scale else 1.0 for d in dims)
@@ -129,7 +129,9 @@ def layer_data(store: TiffStore) -> list[LayerData]:
     layer_dims = [d for i, d in enumerate(store.dims) if i != grid.channel_dim]
     kwargs: dict[str, Any] = {
         "rgb": False,
-        "metadata": {"tiffstore": {"dims": list(store.dims), "source": repr(store)}},
+        "metadata": {
+            "tiffstore": {"dims": list(store.dims), "source": store.attrs["tiffstore"]["source"]}
+        },
     }
     scale = _scale(store, layer_dims)
     if scale is not None:
