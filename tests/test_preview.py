@@ -66,6 +66,9 @@ def test_sheet_layout_missing_mark_and_pixels(make_sample, tmp_path):
         assert (pixels[..., 0] == pixels[..., 2]).all()  # gray
         np.testing.assert_allclose(pixels[..., 0], want, atol=1)
     assert [c.missing for c in preview.cells].count(True) == 1
+    # Each cell is labelled with the timestamps parsed from its file's name.
+    [cell] = [c for c in preview.cells if (c.row, c.column) == (0, 1)]
+    assert cell.label.startswith("488 nm, stack=2, msec=20246 ms, msecabs=")
 
 
 def test_reads_only_the_planes_it_draws(make_sample, tmp_path):

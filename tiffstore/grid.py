@@ -64,6 +64,9 @@ class AcquisitionGrid:
     channel_labels
         One label per channel: ``"488 nm"`` from a wavelength, the channel name, or
         ``"ch 0"``.
+    cell_coords
+        The coordinates with one value per cell (timestamps over ``ch``/``stack``...):
+        name -> ``{"dims", "values", "units"}``, as in ``attrs["tiffstore"]["coords"]``.
     """
 
     dims: tuple[str, ...]
@@ -74,6 +77,7 @@ class AcquisitionGrid:
     present: np.ndarray
     channel_labels: tuple[str, ...]
     axis_values: Mapping[str, Sequence[Any]]
+    cell_coords: Mapping[str, Mapping[str, Any]]
 
     @classmethod
     def of(cls, store: TiffStore) -> AcquisitionGrid:
@@ -109,7 +113,24 @@ class AcquisitionGrid:
         labels: tuple[str, ...] = ()
         if channel_dim is not None:
             labels = _channel_labels(dims[channel_dim], values[dims[channel_dim]], desc["coords"])
-        return cls(dims, tuple(store.shape), name_dims, channel_dim, plane, present, labels, values)
+        name_dim_names = {dims[i] for i in name_dims}
+        channel_only = [dims[channel_dim]] if channel_dim is not None else None
+        cell_coords = {
+            name: c
+            for name, c in desc["coords"].items()
+            if name not in dims and set(c["dims"]) <= name_dim_names and c["dims"] != channel_only
+        }
+        return cls(
+            dims,
+            tuple(store.shape),
+            name_dims,
+            channel_dim,
+            plane,
+            present,
+            labels,
+            values,
+            cell_coords,
+        )
 
     @property
     def n_channels(self) -> int:
@@ -144,6 +165,18 @@ class AcquisitionGrid:
             if d == skip:
                 continue
             parts.append(f"{self.dims[d]}={_label_value(self.axis_values[self.dims[d]][k])}")
+        return ", ".join(parts)
+
+    def cell_coordinates(self, cell: Sequence[int]) -> str:
+        """``"msec=10123 ms"``: the values of :attr:`cell_coords` at a cell (none if missing)."""
+        at = {self.dims[d]: k for d, k in zip(self.name_dims, cell, strict=True)}
+        parts = []
+        for name, coord in self.cell_coords.items():
+            value: Any = coord["values"]
+            for d in coord["dims"]:
+                value = value[at[d]]
+            if value is not None and value == value:  # None or NaN: no file there
+                parts.append(f"{name}={_label_value(value)} {coord.get('units', '')}".rstrip())
         return ", ".join(parts)
 
 

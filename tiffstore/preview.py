@@ -322,8 +322,10 @@ def write_preview(
     )
     left = pad + label_w + (gap * 2 if label_w else 0)
     top = pad + 2 * 20 + 18
+    under = 14 if grid.cell_coords else 0  # a line under each cell for its timestamps
+    pitch = th + under + gap
     width = max(left + len(columns) * (tw + gap) - gap + pad, 480)
-    height = top + len(channels) * (th + gap) - gap + pad + 2 * 18
+    height = top + len(channels) * pitch - gap + pad + 2 * 18
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
 
@@ -340,7 +342,7 @@ def write_preview(
         draw.text((x0, top - 18), _fit(draw, label, small, tw), fill=TEXT, font=small)
     cells: list[PreviewCell] = []
     for r, k, cell, _ in jobs:
-        x0, y0 = left + k * (tw + gap), top + r * (th + gap)
+        x0, y0 = left + k * (tw + gap), top + r * pitch
         lo, hi = contrast[r]
         if k == 0:
             draw.text((pad, y0), row_labels[r], fill=TEXT, font=font)
@@ -355,7 +357,12 @@ def write_preview(
         else:
             gray = to_gray(projection, lo, hi)
             sheet.paste(Image.fromarray(np.stack([gray] * 3, axis=-1), "RGB"), box[:2])
-        parts = (row_labels[r], grid.cell_label(cell, skip=grid.channel_dim))
+        coordinates = grid.cell_coordinates(cell)
+        if under and coordinates:
+            draw.text(
+                (x0, y0 + th + 1), _fit(draw, coordinates, small, tw), fill=DIM_TEXT, font=small
+            )
+        parts = (row_labels[r], grid.cell_label(cell, skip=grid.channel_dim), coordinates)
         label = ", ".join(p for p in parts if p)
         cells.append(PreviewCell(r, k, cell, box, projection is None, label))
     n_missing = int((~grid.present).sum()) if grid.name_dims else 0
