@@ -140,15 +140,10 @@ def test_npe2_reads_through_the_installed_plugin(sample_dir):
     np.testing.assert_array_equal(data[0, 1].compute(), ref[0, 1])
 
 
-def test_channels_inside_the_files(tmp_path):
+def test_channels_inside_the_files(hyperstacks):
     """ImageJ hyperstacks (Z, C, Y, X) per time point: the channel dim is a file dim."""
-    rng = np.random.default_rng(0)
-    ref = rng.integers(100, 4000, size=(3, 5, 2, 16, 12), dtype=np.uint16)
-    for t in range(3):
-        tifffile.imwrite(
-            tmp_path / f"cells_t{t}.tif", ref[t], imagej=True, metadata={"axes": "ZCYX"}
-        )
-    store = tiffstore.open(tmp_path)
+    directory, ref = hyperstacks
+    store = tiffstore.open(directory)
     assert store.dims == ("t", "z", "c", "y", "x")
     [(data, kwargs, _)] = layer_data(store)
     assert kwargs["channel_axis"] == 2

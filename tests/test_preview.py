@@ -7,7 +7,6 @@ import re
 
 import numpy as np
 import pytest
-import tifffile
 from PIL import Image
 
 import tiffstore
@@ -133,16 +132,11 @@ def test_evenly_spaced():
     assert evenly_spaced(9, 1) == [4]
 
 
-def test_channels_inside_the_files(tmp_path):
+def test_channels_inside_the_files(hyperstacks, tmp_path):
     """ImageJ hyperstacks (Z, C, Y, X) per time point: rows are the files' channels."""
-    rng = np.random.default_rng(1)
-    ref = rng.integers(100, 4000, size=(3, 4, 2, 16, 12), dtype=np.uint16)
-    for t in range(3):
-        tifffile.imwrite(
-            tmp_path / f"cells_t{t}.tif", ref[t], imagej=True, metadata={"axes": "ZCYX"}
-        )
+    directory, ref = hyperstacks
     out = tmp_path / "ij.png"
-    preview = write_preview(tiffstore.open(tmp_path), out, max_planes=0, tile=16)
+    preview = write_preview(tiffstore.open(directory), out, max_planes=0, tile=16)
     assert preview.row_labels == ("c 0", "c 1")
     assert preview.column_labels == ("t=0", "t=1", "t=2")
     assert preview.projected_dims == ("z",) and preview.downsample == 1

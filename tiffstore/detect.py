@@ -96,9 +96,8 @@ def is_reference_file(source: Any) -> bool:
     """Whether ``source`` is a JSON or Parquet reference file that tiffstore wrote.
 
     A JSON file must hold fsspec references (``"refs"``, or Zarr keys for version 0)
-    and name tiffstore in its
-    first 64 KiB (the root attributes); a Parquet reference folder must hold a
-    ``.zmetadata`` that names tiffstore. Local paths only.
+    and name tiffstore in its first 64 KiB (the root attributes); a Parquet reference
+    folder must hold a ``.zmetadata`` that names tiffstore. Local paths only.
     """
     path = _local_path(source)
     if path is None or not path.name.lower().endswith(REFERENCE_SUFFIXES):

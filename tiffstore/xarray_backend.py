@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xarray.backends import BackendEntrypoint
 from xarray.backends.zarr import ZarrBackendEntrypoint
 
 from .detect import is_reference_file, is_tiff_source
-from .manifest import ChunkSpec
 from .store import TiffStore
+
+if TYPE_CHECKING:
+    from .manifest import ChunkSpec
 
 __all__ = ["TiffStoreBackendEntrypoint", "open_reference_mapper"]
 
