@@ -69,3 +69,16 @@ def make_sample(tmp_path: Path) -> Callable[..., tuple[Path, np.ndarray]]:
 def sample_dir(make_sample: Callable[..., tuple[Path, np.ndarray]]) -> tuple[Path, np.ndarray]:
     """3 channels x 4 stacks of (6, 32, 24) uint16, with channel 1's stack 2 missing."""
     return make_sample(missing=[(1, 2)])
+
+
+@pytest.fixture
+def hyperstacks(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """3 ImageJ hyperstacks ``cells_t{t}.tif`` of (Z=4, C=2, 16, 12) uint16: channels inside."""
+    ref = np.random.default_rng(1).integers(100, 4000, size=(3, 4, 2, 16, 12), dtype=np.uint16)
+    directory = tmp_path / "hyperstacks"
+    directory.mkdir()
+    for t in range(3):
+        tifffile.imwrite(
+            directory / f"cells_t{t}.tif", ref[t], imagej=True, metadata={"axes": "ZCYX"}
+        )
+    return directory, ref

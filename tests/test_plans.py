@@ -145,6 +145,7 @@ def test_header_pointing_past_the_end_is_named_at_open(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         store = tiffstore.open(tmp_path)
     assert "pos1.tif" in caplog.text and "truncated" in caplog.text
+    assert store.truncated == ["pos1.tif"]
     m = store.manifest
     assert [m.files[i] for i in m.truncated_files()] == ["pos1.tif"]
     with pytest.raises(TiffReadError, match=r"pos1\.tif"):

@@ -44,7 +44,11 @@ def test_metadata_documents(store, sample_dir):
     assert zarray["compressor"] is None
     assert zarray["dtype"] == "<u2"
     zattrs = json.loads(_get(store, ".zattrs"))
-    assert zattrs["_ARRAY_DIMENSIONS"] == ["ch", "stack", "z", "y", "x"]
+    # The root attributes are the group view's too: the dims are on the image array.
+    assert "_ARRAY_DIMENSIONS" not in zattrs
+    assert [a["name"] for a in zattrs["tiffstore"]["axes"]] == ["ch", "stack", "z", "y", "x"]
+    image_attrs = json.loads(_get(store, "image/.zattrs"))
+    assert image_attrs["_ARRAY_DIMENSIONS"] == ["ch", "stack", "z", "y", "x"]
 
 
 def test_byte_range_of_a_chunk_reads_only_that_range(store, sample_dir, monkeypatch):

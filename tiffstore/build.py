@@ -256,13 +256,6 @@ def build_manifest(
     )
     if validate:
         check_truncated(manifest)
-    else:
-        for i in manifest.truncated_files():
-            logger.warning(
-                "%s: the file is truncated (its header points past its end); its chunks "
-                "will fail when read",
-                manifest.url(i),
-            )
     logger.info(
         "%d files -> array %s %s of dims %s, chunks %s",
         len(files),

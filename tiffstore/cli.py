@@ -3,6 +3,9 @@
 ``tiffstore inspect SOURCE`` shows what tiffstore understood of an acquisition;
 ``tiffstore demo`` writes sample data and walks through opening and reading it;
 ``tiffstore materialize SOURCE OUT`` writes a real, compressed Zarr copy.
+
+
+``tiffstore preview SOURCE out.png`` draws a contact sheet of what was understood.
 """
 
 from __future__ import annotations
@@ -573,6 +576,46 @@ def _cmd_materialize(args: argparse.Namespace, console: Console) -> int:
     return 0 if summary.verified is not False else 1
 
 
+def _cmd_preview(args: argparse.Namespace, console: Console) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from .api import open as open_store
+    from .preview import write_preview
+
+    # One page per chunk: each sampled plane reads that plane's bytes and no more.
+    store = open_store(args.source, pattern=args.pattern, chunks="page", tiles=args.tiles)
+    options = {
+        "max_columns": args.stacks,
+        "max_planes": args.planes,
+        "tile": args.tile,
+    }
+    if console.is_terminal and not args.json:
+        columns = (*Progress.get_default_columns()[:2], MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, BarColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("reading planes", total=None)
+            preview = write_preview(
+                store,
+                args.out,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                **options,
+            )
+    else:
+        preview = write_preview(store, args.out, **options)
+    if args.json:
+        print(json.dumps(preview.to_json(), indent=1))
+        return 0
+    summary = preview.to_json()
+    console.print(
+        f"Wrote {preview.path} ({preview.size[0]} x {preview.size[1]} px): "
+        f"{len(preview.row_labels)} row(s) x {len(preview.column_labels)} of "
+        f"{preview.columns_total} column(s), max projection of {len(preview.planes)} of "
+        f"{preview.planes_total} plane(s) per cell, in {preview.seconds:.1f} s."
+    )
+    if summary["missing"]:
+        console.print(f"[yellow]Missing[/yellow] (marked): {'; '.join(summary['missing'])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tiffstore",
@@ -701,6 +744,52 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--quiet", action="store_true", help="print nothing but errors")
     w.add_argument("--json", action="store_true", help="print the summary as JSON")
     w.set_defaults(func=_cmd_materialize)
+
+    v = sub.add_parser(
+        "preview",
+        help="draw a contact sheet: a max projection per channel and stack",
+        description=(
+            "Write a picture with one row per channel and one column per stack (or other "
+            "name axis), each cell the maximum-intensity projection of its file, labelled "
+            "with the parsed coordinates; missing files are marked. Reads only the planes "
+            "it draws: at most --stacks columns and --planes planes per cell."
+        ),
+        epilog=(
+            "examples:\n"
+            "  tiffstore preview raw/ preview.png\n"
+            "  tiffstore preview raw/ preview.png --stacks 12 --planes 32 --tile 384\n"
+            "  tiffstore preview 'raw/*_ch0_*.tif' ch0.png --json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    v.add_argument("source", nargs="+", help="folder, glob, or files")
+    v.add_argument("out", help="picture to write (.png)")
+    v.add_argument("--pattern", help="template or regex for the file names (default: inferred)")
+    v.add_argument(
+        "--stacks",
+        type=int,
+        default=8,
+        metavar="N",
+        help="most columns, evenly spaced, first and last included; 0 for all (default 8)",
+    )
+    v.add_argument(
+        "--planes",
+        type=int,
+        default=16,
+        metavar="N",
+        help="most planes per projection, evenly spaced; 0 for all (default 16)",
+    )
+    v.add_argument(
+        "--tile", type=int, default=256, metavar="PX", help="long side of a cell (default 256)"
+    )
+    v.add_argument(
+        "--tiles",
+        choices=("keep", "stitch"),
+        default="keep",
+        help="keep tile fields (000x_001y) as axes, or stitch a non-overlapping grid",
+    )
+    v.add_argument("--json", action="store_true", help="print what was drawn as JSON")
+    v.set_defaults(func=_cmd_preview)
     return parser
 
 
@@ -734,7 +823,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # tifffile logs what it cannot parse without naming the file; tiffstore
         # names the file itself (truncated files, unreadable headers).
         logging.getLogger("tifffile").setLevel(logging.CRITICAL)
-    if args.command == "inspect" and len(args.source) == 1:
+    if args.command in ("inspect", "preview") and len(args.source) == 1:
         args.source = args.source[0]
     try:
         return int(args.func(args, console))

@@ -183,7 +183,10 @@ class Documents:
         m = self.manifest
         zarray = array_metadata(m)
         zattrs = array_attributes(m)
-        docs: dict[str, dict[str, Any]] = {".zarray": zarray, ".zattrs": zattrs}
+        # zarr reads a group's attributes from the root .zattrs, which the array view
+        # shares: the dims stay on image/.zattrs, out of the group's attributes.
+        root_attrs = {k: v for k, v in zattrs.items() if k != "_ARRAY_DIMENSIONS"}
+        docs: dict[str, dict[str, Any]] = {".zarray": zarray, ".zattrs": root_attrs}
         consolidated: dict[str, Any] = {".zgroup": {"zarr_format": 2}, ".zattrs": {}}
         coords: dict[str, dict[str, Any]] = zattrs["tiffstore"]["coords"]
         # In the group view, missing cells are served as filled chunks and the array

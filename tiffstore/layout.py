@@ -283,19 +283,6 @@ class FileLayout:
             return self.page_offsets[page]
         return None
 
-    @property
-    def data_end(self) -> int | None:
-        """The byte just past the file's last pixel data, where the header says it is."""
-        if self.storage == "contiguous":
-            assert self.data_offset is not None
-            return self.data_offset + self.n_pages * self.page_nbytes
-        if self.storage == "pages":
-            assert self.page_offsets is not None
-            return max(self.page_offsets) + self.page_nbytes
-        if self.segments is not None:
-            return int((self.segments.offsets + self.segments.bytecounts).max(initial=0))
-        return None
-
     def native_page_chunks(self) -> tuple[int, ...]:
         """The chunk of one page that the file's own strips or tiles suggest."""
         if self.segments is not None:
