@@ -1,7 +1,8 @@
 """The ``tiffstore`` command: argument parsing and printing only.
 
 ``tiffstore inspect SOURCE`` shows what tiffstore understood of an acquisition;
-``tiffstore demo`` writes sample data and walks through opening and reading it.
+``tiffstore demo`` writes sample data and walks through opening and reading it;
+``tiffstore serve SOURCE`` serves the array over HTTP with a viewer page.
 """
 
 from __future__ import annotations
@@ -275,6 +276,26 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace, console: Console) -> int:
+    from .api import open as open_store
+    from .serve import VIEWER_PATH, is_loopback, open_socket, serve
+
+    store = open_store(args.source, pattern=args.pattern, chunks=_parse_chunks(args.chunks))
+    sock = open_socket(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    # Plain print, flushed: scripts and tests read the URL from the first line.
+    print(f"Serving {store!r} at {url}", flush=True)
+    print(f"Viewer: {url}{VIEWER_PATH.lstrip('/')}  (Ctrl-C to stop)", flush=True)
+    if not is_loopback(host):
+        Console(stderr=True).print(
+            f"[bold yellow]warning:[/bold yellow] listening on {host}: anyone who can reach "
+            "this address can read the data."
+        )
+    serve(store, sock, log_level="info" if args.verbose else "warning")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tiffstore",
@@ -308,6 +329,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--stacks", type=int, default=6, help="time points (default 6)")
     d.add_argument("--z", type=int, default=64, help="planes per stack (default 64)")
     d.set_defaults(func=_cmd_demo)
+
+    v = sub.add_parser(
+        "serve",
+        help="serve the array read-only over HTTP, with a viewer page",
+        description="Serve the virtual array read-only over HTTP (Zarr keys at the root, a "
+        "viewer page at /_viewer/) until Ctrl-C. Any fsspec HTTP client + zarr reads it.",
+        epilog="example: tiffstore serve raw/ --port 8000, then open "
+        "http://127.0.0.1:8000/_viewer/ or, in Python, zarr.open_array("
+        'fsspec.get_mapper("http://127.0.0.1:8000/"), mode="r")',
+    )
+    v.add_argument("source", nargs="+", help="folder, glob, or files")
+    v.add_argument("--pattern", help="template or regex for the file names (default: inferred)")
+    v.add_argument(
+        "--chunks", help="page, file, an int (pages per chunk) or a shape like 1,1,10,-1,-1"
+    )
+    v.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only)",
+    )
+    v.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    v.set_defaults(func=_cmd_serve)
     return parser
 
 
@@ -320,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=level, format="%(message)s", handlers=[RichHandler(console=Console(stderr=True))]
     )
-    if args.command == "inspect" and len(args.source) == 1:
+    if args.command in ("inspect", "serve") and len(args.source) == 1:
         args.source = args.source[0]
     try:
         return int(args.func(args, console))

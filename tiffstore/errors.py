@@ -10,6 +10,7 @@ __all__ = [
     "LayoutMismatchError",
     "NamingError",
     "ReadOnlyError",
+    "ServeError",
     "SourceError",
     "TiffReadError",
     "TiffStoreError",
@@ -41,3 +42,7 @@ class TiffReadError(TiffStoreError, OSError):
 
 class ReadOnlyError(TiffStoreError, PermissionError):
     """A write was attempted on the virtual store, which is read-only by design."""
+
+
+class ServeError(TiffStoreError, OSError):
+    """The store cannot be served as asked (the address is taken, a name is reserved)."""
