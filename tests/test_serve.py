@@ -352,8 +352,8 @@ def browser() -> Iterator[Any]:
 
 def expected_grey(plane: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """The viewer's contrast mapping, in the same float64 arithmetic as the page's."""
-    hi = max(hi, lo + 1e-9)
-    grey = np.floor((plane.astype(np.float64) - lo) / (hi - lo) * 255 + 0.5)
+    span = max(hi - lo, 1e-9)
+    grey = np.floor((plane.astype(np.float64) - lo) / span * 255 + 0.5)
     return np.clip(grey, 0, 255).astype(np.uint8)
 
 
@@ -420,6 +420,7 @@ def test_viewer_page_draws_the_source(
             page.locator("#dim-z").press("ArrowRight")  # z 1 -> 2: second plane of a chunk
             wait_drawn(page, (1, 2, 2, 0, 0))  # the missing file: fill value
             check_drawn(page, ref[1, 2, 2])
+            assert "no file here" in page.locator("#status").inner_text()
             assert "wavelength 560" in page.locator("#label-ch").inner_text()
 
             page.locator("#dim-stack").press("ArrowLeft")
