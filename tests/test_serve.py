@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -312,9 +313,13 @@ def test_serve_command(make_sample: Callable[..., tuple[Path, np.ndarray]]) -> N
         # uvicorn may still be starting: the socket already listens, so this waits.
         arr = zarr.open_array(fsspec.get_mapper(url), mode="r")
         np.testing.assert_array_equal(arr[:], ref)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop, exit code 0
+        assert proc.wait(20) == 0, proc.stderr.read()  # type: ignore[union-attr]
+        assert "Stopped." in proc.stdout.read()
     finally:
-        proc.terminate()
-        proc.wait(10)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 def test_serve_command_port_taken(
@@ -343,7 +348,7 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--headless=new"])
+        b = p.chromium.launch(executable_path=CHROMIUM)
         try:
             yield b
         finally:

@@ -292,7 +292,10 @@ def _cmd_serve(args: argparse.Namespace, console: Console) -> int:
             f"[bold yellow]warning:[/bold yellow] listening on {host}: anyone who can reach "
             "this address can read the data."
         )
-    serve(store, sock, log_level="info" if args.verbose else "warning")
+    try:
+        serve(store, sock, log_level="info" if args.verbose else "warning")
+    except KeyboardInterrupt:  # uvicorn shuts down cleanly, then re-raises Ctrl-C
+        print("Stopped.", flush=True)
     return 0
 
 
