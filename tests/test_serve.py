@@ -444,10 +444,13 @@ def test_viewer_page_draws_the_source(
             page.close()
 
 
-@pytest.mark.parametrize(("dtype", "byteorder"), [("uint8", "<"), ("float32", ">")])
+@pytest.mark.parametrize(
+    ("dtype", "byteorder"), [("uint8", "<"), ("float32", ">"), ("int64", ">"), ("int16", "<")]
+)
 def test_viewer_page_dtypes(browser: Any, tmp_path: Path, dtype: str, byteorder: str) -> None:
     rng = np.random.default_rng(1)
-    ref = (rng.random((2, 3, 10, 12)) * 200).astype(dtype)
+    values = rng.random((2, 3, 10, 12)) * 200
+    ref = (values - 100 if np.dtype(dtype).kind in "if" else values).astype(dtype)
     for c in range(2):
         tifffile.imwrite(
             tmp_path / f"cell_ch{c}.tif", ref[c], byteorder=byteorder, photometric="minisblack"
