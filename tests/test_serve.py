@@ -322,6 +322,14 @@ def test_serve_command(make_sample: Callable[..., tuple[Path, np.ndarray]]) -> N
             proc.wait(10)
 
 
+def test_serve_help_has_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "tiffstore serve raw/ --port 8000" in out and "/_viewer/" in out
+
+
 def test_serve_command_port_taken(
     make_sample: Callable[..., tuple[Path, np.ndarray]], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -338,9 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the array read-only over HTTP, with a viewer page",
         description="Serve the virtual array read-only over HTTP (Zarr keys at the root, a "
         "viewer page at /_viewer/) until Ctrl-C. Any fsspec HTTP client + zarr reads it.",
-        epilog="example: tiffstore serve raw/ --port 8000, then open "
-        "http://127.0.0.1:8000/_viewer/ or, in Python, zarr.open_array("
-        'fsspec.get_mapper("http://127.0.0.1:8000/"), mode="r")',
+        epilog="example:\n  tiffstore serve raw/ --port 8000\n"
+        "then open http://127.0.0.1:8000/_viewer/ in a browser, or read it in Python:\n"
+        '  zarr.open_array(fsspec.get_mapper("http://127.0.0.1:8000/"), mode="r")',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     v.add_argument("source", nargs="+", help="folder, glob, or files")
     v.add_argument("--pattern", help="template or regex for the file names (default: inferred)")
