@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 import tiffstore
 from tiffstore.cli import main
 from tiffstore.errors import ServeError
+from tiffstore.sample import sample_name
 from tiffstore.serve import StoreIdentity, check_key, make_app, open_socket, parse_range
 from tiffstore.store import TiffStore
 
@@ -209,6 +210,22 @@ def test_missing_keys_and_writes(served: tuple[str, TiffStore, np.ndarray]) -> N
         status, headers, _ = request(url, "/.zarray", method=method)
         assert status == 405, method
         assert "GET" in headers["allow"]
+
+
+def test_a_file_cut_after_open_is_a_named_error(
+    make_sample: Callable[..., tuple[Path, np.ndarray]],
+) -> None:
+    directory, ref = make_sample(channels=2, stacks=2, shape=(3, 16, 12))
+    store = tiffstore.open(directory)
+    victim = directory / sample_name(1, 1)
+    with running(store) as url:
+        victim.write_bytes(victim.read_bytes()[:600])  # cut inside the pixel data
+        status, _, body = request(url, "/1.1.0.0.0")
+        assert status == 500
+        assert victim.name in body.decode()
+        status, _, body = request(url, "/0.1.0.0.0")  # the server goes on
+        assert status == 200
+        assert body == ref[0, 1].tobytes()
 
 
 @pytest.mark.parametrize(

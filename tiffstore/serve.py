@@ -241,7 +241,14 @@ def make_app(store: TiffStore) -> Starlette:
         if request.method == "HEAD":
             return Response(status_code=status, headers=headers)
         # bytes straight from the store: zarr's Buffer would cost one more copy here.
-        body = await run_in_threadpool(store.get_bytes_sync, key, byte_request(start, stop, size))
+        try:
+            body = await run_in_threadpool(
+                store.get_bytes_sync, key, byte_request(start, stop, size)
+            )
+        except (TiffStoreError, OSError) as exc:
+            # A file changed or vanished since the open: say which, keep serving the rest.
+            logger.error("reading %r failed: %s", key, exc)
+            return Response(f"Cannot read {key!r}: {exc}\n", 500, media_type="text/plain")
         if body is None:  # listed a moment ago: the store changed under us
             return Response(f"No key {key!r} in the store.\n", 404, media_type="text/plain")
         if len(body) != stop - start:
