@@ -350,6 +350,16 @@ def test_socket_lets_asyncio_disable_nagle() -> None:
         sock.close()
 
 
+def test_serve_without_the_extra_says_what_to_install(
+    sample_dir: tuple[Path, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "tiffstore.serve", None)  # as if starlette were absent
+    assert main(["serve", str(sample_dir[0])]) == 2
+    assert 'pip install "tiffstore[serve]"' in capsys.readouterr().err
+
+
 def test_serve_help_has_an_example(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", "--help"])

@@ -20,10 +20,11 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .errors import TiffStoreError
+from .errors import ServeError, TiffStoreError
 from .manifest import ChunkSpec, Manifest
 from .store import TiffStore
 
@@ -278,7 +279,13 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 def _cmd_serve(args: argparse.Namespace, console: Console) -> int:
     from .api import open as open_store
-    from .serve import VIEWER_PATH, is_loopback, open_socket, serve
+
+    try:
+        from .serve import VIEWER_PATH, is_loopback, open_socket, serve
+    except ImportError as exc:
+        raise ServeError(
+            f'tiffstore serve needs Starlette and uvicorn ({exc}): pip install "tiffstore[serve]"'
+        ) from exc
 
     store = open_store(args.source, pattern=args.pattern, chunks=_parse_chunks(args.chunks))
     sock = open_socket(args.host, args.port)
@@ -373,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args, console))
     except TiffStoreError as exc:
         Console(stderr=True).print(
-            f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False
+            f"[bold red]error:[/bold red] {escape(str(exc))}", markup=True, highlight=False
         )
         return 2
     except argparse.ArgumentTypeError as exc:
