@@ -6,6 +6,7 @@
 
 
 ``tiffstore preview SOURCE out.png`` draws a contact sheet of what was understood.
+``tiffstore serve SOURCE`` serves the array over HTTP with a viewer page.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from . import __version__
 from .build import ChunkSpec
 from .documents import array_attributes
-from .errors import TiffStoreError
+from .errors import ServeError, TiffStoreError
 from .manifest import Manifest
 from .store import TiffStore
 
@@ -616,6 +618,35 @@ def _cmd_preview(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace, console: Console) -> int:
+    from .api import open as open_store
+
+    try:
+        from .serve import VIEWER_PATH, is_loopback, open_socket, serve
+    except ImportError as exc:
+        raise ServeError(
+            f'tiffstore serve needs Starlette and uvicorn ({exc}): pip install "tiffstore[serve]"'
+        ) from exc
+
+    store = open_store(args.source, pattern=args.pattern, chunks=args.chunks)
+    sock = open_socket(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    # Plain print, flushed: scripts and tests read the URL from the first line.
+    print(f"Serving {store!r} at {url}", flush=True)
+    print(f"Viewer: {url}{VIEWER_PATH.lstrip('/')}  (Ctrl-C to stop)", flush=True)
+    if not is_loopback(host):
+        Console(stderr=True).print(
+            f"[bold yellow]warning:[/bold yellow] listening on {host}: anyone who can reach "
+            "this address can read the data."
+        )
+    try:
+        serve(store, sock, log_level="info" if args.verbose else "warning")
+    except KeyboardInterrupt:  # uvicorn shuts down cleanly, then re-raises Ctrl-C
+        print("Stopped.", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tiffstore",
@@ -790,6 +821,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--json", action="store_true", help="print what was drawn as JSON")
     v.set_defaults(func=_cmd_preview)
+
+    v = sub.add_parser(
+        "serve",
+        help="serve the array read-only over HTTP, with a viewer page",
+        description="Serve the virtual array read-only over HTTP (Zarr keys at the root, a "
+        "viewer page at /_viewer/) until Ctrl-C. Any fsspec HTTP client + zarr reads it.",
+        epilog="example:\n  tiffstore serve raw/ --port 8000\n"
+        "then open http://127.0.0.1:8000/_viewer/ in a browser, or read it in Python:\n"
+        '  zarr.open_array(fsspec.get_mapper("http://127.0.0.1:8000/"), mode="r")',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    v.add_argument("source", nargs="+", help="folder, glob, or files")
+    v.add_argument("--pattern", help="template or regex for the file names (default: inferred)")
+    v.add_argument(
+        "--chunks",
+        type=parse_chunks,
+        help="page, file, an int (pages per chunk) or a shape like 1,1,10,-1,-1",
+    )
+    v.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only)",
+    )
+    v.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    v.set_defaults(func=_cmd_serve)
     return parser
 
 
@@ -823,13 +879,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # tifffile logs what it cannot parse without naming the file; tiffstore
         # names the file itself (truncated files, unreadable headers).
         logging.getLogger("tifffile").setLevel(logging.CRITICAL)
-    if args.command in ("inspect", "preview") and len(args.source) == 1:
+    if args.command in ("inspect", "preview", "serve") and len(args.source) == 1:
         args.source = args.source[0]
     try:
         return int(args.func(args, console))
     except (TiffStoreError, ValueError, OSError) as exc:
         _console(stderr=True).print(
-            "[bold red]error:[/bold red] " + for_the_shell(str(exc)).replace("[", "\\["),
+            "[bold red]error:[/bold red] " + escape(for_the_shell(str(exc))),
             highlight=False,
         )
         return EXIT_ERROR

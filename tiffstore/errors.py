@@ -11,6 +11,7 @@ __all__ = [
     "NamingError",
     "OptionError",
     "ReadOnlyError",
+    "ServeError",
     "SourceError",
     "TiffReadError",
     "TiffStoreError",
@@ -46,3 +47,7 @@ class OptionError(TiffStoreError, ValueError):
 
 class ReadOnlyError(TiffStoreError, PermissionError):
     """A write was attempted on the virtual store, which is read-only by design."""
+
+
+class ServeError(TiffStoreError, OSError):
+    """The store cannot be served as asked (the address is taken, a name is reserved)."""
