@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tifffile
 import zarr
 from conftest import HttpServer, free_port, stack_files
 
@@ -102,6 +104,22 @@ def test_list_of_urls(tmp_path, s3_bucket, upload, http_server):
         store = tiffstore.open([root + n for n in reversed(names)], storage_options=opts)
         assert store.manifest.source.url("") == root
         np.testing.assert_array_equal(read_all(store), ref)
+
+
+def test_names_that_need_quoting(tmp_path, http_server, s3_bucket, upload):
+    """Spaces and '#' in names: the names stay as the files are called, URLs are quoted."""
+    folder, url = http_folder(http_server)
+    for d in (folder, tmp_path / "q"):
+        d.mkdir()
+        for i in range(3):
+            tifffile.imwrite(d / f"run 1#a_t{i}.tif", np.full((4, 5), i, "uint16"))
+    bucket, options = s3_bucket
+    upload(tmp_path / "q", f"{bucket}/q/", options)
+    for source, opts in ((url, None), (f"{bucket}/q/", options)):
+        store = tiffstore.open(source, storage_options=opts)
+        assert store.manifest.files == tuple(f"run 1#a_t{i}.tif" for i in range(3))
+        assert store.dims == ("t", "y", "x")
+        np.testing.assert_array_equal(read_all(store)[:, 0, 0], [0, 1, 2])
 
 
 def test_missing_url_is_named(http_server):
@@ -195,7 +213,8 @@ class FaultProxy:
     fault for every one after. Faults: ``"503"``, ``"reset"`` (close without an
     answer), ``"cut"`` (send half the body, keeping the full Content-Length),
     ``"short"`` (send half the body with a matching Content-Length), ``"404"``.
-    ``hide_sizes`` drops Content-Length from every answer about a TIFF file.
+    ``hide_sizes`` drops Content-Length from every answer about a TIFF file;
+    ``delay`` holds every such answer back that many seconds.
     """
 
     upstream: int
@@ -203,6 +222,7 @@ class FaultProxy:
     plan: list[str] = field(default_factory=list)
     always: str | None = None
     hide_sizes: bool = False
+    delay: float = 0.0
     faults_done: list[str] = field(default_factory=list)
 
     @property
@@ -226,6 +246,8 @@ class FaultProxy:
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
                 fault = self.next_fault(head)
+                if self.delay and b".tif " in head.split(b"\r\n", 1)[0]:
+                    await asyncio.sleep(self.delay)
                 if fault == "reset":
                     writer.transport.abort()
                     return
@@ -384,3 +406,26 @@ def test_s3_list_of_urls_sizes_from_one_listing(tmp_path, s3_server, s3_bucket, 
     assert store.shape == (4, 5, *SHAPE)
     assert not [r for r in requests if r.method == "HEAD"], requests
     assert len([r for r in requests if ".tif" not in r.path]) == 1, requests
+
+
+def test_chunks_in_flight_at_once(http_server, fault_proxy):
+    """Remote chunks are read off zarr's event loop, many at a time: with every answer
+    held back, reading 6 files takes about one round of requests, not six."""
+    store, ref = proxied_store(http_server, fault_proxy)
+    fault_proxy.delay = delay = 0.25
+    t0 = time.perf_counter()
+    np.testing.assert_array_equal(read_all(store), ref)
+    # Each file costs a header check then its chunk: 12 answers, 2 rounds at once.
+    assert time.perf_counter() - t0 < 6 * delay
+
+
+def test_sizes_of_a_list_of_urls_are_asked_at_once(http_server, fault_proxy):
+    folder, _ = http_folder(http_server)
+    write_sample(folder / "raw", channels=4, stacks=3, shape=SHAPE)
+    urls = [f"{fault_proxy.url}{folder.name}/raw/{p.name}" for p in (folder / "raw").iterdir()]
+    fault_proxy.delay = delay = 0.25
+    t0 = time.perf_counter()
+    store = tiffstore.open(urls)
+    # 12 HEADs at once, then a header parse and two signature reads.
+    assert time.perf_counter() - t0 < 8 * delay
+    assert store.shape == (4, 3, *SHAPE)

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, ClassVar, cast
+from urllib.parse import quote, unquote
 
 from .errors import SourceError, TiffReadError, TiffStoreError
 from .naming import TIFF_SUFFIXES
@@ -233,6 +234,9 @@ class FsspecSource(FileSource):
         self._local.sizes.update((f.name, f.size) for f in files)
 
     def url(self, name: str) -> str:
+        if self.protocol in _WEB:
+            # Names are kept as the files are called; a URL needs them quoted.
+            name = quote(name, safe="/")
         return f"{self.root.rstrip('/')}/{name}"
 
     # -- reading ----------------------------------------------------------
@@ -585,6 +589,9 @@ def _infos(fs: Any, paths: Sequence[str]) -> list[dict[str, Any] | BaseException
         return list(pool.map(info, paths))
 
 
+#: Protocols whose paths are URLs, quoted.
+_WEB = ("http", "https")
+
 #: A list of at least this many URLs in one folder has its sizes from one listing of
 #: the folder rather than one request per file.
 _LIST_PARENT_FROM = 16
@@ -674,6 +681,9 @@ def _resolve_fsspec(
     if root is None:
         root = _common_parent(list(sizes))
     files = [SourceFile(p[len(root) :].lstrip("/"), size) for p, size in sizes.items()]
+    if protocol in _WEB:
+        # Index pages link to quoted names ("run%201.tif"): read the names as they are.
+        files = [SourceFile(unquote(f.name), f.size) for f in files]
     reader = FsspecSource(fs.unstrip_protocol(root), protocol, dict(storage_options))
     reader.remember_sizes(files)
     return reader, files
