@@ -440,3 +440,22 @@ def test_sizes_of_a_list_of_urls_are_asked_at_once(http_server, fault_proxy):
     # 12 HEADs at once, then a header parse and two signature reads.
     assert time.perf_counter() - t0 < 8 * delay
     assert store.shape == (4, 3, *SHAPE)
+
+
+@pytest.mark.slow
+def test_worker_processes_read_from_s3(tmp_path, s3_bucket, upload):
+    """Pickled to other processes, the store rebuilds its file system and reads."""
+    distributed = pytest.importorskip("distributed")
+    import dask.array as da
+
+    url, options = s3_bucket
+    ref = write_case(tmp_path / "raw", "zlib-predictor")
+    upload(tmp_path / "raw", f"{url}/raw/", options)
+    store = tiffstore.open(f"{url}/raw/", storage_options=options, chunks="page")
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        np.testing.assert_array_equal(client.compute(da.from_zarr(store)).result(), ref)
