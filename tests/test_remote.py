@@ -133,6 +133,21 @@ def test_names_that_need_quoting(tmp_path, http_server, s3_bucket, upload):
         np.testing.assert_array_equal(read_all(store)[:, 0, 0], [0, 1, 2])
 
 
+def test_s3_glob_and_folder_without_slash(tmp_path, s3_server, s3_bucket, upload):
+    url, options = s3_bucket
+    ref = write_case(tmp_path / "raw", "raw")
+    (tmp_path / "raw" / "notes.txt").write_text("not a TIFF")
+    upload(tmp_path / "raw", f"{url}/raw/", options)
+    for source in (f"{url}/raw", f"{url}/raw/*_CAM1_*.tif"):
+        s3_server.clear()
+        store = tiffstore.open(source, storage_options=options)
+        assert store.manifest.source.url("") == f"{url}/raw/"
+        assert not [r for r in s3_server.requests if r.method == "HEAD"]
+        np.testing.assert_array_equal(read_all(store), ref)
+    with pytest.raises(SourceError, match=f"{url}/nothing/: no such folder"):
+        tiffstore.open(f"{url}/nothing/", storage_options=options)
+
+
 def test_missing_url_is_named(http_server):
     folder, url = http_folder(http_server)
     write_case(folder / "raw", "raw")
