@@ -1,9 +1,22 @@
-"""Fixtures: real TIFF files written by tifffile into temporary folders."""
+"""Fixtures: real TIFF files written by tifffile into temporary folders, and real
+servers (an S3-compatible moto server, nginx) on free loopback ports."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import grp
+import logging
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -82,3 +95,244 @@ def hyperstacks(tmp_path: Path) -> tuple[Path, np.ndarray]:
             directory / f"cells_t{t}.tif", ref[t], imagej=True, metadata={"axes": "ZCYX"}
         )
     return directory, ref
+
+
+# -- servers on loopback --------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on at the moment."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes] | None = None, timeout: float = 10
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with code {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+@dataclass
+class Request:
+    """One request a server answered, as its log shows it."""
+
+    method: str
+    path: str
+    status: int
+    range: str | None = None
+
+
+@dataclass
+class S3Server:
+    """A moto S3 server: its endpoint and the requests it answered since :meth:`clear`."""
+
+    endpoint: str
+    requests: list[Request] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.requests.clear()
+
+    def options(self) -> dict[str, Any]:
+        """``storage_options`` for s3fs."""
+        return {
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"endpoint_url": self.endpoint, "region_name": "us-east-1"},
+        }
+
+
+_REQUEST_LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[\d.]+" (\d{3})')
+_COLOUR = re.compile(r"\x1b\[[\d;]*m")
+
+
+class _RequestLogHandler(logging.Handler):
+    """Collects the request lines werkzeug logs for the moto server."""
+
+    def __init__(self, server: S3Server) -> None:
+        super().__init__(logging.INFO)
+        self.server = server
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # '127.0.0.1 - - [date] "GET /bucket/key HTTP/1.1" 206 -', maybe with colour codes.
+        found = _REQUEST_LINE.search(_COLOUR.sub("", record.getMessage()))
+        if found is None:
+            return
+        method, path, status = found.group(1), found.group(2), int(found.group(3))
+        self.server.requests.append(Request(method, path, status))
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A moto S3 server in this process, on a free loopback port."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    s3 = S3Server(f"http://{host}:{port}")
+    wlog = logging.getLogger("werkzeug")
+    handler = _RequestLogHandler(s3)
+    old = (wlog.level, wlog.propagate)
+    wlog.setLevel(logging.INFO)
+    wlog.propagate = False
+    wlog.addHandler(handler)
+    try:
+        yield s3
+    finally:
+        wlog.removeHandler(handler)
+        wlog.setLevel(old[0])
+        wlog.propagate = old[1]
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A fresh, empty bucket: ``("s3://tiffstore-<uuid>", storage_options)``."""
+    import boto3
+    import s3fs
+
+    options = s3_server.options()
+    bucket = f"tiffstore-{uuid.uuid4().hex[:12]}"
+    # boto3, not s3fs.mkdir: s3fs sends a location constraint that us-east-1 refuses.
+    client = boto3.client(
+        "s3",
+        aws_access_key_id=options["key"],
+        aws_secret_access_key=options["secret"],
+        **options["client_kwargs"],
+    )
+    client.create_bucket(Bucket=bucket)
+    fs = s3fs.S3FileSystem(**options)
+    yield f"s3://{bucket}", options
+    fs.rm(bucket, recursive=True)
+    fs.invalidate_cache()
+
+
+def upload_folder(local_dir: str | Path, url: str, storage_options: dict[str, Any]) -> None:
+    """Copy the files of ``local_dir`` (recursively) below the fsspec ``url``."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url, **storage_options)
+    local_dir = Path(local_dir)
+    sources = [p for p in sorted(local_dir.rglob("*")) if p.is_file()]
+    targets = [f"{root.rstrip('/')}/{p.relative_to(local_dir).as_posix()}" for p in sources]
+    fs.put([str(p) for p in sources], targets)
+    fs.invalidate_cache()
+
+
+@pytest.fixture
+def upload() -> Callable[[str | Path, str, dict[str, Any]], None]:
+    """``upload(local_dir, url, storage_options)``: copy a folder below an fsspec URL."""
+    return upload_folder
+
+
+@dataclass
+class HttpServer:
+    """An nginx serving :attr:`root` at :attr:`url`, with ranges and index pages."""
+
+    root: Path
+    url: str
+    access_log: Path
+    _mark: int = 0
+
+    def clear(self) -> None:
+        """Forget the requests answered so far."""
+        self._mark = self.access_log.stat().st_size if self.access_log.exists() else 0
+
+    @property
+    def requests(self) -> list[Request]:
+        """The requests answered since :meth:`clear`."""
+        if not self.access_log.exists():
+            return []
+        with self.access_log.open("rb") as fh:
+            fh.seek(self._mark)
+            lines = fh.read().decode().splitlines()
+        out = []
+        for line in lines:
+            method, path, status, range_ = line.split("\t")
+            out.append(Request(method, path, int(status), None if range_ == "-" else range_))
+        return out
+
+
+NGINX_CONF = """
+daemon off;
+worker_processes 1;
+{user}
+pid {state}/nginx.pid;
+error_log {state}/error.log warn;
+events {{ worker_connections 512; }}
+http {{
+    types {{ image/tiff tif tiff; text/html html; }}
+    default_type application/octet-stream;
+    log_format requests "$request_method\t$request_uri\t$status\t$http_range";
+    access_log {state}/access.log requests;
+    client_body_temp_path {state}/client_body;
+    proxy_temp_path {state}/proxy;
+    fastcgi_temp_path {state}/fastcgi;
+    uwsgi_temp_path {state}/uwsgi;
+    scgi_temp_path {state}/scgi;
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location / {{
+            autoindex on;
+            autoindex_exact_size on;
+        }}
+    }}
+}}
+"""
+
+
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
+    """nginx on a free loopback port serving a temporary folder (autoindex, ranges)."""
+    nginx = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
+    )
+    if nginx is None:
+        pytest.fail(
+            "nginx is not installed, and the HTTP tests need it as their server. Install it "
+            "(Debian/Ubuntu: `apt-get install -y nginx`; macOS: `brew install nginx`) and run "
+            "the tests again; CI installs it in .ci/run."
+        )
+    state = tmp_path_factory.mktemp("nginx")
+    root = tmp_path_factory.mktemp("www")
+    port = free_port()
+    user = ""
+    if os.geteuid() == 0:
+        # As root, nginx would hand its worker to "nobody", who may not read the temp dirs.
+        user = f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
+    conf = state / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(user=user, state=state, port=port, root=root))
+    process = subprocess.Popen(
+        [nginx, "-c", str(conf), "-p", str(state), "-e", str(state / "error.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_port(port, process)
+    except RuntimeError as exc:
+        process.kill()
+        _, err = process.communicate()
+        pytest.fail(f"nginx did not start ({exc}): {err.decode(errors='replace')}")
+    try:
+        yield HttpServer(root, f"http://127.0.0.1:{port}/", state / "access.log")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()

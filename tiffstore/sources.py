@@ -11,15 +11,23 @@ from __future__ import annotations
 
 import fnmatch
 import glob as globmod
+import io
+import logging
 import os
+import random
+import threading
+import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, ClassVar, cast
+from urllib.parse import quote, unquote
 
-from .errors import SourceError, TiffReadError
+from .errors import SourceError, TiffReadError, TiffStoreError
 from .naming import TIFF_SUFFIXES
 
 __all__ = [
@@ -31,6 +39,8 @@ __all__ = [
     "resolve_source",
     "select_files",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,9 @@ def _is_tiff(name: str) -> bool:
 
 class FileSource(ABC):
     """Reads the files of one acquisition below a root."""
+
+    #: Whether a read may wait on a network (and so must not run in an event loop).
+    remote: ClassVar[bool] = False
 
     @abstractmethod
     def url(self, name: str) -> str:
@@ -166,46 +179,323 @@ class LocalSource(FileSource):
 
 @dataclass(frozen=True)
 class FsspecSource(FileSource):
-    """Files below ``root`` on any fsspec file system (``memory://``, ``s3://``...)."""
+    """Files below ``root`` on any fsspec file system (``s3://``, ``https://``, ``memory://``...).
+
+    Made for the network: the file system object is built once per process (and
+    again after unpickling or a fork); the byte ranges of one read go out in one
+    ``cat_ranges`` call, nearby ranges merged; transient failures (connection
+    errors, timeouts, 5xx, short bodies) are retried a few times with backoff,
+    then raise :class:`TiffReadError` naming the URL. A short body is never
+    accepted as data.
+    """
 
     root: str
     protocol: str
     storage_options: dict[str, Any] = field(default_factory=dict, hash=False)
 
+    remote: ClassVar[bool] = True
+    #: Transient failures are retried this many times, waiting ``retry_wait * 2**attempt`` s.
+    retries: ClassVar[int] = 4
+    retry_wait: ClassVar[float] = 0.05
+    #: Ranges of one read closer than this are fetched as one: a round trip costs
+    #: more than this many bytes on any link worth reading TIFFs over.
+    merge_gap: ClassVar[int] = 1 << 18
+    #: Headers are parsed through reads of this many bytes (one covers most headers).
+    header_block: ClassVar[int] = 1 << 16
+    #: Files whose first block is kept after parsing, so the signature check that
+    #: follows costs no request.
+    kept_heads: ClassVar[int] = 64
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The fields only: the file system, sizes and heads are rebuilt per process.
+        return {
+            "root": self.root,
+            "protocol": self.protocol,
+            "storage_options": self.storage_options,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     @property
     def fs(self) -> Any:
-        import fsspec
+        """The fsspec file system, built once per process."""
+        cached = self.__dict__.get("_fs")
+        pid = os.getpid()
+        if cached is None or cached[0] != pid:
+            import fsspec
 
-        return fsspec.filesystem(self.protocol, **self.storage_options)
+            cached = (pid, fsspec.filesystem(self.protocol, **self.storage_options))
+            # A frozen dataclass: set the process-local cache beside the fields.
+            self.__dict__["_fs"] = cached
+        return cached[1]
+
+    @property
+    def _local(self) -> _ProcessLocal:
+        state = self.__dict__.get("_state")
+        if state is None or state.pid != os.getpid():
+            state = _ProcessLocal(os.getpid())
+            self.__dict__["_state"] = state
+        return state
+
+    def remember_sizes(self, files: Sequence[SourceFile]) -> None:
+        """Keep the sizes found by listing, so parsing a header does not ask for them again."""
+        self._local.sizes.update((f.name, f.size) for f in files)
 
     def url(self, name: str) -> str:
+        if self.protocol in _WEB:
+            # Names are kept as the files are called; a URL needs them quoted.
+            name = quote(name, safe="/")
         return f"{self.root.rstrip('/')}/{name}"
+
+    # -- reading ----------------------------------------------------------
+
+    def fetch(self, name: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The bytes of ``(offset, length)`` ranges of one file, in one ``cat_ranges`` call.
+
+        Failed or short ranges are fetched again, up to :attr:`retries` times.
+        """
+        url = self.url(name)
+        out: list[bytes | None] = [None] * len(ranges)
+        head = self._local.head(name)
+        pending = []
+        for i, (offset, length) in enumerate(ranges):
+            if length <= 0:
+                out[i] = b""
+            elif head is not None and offset + length <= len(head):
+                out[i] = head[offset : offset + length]
+            else:
+                pending.append(i)
+        attempt = 0
+        while pending:
+            problem: BaseException | str = ""
+            try:
+                results = self.fs.cat_ranges(
+                    [url] * len(pending),
+                    [ranges[i][0] for i in pending],
+                    [ranges[i][0] + ranges[i][1] for i in pending],
+                    on_error="return",
+                )
+            except Exception as exc:
+                results = [exc] * len(pending)
+            failed = []
+            for i, data in zip(pending, results, strict=True):
+                offset, length = ranges[i]
+                if isinstance(data, BaseException):
+                    if not _is_transient(data):
+                        raise TiffReadError(
+                            f"{url}: cannot read bytes {offset}-{offset + length} "
+                            f"({type(data).__name__}: {data})."
+                        ) from data
+                    problem = data
+                    failed.append(i)
+                elif len(data) != length:
+                    problem = f"wanted {length} bytes at {offset}, got {len(data)}: " + (
+                        "the file may be truncated, or the transfer was cut"
+                        if len(data) < length
+                        else "the server ignores byte ranges"
+                    )
+                    failed.append(i)
+                else:
+                    out[i] = data
+            pending = failed
+            if pending:
+                if attempt >= self.retries:
+                    reason = (
+                        problem
+                        if isinstance(problem, str)
+                        else f"{type(problem).__name__}: {problem}"
+                    )
+                    raise TiffReadError(
+                        f"{url}: cannot read bytes {ranges[pending[0]][0]}-"
+                        f"{sum(ranges[pending[0]])} after {attempt + 1} tries ({reason})."
+                    ) from (problem if isinstance(problem, BaseException) else None)
+                wait = self.retry_wait * 2**attempt * (0.5 + random.random())
+                logger.debug(
+                    "%s: %d ranges failed (%s); retrying in %.2f s",
+                    url,
+                    len(pending),
+                    problem,
+                    wait,
+                )
+                time.sleep(wait)
+                attempt += 1
+        return out  # type: ignore[return-value]
 
     def read_bytes(self, name: str, offset: int, length: int) -> bytes:
         # fsspec returns bytes already: hand them on rather than copy them twice.
-        url = self.url(name)
-        try:
-            data: bytes = self.fs.cat_file(url, start=offset, end=offset + length)
-        except (OSError, ValueError) as exc:
-            raise TiffReadError(f"{url}: cannot read bytes at {offset} ({exc}).") from exc
-        if len(data) != length:
-            raise TiffReadError(
-                f"{url}: file is truncated: wanted {length} bytes at {offset}, got {len(data)}."
-            )
-        return data
+        return self.fetch(name, [(offset, length)])[0]
 
     def read_into(self, name: str, offset: int, out: memoryview) -> None:
-        out[:] = self.read_bytes(name, offset, out.nbytes)
+        out[:] = self.fetch(name, [(offset, out.nbytes)])[0]
+
+    def read_many_into(self, name: str, requests: Sequence[tuple[int, memoryview]]) -> None:
+        datas = self.fetch(name, [(offset, out.nbytes) for offset, out in requests])
+        for (_, out), data in zip(requests, datas, strict=True):
+            out[:] = data
+
+    def read_ranges(self, name: str, ranges: Sequence[tuple[int, int]]) -> list[memoryview]:
+        """Read ``(offset, length)`` ranges of one file in one request batch.
+
+        Ranges less than :attr:`merge_gap` apart are fetched as one range (the bytes
+        between them are read and dropped).
+        """
+        order = sorted(range(len(ranges)), key=lambda i: ranges[i][0])
+        blocks: list[tuple[int, int]] = []
+        members: list[list[int]] = []
+        for i in order:
+            offset, length = ranges[i]
+            if blocks and offset <= blocks[-1][1] + self.merge_gap:
+                start, stop = blocks[-1]
+                blocks[-1] = (start, max(stop, offset + length))
+                members[-1].append(i)
+            else:
+                blocks.append((offset, offset + length))
+                members.append([i])
+        datas = self.fetch(name, [(start, stop - start) for start, stop in blocks])
+        views = [memoryview(b"")] * len(ranges)
+        for (start, _), data, idx in zip(blocks, datas, members, strict=True):
+            whole = memoryview(data)
+            for i in idx:
+                offset, length = ranges[i]
+                views[i] = whole[offset - start : offset - start + length]
+        return views
+
+    def size(self, name: str) -> int:
+        """The size of a file: known from listing, else asked for (with retries)."""
+        known = self._local.sizes.get(name)
+        if known is not None:
+            return known
+        url = self.url(name)
+        for attempt in range(self.retries + 1):
+            try:
+                info = self.fs.info(url)
+                break
+            except Exception as exc:
+                if not _is_transient(exc) or attempt == self.retries:
+                    raise TiffReadError(
+                        f"{url}: cannot open ({type(exc).__name__}: {exc})."
+                    ) from exc
+                time.sleep(self.retry_wait * 2**attempt)
+        size = info.get("size")
+        if size is None:
+            raise TiffReadError(f"{url}: the server does not say how large the file is.")
+        self._local.sizes[name] = int(size)
+        return int(size)
 
     @contextmanager
     def open(self, name: str) -> Iterator[IO[bytes]]:
-        url = self.url(name)
-        try:
-            fh = self.fs.open(url, "rb")
-        except OSError as exc:
-            raise TiffReadError(f"{url}: cannot open ({exc}).") from exc
-        with fh:
-            yield fh
+        # Ranged reads of header_block bytes, with the retries above: a file
+        # object from fs.open would read its default block (5 to 50 MiB, often
+        # whole files) and retry nothing.
+        with _RangedFile(self, name, self.size(name)) as fh:
+            yield cast(IO[bytes], fh)
+
+
+class _ProcessLocal:
+    """What an :class:`FsspecSource` keeps in one process: sizes, and recent files' heads."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.sizes: dict[str, int] = {}
+        self.heads: OrderedDict[str, bytes] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def head(self, name: str) -> bytes | None:
+        if not self.heads:
+            return None
+        with self.lock:
+            return self.heads.get(name)
+
+    def keep_head(self, name: str, data: bytes, limit: int) -> None:
+        with self.lock:
+            self.heads[name] = data
+            self.heads.move_to_end(name)
+            while len(self.heads) > limit:
+                self.heads.popitem(last=False)
+
+
+class _RangedFile(io.RawIOBase):
+    """A seekable read-only file over a remote file's ranged reads, for tifffile.
+
+    Reads whole blocks of :attr:`FsspecSource.header_block` bytes and keeps them,
+    so tifffile's many small reads of a header cost a request or two.
+    """
+
+    mode = "rb"
+
+    def __init__(self, source: FsspecSource, name: str, size: int) -> None:
+        super().__init__()
+        self.source = source
+        self.name = source.url(name)
+        self._file = name
+        self._size = size
+        self._pos = 0
+        self._block = source.header_block
+        self._blocks: OrderedDict[int, bytes] = OrderedDict()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        n = min(out.nbytes, self._size - self._pos)
+        if n <= 0:
+            return 0
+        block = self._block
+        if n > 4 * block:
+            # Pixel data (read through tifffile), not header bytes: read it straight.
+            out[:n] = self.source.read_bytes(self._file, self._pos, n)
+            self._pos += n
+            return n
+        first, last = self._pos // block, (self._pos + n - 1) // block
+        missing = [k for k in range(first, last + 1) if k not in self._blocks]
+        if missing:
+            lo, hi = missing[0] * block, min((missing[-1] + 1) * block, self._size)
+            data = self.source.read_bytes(self._file, lo, hi - lo)
+            for k in range(missing[0], missing[-1] + 1):
+                self._blocks[k] = data[(k - missing[0]) * block : (k - missing[0] + 1) * block]
+            if missing[0] == 0:
+                self.source._local.keep_head(self._file, self._blocks[0], self.source.kept_heads)
+            while len(self._blocks) > 256:
+                self._blocks.popitem(last=False)
+        done = 0
+        for k in range(first, last + 1):
+            data = self._blocks[k]
+            self._blocks.move_to_end(k)
+            start = self._pos + done - k * block
+            piece = data[start : start + n - done]
+            out[done : done + len(piece)] = piece
+            done += len(piece)
+        self._pos += done
+        return done
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Whether a failed request may succeed if tried again."""
+    if isinstance(exc, TiffStoreError | FileNotFoundError | PermissionError | IsADirectoryError):
+        return False
+    status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status >= 500 or status in (408, 429)
+    if isinstance(exc, OSError | TimeoutError | ConnectionError):
+        return True
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - fsspec's HTTP needs it
+        return False
+    return isinstance(exc, aiohttp.ClientError)
 
 
 def _walk_local(root: Path, recursive: bool = True) -> list[SourceFile]:
@@ -279,6 +569,96 @@ def _resolve_local(
     return LocalSource(root), files
 
 
+def _parent(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[0] if "/" in path.rstrip("/") else ""
+
+
+def _common_parent(paths: Sequence[str]) -> str:
+    """The deepest folder holding every path (URLs too: no ``os.path`` normalization)."""
+    parts = [_parent(p).split("/") for p in paths]
+    common: list[str] = []
+    for level in zip(*parts, strict=False):
+        if any(x != level[0] for x in level):
+            break
+        common.append(level[0])
+    return "/".join(common)
+
+
+def _infos(fs: Any, paths: Sequence[str]) -> list[dict[str, Any] | BaseException]:
+    """``fs.info`` of many paths at once: gathered where the file system is async."""
+    if not paths:
+        return []
+    if getattr(fs, "async_impl", False) and not getattr(fs, "asynchronous", False):
+        from fsspec.asyn import _run_coros_in_chunks, sync
+
+        results: list[Any] = sync(
+            fs.loop,
+            _run_coros_in_chunks,
+            [fs._info(p) for p in paths],
+            nofiles=True,
+            return_exceptions=True,
+        )
+        return results
+
+    def info(path: str) -> dict[str, Any] | BaseException:
+        try:
+            found: dict[str, Any] = fs.info(path)
+            return found
+        except Exception as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
+        return list(pool.map(info, paths))
+
+
+#: Protocols whose paths are URLs, quoted.
+_WEB = ("http", "https")
+
+#: A list of at least this many URLs in one folder has its sizes from one listing of
+#: the folder rather than one request per file.
+_LIST_PARENT_FROM = 16
+
+
+def _sizes(fs: Any, known: dict[str, int | None], listed: bool) -> dict[str, int]:
+    """The size of every path of ``known``: from ``known`` itself, a listing of their
+    folder (unless ``listed``: they come from one), or ``info`` requests made
+    concurrently. A size nobody reports is an error, never 0."""
+    sizes = {p: s for p, s in known.items() if s is not None}
+    wanted = [p for p in known if p not in sizes]
+    by_parent: dict[str, list[str]] = {}
+    for p in wanted:
+        by_parent.setdefault(_parent(p), []).append(p)
+    for parent, members in by_parent.items():
+        if listed or len(members) < _LIST_PARENT_FROM:
+            continue
+        try:
+            entries = fs.ls(parent, detail=True)
+        except Exception as exc:  # only a shortcut: the requests below say what is wrong
+            logger.debug("%s: cannot list (%s); asking for each file's size", parent, exc)
+            continue
+        names = {fs._strip_protocol(e["name"]).rstrip("/"): e.get("size") for e in entries}
+        for p in members:
+            size = names.get(fs._strip_protocol(p).rstrip("/"))
+            if size is not None:
+                sizes[p] = int(size)
+    wanted = [p for p in wanted if p not in sizes]
+    for p, info in zip(wanted, _infos(fs, wanted), strict=True):
+        url = fs.unstrip_protocol(p)
+        if isinstance(info, FileNotFoundError):
+            raise SourceError(f"{url}: no such file.") from info
+        if isinstance(info, BaseException):
+            raise SourceError(
+                f"{url}: cannot get its size ({type(info).__name__}: {info})."
+            ) from info
+        if info.get("size") is None:
+            raise SourceError(
+                f"{url}: the server does not say how large the file is (no Content-Length), "
+                "so it cannot be read by ranges."
+            )
+        sizes[p] = int(info["size"])
+    return sizes
+
+
 def _resolve_fsspec(
     source: str | Sequence[str], storage_options: dict[str, Any], recursive: bool = True
 ) -> tuple[FsspecSource, list[SourceFile]]:
@@ -287,33 +667,48 @@ def _resolve_fsspec(
     urls = [source] if isinstance(source, str) else list(source)
     fs, _ = fsspec.core.url_to_fs(urls[0], **storage_options)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    entries: dict[str, int] = {}
-    for url in urls:
-        path = fs._strip_protocol(url)
-        if globmod.has_magic(path):
-            found = fs.glob(path, detail=True)
-        elif fs.isdir(path):
-            found = fs.find(path, detail=True, maxdepth=None if recursive else 1)
-        elif fs.isfile(path):
-            found = {path: fs.info(path)}
+    found: dict[str, int | None] = {}
+    root: str | None = None
+    if len(urls) == 1 and not globmod.has_magic(fs._strip_protocol(urls[0])):
+        # A folder (or one file): one recursive listing, not a request per entry.
+        path = fs._strip_protocol(urls[0])
+        try:
+            listed = fs.find(path, detail=True, maxdepth=None if recursive else 1)
+        except FileNotFoundError:
+            listed = {}
+        except Exception as exc:
+            raise SourceError(f"{urls[0]}: cannot list ({type(exc).__name__}: {exc}).") from exc
+        listed = {p: e for p, e in listed.items() if p.rstrip("/") != path.rstrip("/")}
+        if listed:
+            root = path.rstrip("/")
+            for p, info in listed.items():
+                if info.get("type", "file") == "file" and _is_tiff(p):
+                    found[p] = info.get("size")
+        elif _is_tiff(path):
+            found[path] = None
         else:
-            raise SourceError(f"{url}: no such file or folder.")
-        for p, info in found.items():
-            if info.get("type", "file") == "file" and _is_tiff(p):
-                entries[p] = int(info.get("size") or 0)
-    if not entries:
-        raise SourceError(f"{source}: no TIFF files found there.")
-    paths = list(entries)
-    first = fs._strip_protocol(urls[0])
-    if len(urls) == 1 and fs.isdir(first):
-        root = first.rstrip("/")
+            raise SourceError(f"{urls[0]}: no such folder, or it holds no files.")
     else:
-        root = os.path.commonpath([p.rsplit("/", 1)[0] if "/" in p else "" for p in paths])
-    files = [SourceFile(p[len(root) :].lstrip("/"), size) for p, size in entries.items()]
-    return (
-        FsspecSource(fs.unstrip_protocol(root), protocol, dict(storage_options)),
-        files,
-    )
+        for url in urls:
+            path = fs._strip_protocol(url)
+            if globmod.has_magic(path):
+                for p, info in fs.glob(path, detail=True).items():
+                    if info.get("type", "file") == "file" and _is_tiff(p):
+                        found[p] = info.get("size")
+            else:
+                found[path] = None
+    if not found:
+        raise SourceError(f"{source}: no TIFF files found there.")
+    sizes = _sizes(fs, found, listed=root is not None)
+    if root is None:
+        root = _common_parent(list(sizes))
+    files = [SourceFile(p[len(root) :].lstrip("/"), size) for p, size in sizes.items()]
+    if protocol in _WEB:
+        # Index pages link to quoted names ("run%201.tif"): read the names as they are.
+        files = [SourceFile(unquote(f.name), f.size) for f in files]
+    reader = FsspecSource(fs.unstrip_protocol(root), protocol, dict(storage_options))
+    reader.remember_sizes(files)
+    return reader, files
 
 
 def _strip_file_scheme(path: str | os.PathLike[str]) -> str | os.PathLike[str]:

@@ -9,7 +9,9 @@ processes. Metadata is Zarr format 2 (``.zarray``, ``.zattrs``); chunk keys are
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -47,6 +49,20 @@ def _slice_range(data: bytes, byte_range: ByteRequest | None) -> bytes:
         return data
     start, stop = _byte_span(byte_range, len(data))
     return data[start:stop]
+
+
+#: Threads reading chunks of remote sources (requests wait on the network, not the CPU).
+REMOTE_READ_THREADS = 32
+_remote_executor: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _remote_pool() -> ThreadPoolExecutor:
+    """The process's pool for remote chunk reads (a new one after a fork)."""
+    global _remote_executor
+    if _remote_executor is None or _remote_executor[0] != os.getpid():
+        pool = ThreadPoolExecutor(REMOTE_READ_THREADS, thread_name_prefix="tiffstore-remote")
+        _remote_executor = (os.getpid(), pool)
+    return _remote_executor[1]
 
 
 class TiffStore(Store):
@@ -249,11 +265,20 @@ class TiffStore(Store):
         byte_range: ByteRequest | None = None,
     ) -> Buffer | None:
         # docstring inherited
-        if key in self.documents.documents or self.manifest.chunk_nbytes <= self.inline_read_bytes:
-            # Metadata, or a read that costs less than the hop to a worker thread.
+        if key in self.documents.documents or (
+            self.manifest.chunk_nbytes <= self.inline_read_bytes and not self.manifest.source.remote
+        ):
+            # Metadata, or a local read that costs less than the hop to a worker thread.
             return self.get_sync(key, prototype=prototype, byte_range=byte_range)
         prototype = prototype or default_buffer_prototype()
-        data = await asyncio.to_thread(self._get_value, key, byte_range)
+        if self.manifest.source.remote:
+            # Never wait on the network in zarr's event loop: it would stall every
+            # other read. Many chunks are in flight at once, as many as zarr's
+            # ``async.concurrency`` lets through, up to this pool's size.
+            loop = asyncio.get_running_loop()
+            data = await loop.run_in_executor(_remote_pool(), self._get_value, key, byte_range)
+        else:
+            data = await asyncio.to_thread(self._get_value, key, byte_range)
         return None if data is None else prototype.buffer.from_bytes(data)
 
     async def get_partial_values(
