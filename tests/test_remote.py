@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from conftest import HttpServer, free_port, stack_files
+from tests.conftest import HttpServer, free_port, stack_files
 
 import tiffstore
 from tiffstore.errors import SourceError, TiffReadError, TiffStoreError

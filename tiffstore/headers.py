@@ -60,7 +60,7 @@ def _parse_all(source: FileSource, names: Sequence[str], workers: int) -> list[F
 
 def _heads(source: FileSource, names: Sequence[str], n: int, workers: int) -> list[bytes]:
     def head(name: str) -> bytes:
-        return bytes(source.read(name, 0, n))
+        return source.read_header(name, n)
 
     if len(names) <= 2 or workers <= 1:
         return [head(name) for name in names]
@@ -103,7 +103,7 @@ def scan_headers(
         ):
             to_parse.extend(rest)
             continue
-        sig = bytes(source.read(files[ref].name, 0, end))
+        sig = source.read_header(files[ref].name, end)
         sample = sorted({members[len(members) // 2], members[-1]} - {ref})
         if any(h != sig for h in _heads(source, [files[i].name for i in sample], end, workers)):
             to_parse.extend(rest)
@@ -180,7 +180,7 @@ def check_file(m: Manifest, file: int) -> FileLayout:
         return layout
     signature = m.signatures[k]
     name = m.files[file]
-    if bytes(m.source.read(name, 0, len(signature))) == signature:
+    if m.source.read_header(name, len(signature)) == signature:
         return layout
     with m.source.open(name) as fh:
         own = read_layout(fh, m.url(file))

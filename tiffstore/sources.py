@@ -83,6 +83,10 @@ class FileSource(ABC):
         """The file's bytes ``offset .. offset + length`` as one ``bytes`` object."""
         return bytes(self.read(name, offset, length))
 
+    def read_header(self, name: str, length: int) -> bytes:
+        """The file's first ``length`` bytes, to compare a header with its group's."""
+        return self.read_bytes(name, 0, length)
+
     def read_many_into(self, name: str, requests: Sequence[tuple[int, memoryview]]) -> None:
         """Fill each buffer with the file's bytes from its offset."""
         for offset, out in requests:
@@ -257,13 +261,10 @@ class FsspecSource(FileSource):
         """
         url = self.url(name)
         out: list[bytes | None] = [None] * len(ranges)
-        head = self._local.head(name)
         pending = []
         for i, (offset, length) in enumerate(ranges):
             if length <= 0:
                 out[i] = b""
-            elif head is not None and offset + length <= len(head):
-                out[i] = head[offset : offset + length]
             else:
                 pending.append(i)
         attempt = 0
@@ -325,6 +326,14 @@ class FsspecSource(FileSource):
     def read_bytes(self, name: str, offset: int, length: int) -> bytes:
         # fsspec returns bytes already: hand them on rather than copy them twice.
         return self.fetch(name, [(offset, length)])[0]
+
+    def read_header(self, name: str, length: int) -> bytes:
+        # The first block of a header just parsed is kept for this one comparison,
+        # then dropped: pixel reads always go to the file, never to a kept copy.
+        head = self._local.take_head(name)
+        if head is not None and length <= len(head):
+            return head[:length]
+        return self.read_bytes(name, 0, length)
 
     def read_into(self, name: str, offset: int, out: memoryview) -> None:
         out[:] = self.fetch(name, [(offset, out.nbytes)])[0]
@@ -401,11 +410,11 @@ class _ProcessLocal:
         self.heads: OrderedDict[str, bytes] = OrderedDict()
         self.lock = threading.Lock()
 
-    def head(self, name: str) -> bytes | None:
+    def take_head(self, name: str) -> bytes | None:
         if not self.heads:
             return None
         with self.lock:
-            return self.heads.get(name)
+            return self.heads.pop(name, None)
 
     def keep_head(self, name: str, data: bytes, limit: int) -> None:
         with self.lock:
