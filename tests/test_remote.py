@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from tests.conftest import HttpServer, free_port, stack_files
 
 import tiffstore
+from tests.conftest import HttpServer, free_port, stack_files
 from tiffstore.errors import SourceError, TiffReadError, TiffStoreError
 from tiffstore.sample import sample_name, write_sample
 from tiffstore.sources import FsspecSource

@@ -356,7 +356,7 @@ def test_serve_without_the_extra_says_what_to_install(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setitem(sys.modules, "tiffstore.serve", None)  # as if starlette were absent
-    assert main(["serve", str(sample_dir[0])]) == 2
+    assert main(["serve", str(sample_dir[0])]) == 1  # a runtime error, not a usage error
     assert 'pip install "tiffstore[serve]"' in capsys.readouterr().err
 
 
@@ -375,7 +375,7 @@ def test_serve_command_port_taken(
     sock = open_socket("127.0.0.1", 0)
     try:
         port = sock.getsockname()[1]
-        assert main(["serve", str(directory), "--port", str(port)]) == 2
+        assert main(["serve", str(directory), "--port", str(port)]) == 1
     finally:
         sock.close()
     assert f"Cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -60,7 +60,7 @@ def test_byte_range_of_a_chunk_reads_only_that_range(store, sample_dir, monkeypa
         return real(self, name, offset, length)
 
     monkeypatch.setattr(LocalSource, "read_bytes", counting)
-    store.mapping["0.0.0.0.0"]  # first read of a file may check its header
+    store.mapping["0.1.0.0.0"]  # the first read of a file may check its header
     lengths.clear()
     got = _get(store, "0.1.2.0.0", RangeByteRequest(100, 164))
     assert got == sample_dir[1][0, 1, 2].tobytes()[100:164]

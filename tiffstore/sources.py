@@ -262,7 +262,7 @@ class FsspecSource(FileSource):
         url = self.url(name)
         out: list[bytes | None] = [None] * len(ranges)
         pending = []
-        for i, (offset, length) in enumerate(ranges):
+        for i, (_, length) in enumerate(ranges):
             if length <= 0:
                 out[i] = b""
             else:
