@@ -578,6 +578,41 @@ def _cmd_materialize(args: argparse.Namespace, console: Console) -> int:
     return 0 if summary.verified is not False else 1
 
 
+def _cmd_refs(args: argparse.Namespace, console: Console) -> int:
+    from .api import open as open_store
+    from .references import write_references
+
+    opened = time.perf_counter()
+    store = open_store(
+        args.source,
+        pattern=args.pattern,
+        storage_options=json.loads(args.storage_options) if args.storage_options else None,
+        include=args.include,
+        exclude=args.exclude,
+    )
+    target = write_references(
+        store,
+        args.target,
+        url=args.url,
+        format=args.format,
+        version=args.version,
+        chunks=args.chunks,
+        overwrite=args.overwrite,
+    )
+    seconds = time.perf_counter() - opened
+    if args.json:
+        print(
+            json.dumps({"target": target, "files": len(store.manifest.files), "seconds": seconds})
+        )
+    elif not args.quiet:
+        console.print(
+            f"Wrote {args.format} references for {len(store.manifest.files):,} files to "
+            f"{target} in {seconds:.1f} s",
+            highlight=False,
+        )
+    return 0
+
+
 def _cmd_preview(args: argparse.Namespace, console: Console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -775,6 +810,49 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--quiet", action="store_true", help="print nothing but errors")
     w.add_argument("--json", action="store_true", help="print the summary as JSON")
     w.set_defaults(func=_cmd_materialize)
+
+    r = sub.add_parser(
+        "refs",
+        parents=[common],
+        help="write fsspec reference files (kerchunk JSON or Parquet) for the TIFFs",
+        description=(
+            "Write a reference file that maps every Zarr key of the array to the TIFF bytes "
+            "holding it, so any fsspec + zarr client reads the acquisition, from where the "
+            "files are now or from --url, with no tiffstore installed."
+        ),
+        epilog=(
+            "examples:\n"
+            "  tiffstore refs raw/ raw.json\n"
+            "  tiffstore refs raw/ raw.json --url s3://bucket/raw/\n"
+            "  tiffstore refs raw/ raw.parq --format parquet --chunks native\n"
+            "read them back (compressed files also need imagecodecs):\n"
+            '  fs = fsspec.filesystem("reference", fo="raw.json", remote_protocol="s3")\n'
+            '  zarr.open_group(fs.get_mapper(), mode="r")["image"]'
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("source", help="folder, glob, or URL of the TIFF files")
+    r.add_argument("target", help="reference file to write (local path or fsspec URL)")
+    r.add_argument(
+        "--url", help="where the files will be read from (s3://bucket/raw/, https://...)"
+    )
+    r.add_argument("--format", choices=("json", "parquet"), default="json", help="default json")
+    r.add_argument(
+        "--version", type=int, choices=(0, 1), default=1, help="JSON: 1 templates the URL (default)"
+    )
+    r.add_argument(
+        "--chunks",
+        type=parse_chunks,
+        help="page, file, native, or a shape; each chunk must be one byte range (default: "
+        "the store's when they are, else pages or the files' strips/tiles)",
+    )
+    r.add_argument("--pattern", help="template or regex for the file names (default: inferred)")
+    r.add_argument("--include", action="append", help="keep only names matching this glob")
+    r.add_argument("--exclude", action="append", help="leave out names matching this glob")
+    r.add_argument("--storage-options", help="fsspec options for SOURCE, as JSON")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing TARGET")
+    r.add_argument("--json", action="store_true", help="print a summary as JSON")
+    r.set_defaults(func=_cmd_refs)
 
     v = sub.add_parser(
         "preview",
