@@ -17,6 +17,7 @@ import zarr
 
 import tiffstore
 from tests.conftest import HttpServer, upload_folder
+from tiffstore import headers, sources
 from tiffstore.cli import main
 from tiffstore.references import ReferenceError, reference_chunks, write_references
 from tiffstore.sample import write_sample
@@ -287,3 +288,66 @@ def test_parquet_with_gaps_in_uncompressed_data_is_refused(tmp_path):
     with pytest.raises(ReferenceError, match="format='json'"):
         store.write_references(str(tmp_path / "r.parq"), format="parquet")
     assert not (tmp_path / "r.parq").exists()
+
+
+# -- opening again from a reference file ---------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "missing"), [("json", [(2, 1)]), ("parquet", [])])
+def test_open_a_reference_file_restores_the_store_without_reading_headers(
+    tmp_path, monkeypatch, kind, missing
+):
+    directory = tmp_path / "raw"
+    write_sample(directory, channels=3, stacks=3, shape=(4, 16, 12), missing=missing)
+    store = tiffstore.open(directory, chunks="page")
+    for name in ("refs.json" if kind == "json" else "refs.parq",):
+        target = str(tmp_path / name)
+        store.write_references(target, format=kind)
+
+        def no_headers(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("a header was read")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(headers, "scan_headers", no_headers)
+            patch.setattr(sources, "_walk_local", no_headers)
+            again = tiffstore.open(target)
+        assert again.manifest == store.manifest.verify()
+        assert (again.dims, again.shape, again.chunks) == (store.dims, store.shape, store.chunks)
+        assert again.coords == store.coords
+        assert again.manifest.missing() == [{"ch": c, "stack": t} for c, t in missing]
+        np.testing.assert_array_equal(
+            zarr.open_array(again, mode="r")[...], zarr.open_array(store, mode="r")[...]
+        )
+
+
+def test_reopened_references_read_from_their_url(tmp_path, s3_bucket):
+    bucket, options = s3_bucket
+    ref = _pos(tmp_path / "raw", **LAYOUTS["zlib-predictor-strips"])
+    upload_folder(tmp_path / "raw", f"{bucket}/raw", options)
+    target = str(tmp_path / "refs.json")
+    tiffstore.open(tmp_path / "raw").write_references(target, url=f"{bucket}/raw/")
+    (tmp_path / "raw" / "pos0.tif").unlink()  # the local copy is gone: S3 serves
+    again = tiffstore.open(target, storage_options=options)
+    assert again.manifest.source.url("").startswith(bucket)
+    np.testing.assert_array_equal(zarr.open_array(again, mode="r")[...], ref)
+
+
+def test_saved_manifest_round_trips_and_never_holds_secrets(tmp_path):
+    from tiffstore.saved import dump_manifest, load_manifest
+
+    ref = _pos(tmp_path / "raw", **LAYOUTS["zstd-tiles"])
+    store = tiffstore.open(tmp_path / "raw")
+    m = store.manifest
+    assert load_manifest(dump_manifest(m)) == m
+    with pytest.raises(tiffstore.SourceError, match="not a saved tiffstore manifest"):
+        load_manifest(b"PK\x03\x04 not an archive")
+    np.testing.assert_array_equal(
+        zarr.open_array(tiffstore.TiffStore(load_manifest(dump_manifest(m))), mode="r")[...], ref
+    )
+
+
+def test_a_foreign_reference_file_is_named(tmp_path):
+    target = tmp_path / "other.json"
+    target.write_text(json.dumps({"version": 1, "refs": {".zattrs": "{}", ".zgroup": "{}"}}))
+    with pytest.raises(tiffstore.SourceError, match="carries no tiffstore manifest"):
+        tiffstore.open(target)

@@ -8,10 +8,11 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .build import ChunkSpec, build_manifest
+from .build import ChunkSpec, build_manifest, rechunk
 from .errors import OptionError
 from .manifest import Manifest
 from .naming import understand_names
+from .saved import is_reference_file, manifest_of_references
 from .scale import VoxelSize, unit_name
 from .sources import resolve_source
 from .store import TiffStore
@@ -66,7 +67,8 @@ def open(
     ----------
     source
         A folder (searched recursively for ``*.tif``/``*.tiff``), a glob, a list of
-        files, or fsspec URLs of these.
+        files, or fsspec URLs of these; or a reference file tiffstore wrote (``*.json``,
+        ``*.parq``), opened from its saved manifest with no listing or header reads.
     pattern
         How to read the file names. ``None`` infers the axes from the names. A
         template names the parts: ``"{_}_ch{ch}_{_}_stack{stack}_{wavelength}nm_{_}.tif"``
@@ -128,6 +130,13 @@ def open(
     >>> da.from_zarr(store)  # doctest: +SKIP
     dask.array<from-zarr, shape=(3, 199, 201, 1024, 768), dtype=uint16, chunksize=(1, 1, 10, 1024, 768), ...>
     """
+
+    if is_reference_file(source):
+        # A reference file tiffstore wrote: its manifest says everything, no listing.
+        manifest = manifest_of_references(source, storage_options)
+        if chunks is not None:
+            manifest = rechunk(manifest, chunks)
+        return TiffStore(manifest)
 
     def step(name: str, total: int | None, message: str) -> None:
         logger.info(message)

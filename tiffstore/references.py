@@ -41,6 +41,7 @@ from .documents import Documents, array_attributes, array_metadata
 from .errors import OptionError, TiffStoreError
 from .manifest import Manifest
 from .plans import ChunkPlan
+from .saved import dump_manifest
 
 __all__ = ["ReferenceError", "reference_chunks", "references", "write_references"]
 
@@ -240,7 +241,9 @@ def references(
         "files": list(m.files),
         "sizes": m.file_sizes.tolist(),
     }
-    attrs["tiffstore"]["references"] = {"version": __version__, "image": image}
+    attrs["tiffstore"]["references"] = {"version": __version__, "image": image, "url": url}
+    # The whole manifest, so that tiffstore.open(this file) needs no listing or header.
+    attrs["tiffstore"]["manifest"] = base64.b64encode(dump_manifest(m)).decode()
     group = json.loads(docs.documents[".zmetadata"])["metadata"]
     group[".zattrs"] = attrs
     group[f"{image}/.zarray"] = zarray
