@@ -38,7 +38,6 @@ from benchmarks.harness import Row, Target, Timing, attempt, error_text, timed_r
 
 CASE = "materialize to Zarr, Blosc zstd-3 bit-shuffle"
 MEMORY = "materialize: peak resident memory"
-LIMIT = "materialize/codec_limit"
 CHUNKS = (1, 1, 64, 256, 256)
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,6 +66,11 @@ _CHILD = {
         a.to_zarr(args["out"], compressors=[blosc], zarr_format=2)  # zarr 3: compressors=
     """,
 }
+
+
+def limit_key(gb: str) -> str:
+    """The key of the codec limit's row at one size."""
+    return f"materialize/{gb}/codec_limit"
 
 
 def _child_code(kind: str) -> str:
@@ -141,7 +145,7 @@ def write_rows(ctx: Context, ds: Dataset, kind: str, tool: str, role: str) -> li
                 tool,
                 role,
                 "GB/s",
-                limit=f"{LIMIT}/{gb}",
+                limit=limit_key(gb),
                 error=error_text(exc),
             ),  # type: ignore[arg-type]
         ]
@@ -155,7 +159,7 @@ def write_rows(ctx: Context, ds: Dataset, kind: str, tool: str, role: str) -> li
         role,  # type: ignore[arg-type]
         timing,
         nbytes=ds.nbytes,
-        limit=f"{LIMIT}/{gb}",
+        limit=limit_key(gb),
         note=f"ratio {ds.nbytes / stored:.2f}, {stored / 1e9:.2f} GB stored",
     )
     memory = Row(
@@ -200,7 +204,7 @@ def codec_limit(ctx: Context, ds: Dataset) -> Row:
         t = time_best(lambda: list(pool.map(encode, parts)), ctx.repeats)
         stored = sum(pool.map(encode, parts))
     return timed_row(
-        f"{LIMIT}/{gb}",
+        limit_key(gb),
         f"{CASE} @ {gb}",
         f"codec limit: Blosc zstd-3 bit-shuffle, {n} threads, from memory",
         "limit",
@@ -221,7 +225,7 @@ def run(ctx: Context) -> list[Row]:
         gb = f"{ds.nbytes / 1e9:.3g} GB"
         rows.append(
             attempt(
-                f"{LIMIT}/{gb}",
+                limit_key(gb),
                 f"{CASE} @ {gb}",
                 "codec limit",
                 "limit",
@@ -249,7 +253,7 @@ def targets(ctx: Context) -> list[Target]:
         Target(
             f"materialize >= 0.8 of the codec limit @ {big}",
             f"materialize/{big}/tiffstore",
-            f"{LIMIT}/{big}",
+            limit_key(big),
             "ratio",
             0.8,
         ),

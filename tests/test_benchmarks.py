@@ -68,3 +68,31 @@ def test_quick_run_writes_every_row(tmp_path: Path) -> None:
     assert "tiffstore benchmarks" in proc.stdout
     text = docs.read_text()
     assert "old" not in text and "after" in text and "| case |" in text
+
+
+@pytest.mark.slow
+def test_materialize_benchmark_quick(tmp_path: Path) -> None:
+    out = tmp_path / "materialize.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/materialize.py",
+            "--quick",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["key"]: r for r in json.loads(out.read_text())["rows"]}
+    for kind in ("codec_limit", "tiffstore", "recipe"):
+        found = [r for k, r in rows.items() if k.endswith(f"/{kind}") and r["unit"] == "GB/s"]
+        assert len(found) == 2, kind  # two sizes
+        assert all(r["error"] is None and r["figure"] > 0 for r in found), found
+    memory = [r for r in rows.values() if r["unit"] == "MB"]
+    assert len(memory) == 4 and all(r["figure"] > 10 for r in memory)
