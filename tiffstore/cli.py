@@ -378,7 +378,7 @@ def _cmd_materialize(args: argparse.Namespace, console: Console) -> int:
             f", {_size(summary.stored_bytes)} stored" if summary.stored_bytes is not None else ""
         )
         console.print(
-            f"[bold]Wrote[/bold] {summary.path}: {_size(summary.bytes)} in {summary.seconds:.1f} s "
+            f"[bold]Wrote[/bold] {summary.path}: {_size(summary.bytes)} in {summary.write_seconds:.1f} s "
             f"({_size(summary.throughput)}/s{stored}); {summary.chunks_written} chunks written, "
             f"{summary.chunks_skipped} already done"
         )
