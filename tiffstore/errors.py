@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "LayoutMismatchError",
+    "MaterializeError",
     "NamingError",
     "ReadOnlyError",
     "SourceError",
@@ -41,3 +42,7 @@ class TiffReadError(TiffStoreError, OSError):
 
 class ReadOnlyError(TiffStoreError, PermissionError):
     """A write was attempted on the virtual store, which is read-only by design."""
+
+
+class MaterializeError(TiffStoreError, ValueError):
+    """A materialize output cannot be written as asked: it exists, differs, or is not ours."""

@@ -12,8 +12,9 @@ with zarr-python 3:
 
 **Bounded memory.** The work is cut into tasks, each one whole output chunk (or one
 whole shard) or a few of them, grown to cover a whole source chunk when that stays
-small. A task reads the source chunks covering its region, writes its chunks and
-forgets them, so peak memory is about ``workers x (task region + covering source
+small. A task reads the source chunks covering its region, encodes its output
+chunks in its own thread, puts them with the store's ``set`` and forgets them, so
+peak memory is about ``workers x (task region + covering source
 chunks)`` whatever the size of the array.
 
 **Nothing half-made.** Metadata is written first, with
@@ -56,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import TiffStoreError
+from .errors import MaterializeError
 
 if TYPE_CHECKING:
     import zarr
@@ -100,10 +101,6 @@ _OME_TYPES = {
 _OME_ORDER = {"time": 0, "channel": 1, "space": 2}
 
 ProgressCallback = Callable[[str, int, int], None]
-
-
-class MaterializeError(TiffStoreError, ValueError):
-    """The output cannot be written as asked (it exists, differs, or is not ours)."""
 
 
 # -- the plan ------------------------------------------------------------------
