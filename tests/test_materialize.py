@@ -91,6 +91,20 @@ def test_output_equals_source(make_sample, tmp_path, options, zarr_format, chunk
     assert tiffstore.materialize_status(out)["complete"] is True
 
 
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_source_chunks_read_straight_into_the_task_and_fill_value(
+    make_sample, tmp_path, zarr_format
+):
+    directory, ref = make_sample(channels=2, stacks=2, shape=(6, 32, 24), missing=[(0, 1)])
+    ref[0, 1] = 7
+    # Pages of 2 planes: each task (a whole file) is three source chunks, read in place.
+    store = tiffstore.open(directory, chunks=2, fill_value=7)
+    out = tmp_path / "out.zarr"
+    summary = materialize(store, out, zarr_format=zarr_format, verify=True)
+    assert summary.verified
+    np.testing.assert_array_equal(image(out), ref)
+
+
 def test_defaults_blosc_zstd_bitshuffle_and_dims(sample_dir, tmp_path):
     directory, _ = sample_dir
     out = tmp_path / "out.zarr"

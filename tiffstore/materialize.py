@@ -307,26 +307,32 @@ def _read_source(
         lo[src_dim], hi[src_dim] = start[out_dim], stop[out_dim]
     first = [a // c for a, c in zip(lo, m.chunks, strict=True)]
     last = [(b - 1) // c for b, c in zip(hi, m.chunks, strict=True)]
-    region: np.ndarray | None = None
-    for index in itertools.product(*(range(a, b + 1) for a, b in zip(first, last, strict=True))):
+    indices = list(itertools.product(*(range(a, b + 1) for a, b in zip(first, last, strict=True))))
+    in_order = list(order) == sorted(order)
+    if len(indices) == 1 and m.chunk_bounds(indices[0]) == (lo, hi):
+        block = read_block(store, indices[0])  # exactly one source chunk: no copy
+        return block if in_order else block.transpose(order)
+    region = np.empty([b - a for a, b in zip(lo, hi, strict=True)], dtype=m.dtype)
+    for index in indices:
         b_lo, b_hi = m.chunk_bounds(index)
-        block = read_block(store, index)
-        if region is None and list(b_lo) == lo and list(b_hi) == hi:
-            region = block  # the region is exactly one source chunk: no copy
-            break
-        if region is None:
-            region = np.empty([b - a for a, b in zip(lo, hi, strict=True)], dtype=m.dtype)
-        dst = tuple(
-            slice(max(a, c) - a, min(b, d) - a)
-            for a, b, c, d in zip(lo, hi, b_lo, b_hi, strict=True)
-        )
+        dst = region[
+            tuple(
+                slice(max(a, c) - a, min(b, d) - a)
+                for a, b, c, d in zip(lo, hi, b_lo, b_hi, strict=True)
+            )
+        ]
+        whole = [d - c for c, d in zip(b_lo, b_hi, strict=True)] == list(m.chunks)
+        if whole and dst.shape == tuple(m.chunks) and dst.flags.c_contiguous:
+            # A whole source chunk landing on a contiguous slab: read straight into it.
+            if store.reader.read_chunk(index, out=dst) is None:
+                dst[...] = m.fill_value
+            continue
         src = tuple(
             slice(max(a, c) - c, min(b, d) - c)
             for a, b, c, d in zip(lo, hi, b_lo, b_hi, strict=True)
         )
-        region[dst] = block[src]
-    assert region is not None
-    return region if list(order) == sorted(order) else region.transpose(order)
+        dst[...] = read_block(store, index)[src]
+    return region if in_order else region.transpose(order)
 
 
 def _downsample(data: np.ndarray, axes: Sequence[int]) -> np.ndarray:
