@@ -250,20 +250,27 @@ def test_interrupted_run_is_marked_incomplete_and_resumes(make_sample, tmp_path,
     assert json.loads(capsys.readouterr().out)["complete"] is True
 
 
-def test_verify_names_a_corrupted_chunk_and_resume_repairs_it(sample_dir, tmp_path):
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_verify_names_a_corrupted_chunk_and_resume_repairs_it(sample_dir, tmp_path, zarr_format):
     directory, ref = sample_dir
     out = tmp_path / "out.zarr"
-    materialize(directory, out, chunks=(1, 1, 3, 16, 24))
+    options = {"chunks": (1, 1, 3, 16, 24), "zarr_format": zarr_format}
+    materialize(directory, out, **options)
     # Valid Blosc data with other values: only a comparison with the source finds it.
     arr = zarr.open_array(out, path="image", mode="r+")
     good = arr[0, 1, 3:6, 16:32, :]
     arr[0, 1, 3:6, 16:32, :] = good + 1
-    (out / "image" / "2.0.0.0.0").write_bytes(b"not blosc at all")
-    summary = materialize(directory, out, chunks=(1, 1, 3, 16, 24), resume=True, verify=True)
+    keys = ["0.1.1.1.0", "2.0.0.0.0"] if zarr_format == 2 else ["c/0/1/1/1/0", "c/2/0/0/0/0"]
+    (out / "image" / keys[1]).write_bytes(b"not blosc at all")
+    summary = materialize(directory, out, resume=True, verify=True, **options)
     assert summary.verified is False and not summary.complete
-    assert summary.mismatched == ("image/0.1.1.1.0", "image/2.0.0.0.0")
+    assert summary.mismatched == tuple(f"image/{k}" for k in keys)
     assert tiffstore.materialize_status(out)["complete"] is False
-    repaired = materialize(directory, out, chunks=(1, 1, 3, 16, 24), resume=True, verify=True)
+    # Consolidated metadata, which readers such as xarray use, says so too.
+    consolidated = zarr.open_group(out, mode="r", use_consolidated=True)
+    assert consolidated.attrs["tiffstore"]["materialize"]["complete"] is False
+    assert consolidated["image"].attrs["tiffstore"]["materialize"]["complete"] is False
+    repaired = materialize(directory, out, resume=True, verify=True, **options)
     assert repaired.verified and repaired.complete
     assert 0 < repaired.chunks_written < repaired.chunks_skipped
     np.testing.assert_array_equal(image(out), ref)

@@ -941,7 +941,7 @@ def materialize(
     if mismatched:
         _reopen_mismatched(job, store, root, marker, mismatched)
     else:
-        _finish(store, root, marker, arrays, zarr_format)
+        _finish(store, root, marker, arrays)
     local = output.local
     return MaterializeSummary(
         path=output.url,
@@ -1168,7 +1168,7 @@ def _reopen_mismatched(
                 await store.set(task.record_key, record)
 
     sync(rewrite())
-    root.attrs.update({"tiffstore": {"materialize": {**marker, "complete": False}}})
+    _mark(store, root, marker, job.arrays, complete=False)
 
 
 def _plan_arrays(
@@ -1231,23 +1231,34 @@ def _stored_bytes(path: Path) -> int | None:
     )
 
 
-def _finish(
-    store: Any, root: Any, marker: dict[str, Any], arrays: Sequence[ArrayPlan], zarr_format: int
+def _mark(
+    store: Any,
+    root: Any,
+    marker: dict[str, Any],
+    arrays: Sequence[ArrayPlan],
+    *,
+    complete: bool,
 ) -> None:
-    """Mark the output complete, consolidate its metadata, then drop the journal."""
+    """Set the completion marker on the images, then the group, then consolidate."""
     import zarr
-    from zarr.core.sync import sync
 
     for plan in arrays:
         arr = root[plan.path]
         ours = dict(arr.attrs["tiffstore"])
-        ours["materialize"] = {"complete": True}
+        ours["materialize"] = {"complete": complete}
         arr.attrs.update({"tiffstore": ours})
-    root.attrs.update({"tiffstore": {"materialize": {**marker, "complete": True}}})
+    root.attrs.update({"tiffstore": {"materialize": {**marker, "complete": complete}}})
     with warnings.catch_warnings():
         # Consolidated metadata is not yet in the format 3 spec; xarray still reads it.
         warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(store, zarr_format=zarr_format)  # type: ignore[arg-type]
+        zarr.consolidate_metadata(store, zarr_format=root.metadata.zarr_format)
+
+
+def _finish(store: Any, root: Any, marker: dict[str, Any], arrays: Sequence[ArrayPlan]) -> None:
+    """Mark the output complete (metadata consolidated), then drop the journal."""
+    from zarr.core.sync import sync
+
+    _mark(store, root, marker, arrays, complete=True)
     sync(store.delete_dir(JOURNAL))
 
 
