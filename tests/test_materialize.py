@@ -105,6 +105,24 @@ def test_source_chunks_read_straight_into_the_task_and_fill_value(
     np.testing.assert_array_equal(image(out), ref)
 
 
+def test_tasks_of_the_seed_data_cover_whole_planes_in_bounded_memory():
+    # The seed's acquisition: 3 ch x 199 stacks x 201 planes of 1024 x 768 uint16, read
+    # in source chunks of 10 whole planes, written in (1, 1, 64, 256, 256) chunks.
+    from tiffstore.materialize import TASK_BYTES, ArrayPlan, _tasks
+
+    shape = (3, 199, 201, 1024, 768)
+    plan = ArrayPlan("image", shape, default_chunks(("ch", "stack", "z", "y", "x"), shape), None, 0)
+    tasks = _tasks(plan, (1, 1, 10, 1024, 768), 2)
+    assert len(tasks) == 3 * 199 * 4  # one task per 64 planes of one stack: whole planes
+    first = tasks[0]
+    assert (first.start, first.stop) == ((0, 0, 0, 0, 0), (1, 1, 64, 1024, 768))
+    assert first.chunks == 4 * 3
+    assert max(np.prod(np.subtract(t.stop, t.start)) * 2 for t in tasks) <= TASK_BYTES
+    assert sum(t.chunks for t in tasks) == np.prod(
+        [-(-n // c) for n, c in zip(shape, plan.chunks, strict=True)]
+    )
+
+
 def test_defaults_blosc_zstd_bitshuffle_and_dims(sample_dir, tmp_path):
     directory, _ = sample_dir
     out = tmp_path / "out.zarr"
