@@ -11,11 +11,11 @@ with zarr-python 3:
   in the live store's group view, so ``xarray.open_zarr(out)`` shows them.
 
 **Bounded memory.** The work is cut into tasks, each one whole output chunk (or one
-whole shard) or a few of them, grown to cover a whole source chunk when that stays
-small. A task reads the source chunks covering its region, encodes its output
-chunks in its own thread, puts them with the store's ``set`` and forgets them, so
-peak memory is about ``workers x (task region + covering source
-chunks)`` whatever the size of the array.
+whole shard) or a few of them, grown dim by dim to cover whole source chunks while
+it stays under ``TASK_BYTES``. A task reads the source chunks covering its region,
+encodes its output chunks in its own thread, puts them with the store's ``set`` and
+forgets them, so peak memory is about ``workers x (task region + a source chunk)``
+whatever the size of the array.
 
 **Nothing half-made.** Metadata is written first, with
 ``attrs["tiffstore"]["materialize"]["complete"] = False`` on the group and the image.
@@ -121,11 +121,16 @@ class Codec:
         if not 0 <= self.clevel <= 9:
             raise MaterializeError(f"clevel={self.clevel}: choose 0 (none) to 9")
 
-    def for_format(self, zarr_format: int, itemsize: int) -> Any:
-        if zarr_format == 2:
-            import numcodecs
+    def blosc(self) -> Any:
+        """The numcodecs ``Blosc`` that encodes chunks (zarr's codecs wrap the same)."""
+        import numcodecs
 
-            return numcodecs.Blosc(self.cname, self.clevel, SHUFFLES.index(self.shuffle))
+        return numcodecs.Blosc(self.cname, self.clevel, SHUFFLES.index(self.shuffle))
+
+    def for_format(self, zarr_format: int, itemsize: int) -> Any:
+        """The codec object ``zarr.create_array`` takes for ``zarr_format``."""
+        if zarr_format == 2:
+            return self.blosc()
         from zarr.codecs import BloscCodec
 
         return BloscCodec(
@@ -380,7 +385,7 @@ class Job:
         #: Pixels are written little-endian whatever the TIFFs' byte order.
         self.dtype = source.dtype.newbyteorder("<") if source.dtype.itemsize > 1 else source.dtype
         self.fill = source.manifest.fill_value
-        self._blosc = codec.for_format(2, self.dtype.itemsize)
+        self._blosc = codec.blosc()
         self._open: dict[str, Any] = {}
         self._store: Any = None
         self._lock = threading.Lock()
