@@ -103,6 +103,12 @@ def test_source_chunks_read_straight_into_the_task_and_fill_value(
     summary = materialize(store, out, zarr_format=zarr_format, verify=True)
     assert summary.verified
     np.testing.assert_array_equal(image(out), ref)
+    # The missing file's chunk is not stored (it reads as the fill value); others are.
+    missing, present = (
+        ("0.1.0.0.0", "1.1.0.0.0") if zarr_format == 2 else ("c/0/1/0/0/0", "c/1/1/0/0/0")
+    )
+    assert not (out / "image" / missing).exists()
+    assert (out / "image" / present).exists()
 
 
 def test_tasks_of_the_seed_data_cover_whole_planes_in_bounded_memory():

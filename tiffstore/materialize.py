@@ -303,11 +303,14 @@ def _tasks(plan: ArrayPlan, source_chunks: Sequence[int] | None, itemsize: int) 
 
 def _read_source(
     store: TiffStore, start: Sequence[int], stop: Sequence[int], order: Sequence[int]
-) -> np.ndarray:
-    """The source region ``start:stop`` (output dim order), read chunk by chunk."""
-    from .dask_array import read_block
+) -> tuple[np.ndarray, bool]:
+    """The source region ``start:stop`` (output dim order), read chunk by chunk.
 
+    Also says whether every source chunk had a file: where one did not, the region
+    holds fill value and some output chunks may be all fill value.
+    """
     m = store.manifest
+    reader = store.reader
     lo = [0] * len(order)
     hi = [0] * len(order)
     for out_dim, src_dim in enumerate(order):
@@ -315,11 +318,8 @@ def _read_source(
     first = [a // c for a, c in zip(lo, m.chunks, strict=True)]
     last = [(b - 1) // c for b, c in zip(hi, m.chunks, strict=True)]
     indices = list(itertools.product(*(range(a, b + 1) for a, b in zip(first, last, strict=True))))
-    in_order = list(order) == sorted(order)
-    if len(indices) == 1 and m.chunk_bounds(indices[0]) == (lo, hi):
-        block = read_block(store, indices[0])  # exactly one source chunk: no copy
-        return block if in_order else block.transpose(order)
     region = np.empty([b - a for a, b in zip(lo, hi, strict=True)], dtype=m.dtype)
+    whole_files = True
     for index in indices:
         b_lo, b_hi = m.chunk_bounds(index)
         dst = region[
@@ -328,18 +328,26 @@ def _read_source(
                 for a, b, c, d in zip(lo, hi, b_lo, b_hi, strict=True)
             )
         ]
-        whole = [d - c for c, d in zip(b_lo, b_hi, strict=True)] == list(m.chunks)
-        if whole and dst.shape == tuple(m.chunks) and dst.flags.c_contiguous:
+        if dst.shape == tuple(m.chunks) and dst.flags.c_contiguous:
             # A whole source chunk landing on a contiguous slab: read straight into it.
-            if store.reader.read_chunk(index, out=dst) is None:
-                dst[...] = m.fill_value
-            continue
-        src = tuple(
-            slice(max(a, c) - c, min(b, d) - c)
-            for a, b, c, d in zip(lo, hi, b_lo, b_hi, strict=True)
-        )
-        dst[...] = read_block(store, index)[src]
-    return region if in_order else region.transpose(order)
+            block = reader.read_chunk(index, out=dst)
+        else:
+            block = reader.read_chunk(index)
+            if block is not None:
+                dst[...] = block[
+                    tuple(
+                        slice(max(a, c) - c, min(b, d) - c)
+                        for a, b, c, d in zip(lo, hi, b_lo, b_hi, strict=True)
+                    )
+                ]
+        if block is None:  # no file contributes to this source chunk
+            dst[...] = m.fill_value
+            whole_files = False
+    return (region if list(order) == sorted(order) else region.transpose(order)), whole_files
+
+
+def _all_fill(chunk: np.ndarray, fill: float) -> bool:
+    return not chunk.any() if fill == 0 else bool((chunk == fill).all())
 
 
 def _downsample(data: np.ndarray, axes: Sequence[int]) -> np.ndarray:
@@ -446,24 +454,28 @@ class Job:
     def chunk_keys(self, task: Task) -> set[str]:
         return {key for key, _ in self.chunk_regions(task)}
 
-    def expected(self, task: Task) -> np.ndarray:
-        """What the task's region must hold: source pixels, or the level below downsampled."""
+    def expected(self, task: Task) -> tuple[np.ndarray, bool]:
+        """What the task's region must hold: source pixels, or the level below downsampled.
+
+        Also whether parts of it may be fill value (a file missing; any pyramid level).
+        """
         plan = self.plan(task.path)
         if plan.level == 0:
-            return _read_source(self.source, task.start, task.stop, self.order)
+            data, whole_files = _read_source(self.source, task.start, task.stop, self.order)
+            return data, not whole_files
         below = self.arrays[plan.level - 1]
         slices = tuple(
             slice(a * 2, min(b * 2, n)) if d in self.downsample_axes else slice(a, b)
             for d, (a, b, n) in enumerate(zip(task.start, task.stop, below.shape, strict=True))
         )
-        return _downsample(np.asarray(self.array(below.path)[slices]), self.downsample_axes)
+        return _downsample(np.asarray(self.array(below.path)[slices]), self.downsample_axes), True
 
     def write(self, task: Task) -> int:
         """Write one task's chunks, then its record; the uncompressed bytes written."""
         from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
 
-        data = self.expected(task)
+        data, may_hold_fill = self.expected(task)
         record = json.dumps({"chunks": task.chunks, "bytes": data.nbytes}).encode()
         prototype = default_buffer_prototype()
         if self.plan(task.path).shards is not None:
@@ -471,7 +483,7 @@ class Job:
             self.array(task.path)[task.slices] = data
             puts = []
         else:
-            puts = list(self.encode_chunks(task, data))
+            puts = list(self.encode_chunks(task, data, may_hold_fill))
         puts.append((task.record_key, record))
         store = self.store
 
@@ -484,13 +496,17 @@ class Job:
         sync(put_all())
         return int(data.nbytes)
 
-    def encode_chunks(self, task: Task, data: np.ndarray) -> Iterator[tuple[str, bytes]]:
+    def encode_chunks(
+        self, task: Task, data: np.ndarray, may_hold_fill: bool
+    ) -> Iterator[tuple[str, bytes]]:
         """``(key, Blosc bytes)`` of each chunk of a task that is not all fill value.
 
         Encoding here, in the task's thread, rather than through ``Array.__setitem__``
         saves zarr's extra copy of every chunk and its single event-loop thread: 1.5-2x
-        the throughput on two cores. Chunks all equal to the fill value are not stored,
-        as zarr does with ``write_empty_chunks=False``.
+        the throughput on two cores. Where a file is missing (``may_hold_fill``), chunks
+        all equal to the fill value are not stored, as zarr does with
+        ``write_empty_chunks=False``; elsewhere that check would cost a pass over
+        every chunk for nothing.
         """
         plan = self.plan(task.path)
         for key, region in self.chunk_regions(task):
@@ -498,7 +514,7 @@ class Job:
                 slice(r.start - a, r.stop - a) for r, a in zip(region, task.start, strict=True)
             )
             chunk = data[local]
-            if (not chunk.any()) if self.fill == 0 else bool((chunk == self.fill).all()):
+            if may_hold_fill and _all_fill(chunk, self.fill):
                 continue
             if chunk.shape != plan.chunks:
                 # Edge chunks are stored whole, the part outside the array as fill value.
@@ -509,7 +525,7 @@ class Job:
 
     def verify(self, task: Task) -> list[str]:
         """Keys of the task's chunks whose values differ from the source (or cannot be read)."""
-        expected = self.expected(task)
+        expected, _ = self.expected(task)
         arr = self.array(task.path)
         try:
             found: np.ndarray | None = np.asarray(arr[task.slices])  # one read, decoded in parallel
