@@ -413,3 +413,38 @@ def test_sigkill_at_random_points_then_resume(make_sample, tmp_path):
     summary = json.loads(result.stdout)
     assert summary["verified"] is True and summary["complete"] is True
     np.testing.assert_array_equal(image(out), ref)
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_resume(make_sample, tmp_path):
+    directory, ref = make_sample(channels=2, stacks=8, shape=(32, 192, 192))
+    out = tmp_path / "out.zarr"
+    command = [sys.executable, "-m", "tiffstore", "materialize", str(directory), str(out)]
+    command += ["--chunks", "1,1,4,32,32", "--workers", "1", "--quiet"]
+    proc = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    journal = out / JOURNAL / "image"
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if journal.is_dir() and len(os.listdir(journal)) >= 2:
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.002)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    assert tiffstore.materialize_status(out)["complete"] is False
+    assert (
+        main(
+            [
+                "materialize",
+                str(directory),
+                str(out),
+                "--chunks",
+                "1,1,4,32,32",
+                "--resume",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    np.testing.assert_array_equal(image(out), ref)
