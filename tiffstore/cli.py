@@ -449,7 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("source", help="folder, glob, URL or reference file (as for inspect)")
     w.add_argument("out", help="output folder or fsspec URL (s3://bucket/data.zarr)")
     w.add_argument(
-        "--chunks", type=_shape_arg, help="output chunks, e.g. 1,1,64,256,256 (default: so)"
+        "--chunks",
+        type=_shape_arg,
+        help="output chunks in the source's dim order (default 64 z x 256 y x 256 x, 1 elsewhere)",
     )
     w.add_argument("--zarr-format", type=int, choices=(2, 3), default=2, help="default 2")
     w.add_argument(

@@ -843,13 +843,14 @@ def materialize(
     out
         A local folder or an fsspec URL (``s3://bucket/data.zarr``).
     chunks
-        Output chunk shape (``None``/-1: a whole dim). Default :func:`default_chunks`:
-        ``(1, 1, 64, 256, 256)`` for ``(ch, stack, z, y, x)``.
+        Output chunk shape, one entry per dim of the source, in its order (``None``/-1:
+        a whole dim). Default :func:`default_chunks`: ``(1, 1, 64, 256, 256)`` for
+        ``(ch, stack, z, y, x)``.
     zarr_format
         2 (default: the recipe's format, read everywhere) or 3.
     shards
-        Format 3 only: a shard shape (whole multiples of ``chunks``) or a target shard
-        size (``"1GB"``, ``"256MiB"``, bytes).
+        Format 3 only: a shard shape (whole multiples of ``chunks``, in the source's dim
+        order) or a target shard size (``"1GB"``, ``"256MiB"``, bytes).
     cname, clevel, shuffle
         Blosc compressor, level, and ``"noshuffle"``, ``"shuffle"`` or ``"bitshuffle"``.
     ome
