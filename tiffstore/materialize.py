@@ -1,8 +1,8 @@
 """Materialize: the virtual array re-encoded into a real Zarr store, resumable and verified.
 
 :func:`materialize` reads the source through the store's own reader (one source
-chunk at a time, :func:`tiffstore.dask_array.read_block`) and writes a Zarr group
-with zarr-python 3:
+chunk at a time, ``store.reader.read_chunk``, never parsing names or headers) and
+writes a Zarr group with zarr-python 3:
 
 * ``image`` (``0``, ``1``... with ``ome=True``): the pixels, Blosc-compressed
   (zstd, level 3, bit-shuffle by default), with the dims as ``_ARRAY_DIMENSIONS``
