@@ -394,18 +394,18 @@ def _cmd_materialize(args: argparse.Namespace, console: Console) -> int:
             f", {_size(summary.stored_bytes)} stored" if summary.stored_bytes is not None else ""
         )
         console.print(
-            f"[bold]Wrote[/bold] {summary.path}: {_size(summary.bytes)} in {summary.write_seconds:.1f} s "
-            f"({_size(summary.throughput)}/s{stored}); {summary.chunks_written} chunks written, "
-            f"{summary.chunks_skipped} already done"
+            f"[bold]Wrote[/bold] {summary.path}: {_size(summary.bytes)} in "
+            f"{summary.write_seconds:.1f} s ({_size(summary.throughput)}/s{stored}); "
+            f"{summary.chunks_written} chunks written, {summary.chunks_skipped} already done"
         )
-        if summary.verified is not None:
-            console.print(
-                "[bold green]Verified[/bold green]: every chunk equals the source"
-                if summary.verified
-                else f"[bold red]{len(summary.mismatched)} chunk(s) differ from the source:"
-                f"[/bold red] {', '.join(summary.mismatched)}. Run again with --resume to "
-                "rewrite them."
-            )
+        if summary.verified:
+            console.print("[bold green]Verified[/bold green]: every chunk equals the source")
+    if summary.verified is False and not args.json:
+        # An error: shown even with --quiet.
+        Console(stderr=True).print(
+            f"[bold red]{len(summary.mismatched)} chunk(s) differ from the source:[/bold red] "
+            f"{', '.join(summary.mismatched)}. Run again with --resume to rewrite them."
+        )
     return 0 if summary.verified is not False else 1
 
 
