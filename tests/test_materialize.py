@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,28 +20,6 @@ from tiffstore.cli import main
 from tiffstore.materialize import JOURNAL, MaterializeError, default_chunks, materialize
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-# TEMP: replaced by the shared fixture at merge
-@pytest.fixture
-def s3_bucket() -> Iterator[tuple[str, dict[str, object]]]:
-    """A bucket on a moto S3 server on loopback: ``(url, storage_options)``."""
-    server_mod = pytest.importorskip("moto.server")
-    s3fs = pytest.importorskip("s3fs")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options: dict[str, object] = {
-        "key": "testing",
-        "secret": "testing",
-        "client_kwargs": {"endpoint_url": f"http://{host}:{port}"},
-    }
-    fs = s3fs.S3FileSystem(**options)
-    fs.mkdir("bucket-x")
-    try:
-        yield "s3://bucket-x", options
-    finally:
-        server.stop()
 
 
 def image(out: str | Path, path: str = "image", **kwargs: object) -> np.ndarray:
@@ -89,6 +66,44 @@ def test_output_equals_source(make_sample, tmp_path, options, zarr_format, chunk
     assert summary.chunks_written > 0 and summary.chunks_skipped == 0
     assert not (out / JOURNAL).exists()
     assert tiffstore.materialize_status(out)["complete"] is True
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_source_chunks_read_straight_into_the_task_and_fill_value(
+    make_sample, tmp_path, zarr_format
+):
+    directory, ref = make_sample(channels=2, stacks=2, shape=(6, 32, 24), missing=[(0, 1)])
+    ref[0, 1] = 7
+    # Pages of 2 planes: each task (a whole file) is three source chunks, read in place.
+    store = tiffstore.open(directory, chunks=2, fill_value=7)
+    out = tmp_path / "out.zarr"
+    summary = materialize(store, out, zarr_format=zarr_format, verify=True)
+    assert summary.verified
+    np.testing.assert_array_equal(image(out), ref)
+    # The missing file's chunk is not stored (it reads as the fill value); others are.
+    missing, present = (
+        ("0.1.0.0.0", "1.1.0.0.0") if zarr_format == 2 else ("c/0/1/0/0/0", "c/1/1/0/0/0")
+    )
+    assert not (out / "image" / missing).exists()
+    assert (out / "image" / present).exists()
+
+
+def test_tasks_of_the_seed_data_cover_whole_planes_in_bounded_memory():
+    # The seed's acquisition: 3 ch x 199 stacks x 201 planes of 1024 x 768 uint16, read
+    # in source chunks of 10 whole planes, written in (1, 1, 64, 256, 256) chunks.
+    from tiffstore.materialize import TASK_BYTES, ArrayPlan, _tasks
+
+    shape = (3, 199, 201, 1024, 768)
+    plan = ArrayPlan("image", shape, default_chunks(("ch", "stack", "z", "y", "x"), shape), None, 0)
+    tasks = _tasks(plan, (1, 1, 10, 1024, 768), 2)
+    assert len(tasks) == 3 * 199 * 4  # one task per 64 planes of one stack: whole planes
+    first = tasks[0]
+    assert (first.start, first.stop) == ((0, 0, 0, 0, 0), (1, 1, 64, 1024, 768))
+    assert first.chunks == 4 * 3
+    assert max(np.prod(np.subtract(t.stop, t.start)) * 2 for t in tasks) <= TASK_BYTES
+    assert sum(t.chunks for t in tasks) == np.prod(
+        [-(-n // c) for n, c in zip(shape, plan.chunks, strict=True)]
+    )
 
 
 def test_defaults_blosc_zstd_bitshuffle_and_dims(sample_dir, tmp_path):
@@ -236,20 +251,36 @@ def test_interrupted_run_is_marked_incomplete_and_resumes(make_sample, tmp_path,
     assert json.loads(capsys.readouterr().out)["complete"] is True
 
 
-def test_verify_names_a_corrupted_chunk_and_resume_repairs_it(sample_dir, tmp_path):
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_verify_names_a_corrupted_chunk_and_resume_repairs_it(
+    sample_dir, tmp_path, zarr_format, capsys
+):
     directory, ref = sample_dir
     out = tmp_path / "out.zarr"
-    materialize(directory, out, chunks=(1, 1, 3, 16, 24))
+    options = {"chunks": (1, 1, 3, 16, 24), "zarr_format": zarr_format}
+    materialize(directory, out, **options)
     # Valid Blosc data with other values: only a comparison with the source finds it.
     arr = zarr.open_array(out, path="image", mode="r+")
     good = arr[0, 1, 3:6, 16:32, :]
     arr[0, 1, 3:6, 16:32, :] = good + 1
-    (out / "image" / "2.0.0.0.0").write_bytes(b"not blosc at all")
-    summary = materialize(directory, out, chunks=(1, 1, 3, 16, 24), resume=True, verify=True)
-    assert summary.verified is False and not summary.complete
-    assert summary.mismatched == ("image/0.1.1.1.0", "image/2.0.0.0.0")
+    keys = ["0.1.1.1.0", "2.0.0.0.0"] if zarr_format == 2 else ["c/0/1/1/1/0", "c/2/0/0/0/0"]
+    (out / "image" / keys[1]).write_bytes(b"not blosc at all")
+    if zarr_format == 2:  # through the command: it names the chunks (even --quiet), exits 1
+        command = ["materialize", str(directory), str(out), "--resume", "--verify", "--quiet"]
+        assert main([*command, "--chunks", "1,1,3,16,24"]) == 1
+        err = capsys.readouterr().err
+        assert "2 chunk(s) differ" in err
+        assert all(f"image/{k}" in err for k in keys)
+    else:
+        summary = materialize(directory, out, resume=True, verify=True, **options)
+        assert summary.verified is False and not summary.complete
+        assert summary.mismatched == tuple(f"image/{k}" for k in keys)
     assert tiffstore.materialize_status(out)["complete"] is False
-    repaired = materialize(directory, out, chunks=(1, 1, 3, 16, 24), resume=True, verify=True)
+    # Consolidated metadata, which readers such as xarray use, says so too.
+    consolidated = zarr.open_group(out, mode="r", use_consolidated=True)
+    assert consolidated.attrs["tiffstore"]["materialize"]["complete"] is False
+    assert consolidated["image"].attrs["tiffstore"]["materialize"]["complete"] is False
+    repaired = materialize(directory, out, resume=True, verify=True, **options)
     assert repaired.verified and repaired.complete
     assert 0 < repaired.chunks_written < repaired.chunks_skipped
     np.testing.assert_array_equal(image(out), ref)
@@ -369,4 +400,39 @@ def test_sigkill_at_random_points_then_resume(make_sample, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout)
     assert summary["verified"] is True and summary["complete"] is True
+    np.testing.assert_array_equal(image(out), ref)
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_resume(make_sample, tmp_path):
+    directory, ref = make_sample(channels=2, stacks=8, shape=(32, 192, 192))
+    out = tmp_path / "out.zarr"
+    command = [sys.executable, "-m", "tiffstore", "materialize", str(directory), str(out)]
+    command += ["--chunks", "1,1,4,32,32", "--workers", "1", "--quiet"]
+    proc = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    journal = out / JOURNAL / "image"
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if journal.is_dir() and len(os.listdir(journal)) >= 2:
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.002)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    assert tiffstore.materialize_status(out)["complete"] is False
+    assert (
+        main(
+            [
+                "materialize",
+                str(directory),
+                str(out),
+                "--chunks",
+                "1,1,4,32,32",
+                "--resume",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(image(out), ref)

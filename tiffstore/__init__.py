@@ -9,6 +9,7 @@ from ._version import __version__
 from .api import open
 from .errors import (
     LayoutMismatchError,
+    MaterializeError,
     NamingError,
     OptionError,
     ReadOnlyError,
@@ -17,7 +18,7 @@ from .errors import (
     TiffStoreError,
 )
 from .manifest import Manifest
-from .materialize import MaterializeError, MaterializeSummary, materialize, materialize_status
+from .materialize import MaterializeSummary, materialize, materialize_status
 from .store import TiffMapping, TiffStore
 
 __all__ = [

@@ -504,6 +504,16 @@ def _shards_arg(text: str) -> tuple[int | None, ...] | str:
     return _shape_arg(text) if "," in text else text
 
 
+def _json_arg(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a JSON object, like '{{\"anon\": true}}'")
+    return value
+
+
 def _cmd_materialize(args: argparse.Namespace, console: Console) -> int:
     from rich.progress import (
         BarColumn,
@@ -534,28 +544,34 @@ def _cmd_materialize(args: argparse.Namespace, console: Console) -> int:
             phases[phase] = bars.add_task(phase, total=total)
         bars.update(phases[phase], completed=done)
 
-    options = json.loads(args.storage_options) if args.storage_options else None
-    with bars:
-        summary = materialize(
-            args.source,
-            args.out,
-            chunks=args.chunks,
-            zarr_format=args.zarr_format,
-            shards=args.shards,
-            cname=args.cname,
-            clevel=args.clevel,
-            shuffle=args.shuffle,
-            ome=args.ome,
-            levels=args.levels,
-            scheduler=args.scheduler,
-            workers=args.workers,
-            overwrite=args.overwrite,
-            resume=args.resume,
-            verify=args.verify,
-            progress=progress if show else None,
-            storage_options=options,
-            open_options={"pattern": args.pattern, "tiles": args.tiles},
+    try:
+        with bars:
+            summary = materialize(
+                args.source,
+                args.out,
+                chunks=args.chunks,
+                zarr_format=args.zarr_format,
+                shards=args.shards,
+                cname=args.cname,
+                clevel=args.clevel,
+                shuffle=args.shuffle,
+                ome=args.ome,
+                levels=args.levels,
+                scheduler=args.scheduler,
+                workers=args.workers,
+                overwrite=args.overwrite,
+                resume=args.resume,
+                verify=args.verify,
+                progress=progress if show else None,
+                storage_options=args.storage_options,
+                open_options={"pattern": args.pattern, "tiles": args.tiles},
+            )
+    except KeyboardInterrupt:
+        Console(stderr=True).print(
+            f"[bold yellow]interrupted[/bold yellow]: {args.out} is marked incomplete; "
+            "run the same command with --resume to finish it"
         )
+        return 130
     if args.json:
         print(json.dumps(summary.to_dict(), indent=1))
     elif not args.quiet:
@@ -563,18 +579,18 @@ def _cmd_materialize(args: argparse.Namespace, console: Console) -> int:
             f", {_size(summary.stored_bytes)} stored" if summary.stored_bytes is not None else ""
         )
         console.print(
-            f"[bold]Wrote[/bold] {summary.path}: {_size(summary.bytes)} in {summary.seconds:.1f} s "
-            f"({_size(summary.throughput)}/s{stored}); {summary.chunks_written} chunks written, "
-            f"{summary.chunks_skipped} already done"
+            f"[bold]Wrote[/bold] {summary.path}: {_size(summary.bytes)} in "
+            f"{summary.write_seconds:.1f} s ({_size(summary.throughput)}/s{stored}); "
+            f"{summary.chunks_written} chunks written, {summary.chunks_skipped} already done"
         )
-        if summary.verified is not None:
-            console.print(
-                "[bold green]Verified[/bold green]: every chunk equals the source"
-                if summary.verified
-                else f"[bold red]{len(summary.mismatched)} chunk(s) differ from the source:"
-                f"[/bold red] {', '.join(summary.mismatched)}. Run again with --resume to "
-                "rewrite them."
-            )
+        if summary.verified:
+            console.print("[bold green]Verified[/bold green]: every chunk equals the source")
+    if summary.verified is False and not args.json:
+        # An error: shown even with --quiet.
+        Console(stderr=True).print(
+            f"[bold red]{len(summary.mismatched)} chunk(s) differ from the source:[/bold red] "
+            f"{', '.join(summary.mismatched)}. Run again with --resume to rewrite them."
+        )
     return 0 if summary.verified is not False else 1
 
 
@@ -786,7 +802,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("source", help="folder, glob, URL or reference file (as for inspect)")
     w.add_argument("out", help="output folder or fsspec URL (s3://bucket/data.zarr)")
     w.add_argument(
-        "--chunks", type=_shape_arg, help="output chunks, e.g. 1,1,64,256,256 (default: so)"
+        "--chunks",
+        type=_shape_arg,
+        help="output chunks in the source's dim order (default 64 z x 256 y x 256 x, 1 elsewhere)",
     )
     w.add_argument("--zarr-format", type=int, choices=(2, 3), default=2, help="default 2")
     w.add_argument(
@@ -804,7 +822,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--overwrite", action="store_true", help="replace an earlier materialize output")
     w.add_argument("--resume", action="store_true", help="finish an interrupted run")
     w.add_argument("--verify", action="store_true", help="compare the output with the source")
-    w.add_argument("--storage-options", help="fsspec options for OUT, as JSON")
+    w.add_argument("--storage-options", type=_json_arg, help="fsspec options for OUT, as JSON")
     w.add_argument("--pattern", help="template or regex for the file names (default: inferred)")
     w.add_argument("--tiles", choices=("keep", "stitch"), default="keep")
     w.add_argument("--quiet", action="store_true", help="print nothing but errors")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "LayoutMismatchError",
+    "MaterializeError",
     "NamingError",
     "OptionError",
     "ReadOnlyError",
@@ -51,3 +52,7 @@ class ReadOnlyError(TiffStoreError, PermissionError):
 
 class ServeError(TiffStoreError, OSError):
     """The store cannot be served as asked (the address is taken, a name is reserved)."""
+
+
+class MaterializeError(TiffStoreError, ValueError):
+    """A materialize output cannot be written as asked: it exists, differs, or is not ours."""
