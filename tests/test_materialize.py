@@ -233,7 +233,14 @@ def test_interrupted_run_is_marked_incomplete_and_resumes(make_sample, tmp_path,
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        materialize(directory, out, chunks=(1, 1, 4, 16, 16), workers=1, progress=stop_after_three)
+        materialize(
+            directory,
+            out,
+            chunks=(1, 1, 4, 16, 16),
+            workers=1,
+            progress=stop_after_three,
+            open_options={"chunks": "file"},  # one task per file
+        )
     status = tiffstore.materialize_status(out)
     assert status is not None and status["complete"] is False
     attrs = json.loads((out / "image" / ".zattrs").read_text())
@@ -242,7 +249,14 @@ def test_interrupted_run_is_marked_incomplete_and_resumes(make_sample, tmp_path,
     assert "INCOMPLETE" in capsys.readouterr().out
     done = len(list((out / JOURNAL / "image").iterdir()))
     assert 0 < done < 8
-    summary = materialize(directory, out, chunks=(1, 1, 4, 16, 16), resume=True, verify=True)
+    summary = materialize(
+        directory,
+        out,
+        chunks=(1, 1, 4, 16, 16),
+        resume=True,
+        verify=True,
+        open_options={"chunks": "file"},
+    )
     assert summary.verified and summary.complete
     assert summary.chunks_skipped == done * 8
     assert summary.chunks_written == 64 - done * 8

@@ -85,7 +85,7 @@ def test_missing_file_plan_is_incomplete_or_empty(sample_dir):
     m = tiffstore.open(sample_dir[0], chunks=(3, 4, 6, 32, 24)).manifest
     plan = m.chunk_plan((0, 0, 0, 0, 0))
     assert not plan.complete and len(plan.files) == 11
-    single = tiffstore.open(sample_dir[0]).manifest
+    single = tiffstore.open(sample_dir[0], chunks="file").manifest
     assert single.chunk_plan((1, 2, 0, 0, 0)).empty
 
 
@@ -268,3 +268,50 @@ def test_pieces_are_frozen_values():
     assert a == Piece("copy", 0, 10, 4, (slice(0, 4),))
     with pytest.raises(AttributeError):
         a.offset = 3
+
+
+# -- chunks for many small files ---------------------------------------------------
+
+
+def test_small_files_are_grouped_along_the_name_axes(tmp_path, capsys):
+    from tiffstore.build import DEFAULT_CHUNK_BYTES
+    from tiffstore.cli import main
+
+    rng = np.random.default_rng(5)
+    ref = rng.integers(0, 1000, (4, 30, 2, 32, 32), dtype=np.uint16)
+    for c in range(4):
+        for t in range(30):
+            tifffile.imwrite(
+                tmp_path / f"img_c{c}_t{t:03d}.tif", ref[c, t], photometric="minisblack"
+            )
+    store = tiffstore.open(tmp_path)
+    # 4 KiB files: whole files grouped, innermost name axis first, then the next.
+    assert store.chunks == (4, 30, 2, 32, 32)
+    assert store.manifest.chunk_nbytes <= DEFAULT_CHUNK_BYTES
+    np.testing.assert_array_equal(store.to_dask().compute(), ref)
+    np.testing.assert_array_equal(zarr.open_array(store, mode="r")[...], ref)
+    assert main(["inspect", str(tmp_path)]) == 0
+    assert "120 whole files per chunk" in capsys.readouterr().out
+    # Asked-for chunks are kept as asked.
+    assert tiffstore.open(tmp_path, chunks="file").chunks == (1, 1, 2, 32, 32)
+
+
+def test_files_near_the_chunk_size_are_not_grouped(tmp_path):
+    from tiffstore.build import DEFAULT_CHUNK_BYTES, resolve_chunks
+    from tiffstore.layout import FileLayout
+    from tiffstore.naming import Axis
+
+    axes = (Axis("t", "time", tuple(range(50))),)
+    big = FileLayout((64, 256, 256), "<u2", ("z", "y", "x"), 2, "contiguous")  # 8 MiB
+    assert resolve_chunks(None, axes, big) == (1, 64, 256, 256)
+    small = FileLayout((4, 256, 256), "<u2", ("z", "y", "x"), 2, "contiguous")  # 512 KiB
+    assert resolve_chunks(None, axes, small)[0] == DEFAULT_CHUNK_BYTES // (4 * 256 * 256 * 2)
+
+
+def test_open_reports_progress_per_header(make_sample):
+    directory, _ = make_sample(channels=3, stacks=4, shape=(2, 8, 8))
+    seen: list[tuple[str, int, int | None]] = []
+    tiffstore.open(directory, validate=True, progress=lambda *a: seen.append(a))
+    headers = [done for step, done, total in seen if step == "headers" and total == 12]
+    assert headers[0] == 0 and headers[-1] == 12 and headers == sorted(headers)
+    assert len(headers) == 13  # the start, then one per file

@@ -366,6 +366,8 @@ def proxied_store(http_server: HttpServer, proxy: FaultProxy, **kwargs: Any) -> 
     folder, _ = http_folder(http_server)
     # Files larger than a header block, so chunk reads go to the server.
     ref = write_case(folder / "raw", "raw", shape=(4, 96, 128))
+    # One chunk per file (small files are grouped by default): a fault hits one file.
+    kwargs.setdefault("chunks", "file")
     store = tiffstore.open(f"{proxy.url}{folder.name}/raw/", **kwargs)
     return store, ref
 

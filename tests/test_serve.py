@@ -69,7 +69,7 @@ def served(
 ) -> Iterator[tuple[str, TiffStore, np.ndarray]]:
     """3 channels x 4 stacks of (6, 32, 24) uint16, channel 1's stack 2 missing, served."""
     directory, ref = make_sample(missing=[(1, 2)])
-    store = tiffstore.open(directory)
+    store = tiffstore.open(directory, chunks="file")  # one file per chunk, as the keys assume
     with running(store) as url:
         yield url, store, ref
 
@@ -216,7 +216,7 @@ def test_a_file_cut_after_open_is_a_named_error(
     make_sample: Callable[..., tuple[Path, np.ndarray]],
 ) -> None:
     directory, ref = make_sample(channels=2, stacks=2, shape=(3, 16, 12))
-    store = tiffstore.open(directory)
+    store = tiffstore.open(directory, chunks="file")
     victim = directory / sample_name(1, 1)
     with running(store) as url:
         victim.write_bytes(victim.read_bytes()[:600])  # cut inside the pixel data

@@ -167,6 +167,7 @@ def open(
         fill_value=fill_value,
         validate=validate,
         tiles=tiles,
+        progress=None if progress is None else lambda done: progress("headers", done, len(files)),
     )
     if scale:
         manifest = _with_scale(manifest, scale)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -21,7 +22,14 @@ from .manifest import Manifest, columnize
 from .naming import Axis, Coordinate, NameGrid, understand_names
 from .sources import FileSource, SourceFile
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "ChunkSpec", "build_manifest", "rechunk", "resolve_chunks"]
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "ChunkSpec",
+    "build_manifest",
+    "describe_chunks",
+    "rechunk",
+    "resolve_chunks",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +37,10 @@ logger = logging.getLogger(__name__)
 #: a 189 GB acquisition is a graph of thousands of tasks, small enough that a
 #: worker holds a few of them without strain.
 DEFAULT_CHUNK_BYTES = 16 * 2**20
+
+#: Files at most this many times smaller than the chunk target are grouped whole
+#: across the name axes by default.
+SMALL_FILE_RATIO = 4
 
 ChunkSpec = str | int | Sequence[int | None] | None
 
@@ -107,11 +119,40 @@ def resolve_chunks(
         lead.insert(0, max(take, 1))
         budget = budget // n if take == n else 1
     name_chunks = [1] * nn
-    # 2-D planes named by z (or another spatial axis just before the file dims):
-    # continue grouping across files along that axis.
-    if spec != "page" and nl == 0 and nn and name_axes[-1].kind == "space":
+    file_nbytes = layout.page_nbytes * layout.n_pages
+    if spec is None or spec == "auto":
+        # Files far smaller than a chunk (thumbnails, 2-D planes, small stacks):
+        # group whole files along the name axes, innermost first, up to the target,
+        # so 10,000 tiny files are not 10,000 tiny tasks.
+        if file_nbytes * SMALL_FILE_RATIO <= target_bytes:
+            budget = max(1, target_bytes // max(file_nbytes, 1))
+            for k in range(nn - 1, -1, -1):
+                take = min(budget, name_shape[k])
+                name_chunks[k] = max(take, 1)
+                if take < name_shape[k]:
+                    break
+                budget //= max(name_shape[k], 1)
+    elif spec != "page" and nl == 0 and nn and name_axes[-1].kind == "space":
+        # 2-D planes named by z (or another spatial axis just before the file dims):
+        # continue grouping across files along that axis.
         name_chunks[-1] = max(1, min(budget, name_shape[-1]))
     return tuple(name_chunks) + tuple(lead) + tuple(layout.page_shape)
+
+
+def describe_chunks(m: Manifest) -> str:
+    """Why the manifest's chunks are what they are, in a sentence for ``inspect``."""
+    nn = m.n_name_dims
+    files = math.prod(m.chunks[:nn])
+    pages = math.prod(m.chunks[nn : nn + len(m.layout.leading_shape)])
+    size = m.chunk_nbytes
+    if files > 1:
+        return (
+            f"{files} whole files per chunk: each file holds only "
+            f"{m.layout.page_nbytes * m.layout.n_pages:,} bytes, so chunks group files "
+            f"along {', '.join(d for d, c in zip(m.dims[:nn], m.chunks[:nn], strict=True) if c > 1)} "
+            f"up to about {DEFAULT_CHUNK_BYTES // 2**20} MiB ({size:,} bytes)"
+        )
+    return f"{pages} page{'s' if pages != 1 else ''} of one file per chunk ({size:,} bytes)"
 
 
 def _stitch_plan(
@@ -191,6 +232,7 @@ def build_manifest(
     validate: bool = False,
     tiles: str = "keep",
     workers: int = 16,
+    progress: Callable[[int], None] | None = None,
 ) -> Manifest:
     """Describe the virtual array that a list of TIFF files forms.
 
@@ -214,10 +256,12 @@ def build_manifest(
         pixel data its header points to.
     workers
         Threads for header parsing.
+    progress
+        Called with the number of files whose header has been read or checked so far.
     """
     names = [f.name for f in files]
     grid: NameGrid = understand_names(names, pattern)
-    scan = scan_headers(source, files, validate, workers)
+    scan = scan_headers(source, files, validate, workers, progress)
     check_same_array(source, files, scan.layouts)
     geometries, file_layout, tables = columnize(scan.layouts)
     layout = geometries[0]

@@ -31,7 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .build import ChunkSpec
+from .build import ChunkSpec, describe_chunks
 from .documents import array_attributes
 from .errors import ServeError, TiffStoreError
 from .manifest import Manifest
@@ -182,6 +182,7 @@ def inspect_report(store: TiffStore) -> dict[str, Any]:
         "chunks": list(m.chunks),
         "chunk_bytes": store.manifest.chunk_nbytes,
         "chunk_count": n_chunks,
+        "chunks_why": describe_chunks(store.manifest),
         "axes": attrs["axes"],
         "coords": attrs["coords"],
         "template": m.template,
@@ -211,6 +212,7 @@ def print_inspect(console: Console, store: TiffStore, show_files: bool = False) 
         f"[bold]Chunks[/bold]  {tuple(r['chunks'])}  {_size(r['chunk_bytes'])} each, "
         f"{r['chunk_count']:,} in all"
     )
+    console.print(f"          {r['chunks_why']}", highlight=False)
     if r["scale"]:
         scale = ", ".join(f"{d}={v['size']:g} {v['units']}" for d, v in r["scale"].items())
         console.print(f"[bold]Pixel[/bold]   {scale}")

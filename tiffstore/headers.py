@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -47,10 +48,35 @@ class HeaderScan:
     verified: np.ndarray
 
 
-def _parse_all(source: FileSource, names: Sequence[str], workers: int) -> list[FileLayout]:
+Progress = Callable[[int], None]
+
+
+class _Counter:
+    """Counts files done, for a progress display, from any thread."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.done = 0
+        self.lock = threading.Lock()
+
+    def add(self, n: int = 1) -> None:
+        if self.progress is None:
+            return
+        with self.lock:
+            self.done += n
+            done = self.done
+        self.progress(done)
+
+
+def _parse_all(
+    source: FileSource, names: Sequence[str], workers: int, counter: _Counter | None = None
+) -> list[FileLayout]:
     def parse(name: str) -> FileLayout:
         with source.open(name) as fh:
-            return read_layout(fh, source.url(name))
+            layout = read_layout(fh, source.url(name))
+        if counter is not None:
+            counter.add()
+        return layout
 
     if len(names) == 1 or workers <= 1:
         return [parse(n) for n in names]
@@ -69,7 +95,11 @@ def _heads(source: FileSource, names: Sequence[str], n: int, workers: int) -> li
 
 
 def scan_headers(
-    source: FileSource, files: Sequence[SourceFile], validate: bool, workers: int
+    source: FileSource,
+    files: Sequence[SourceFile],
+    validate: bool,
+    workers: int,
+    progress: Progress | None = None,
 ) -> HeaderScan:
     """Find every file's layout, parsing one header per group of same-size files.
 
@@ -84,8 +114,9 @@ def scan_headers(
     signatures: list[bytes] = []
     file_signature = np.full(len(files), -1, np.int32)
     verified = np.zeros(len(files), dtype=bool)
+    counter = _Counter(progress)
     refs = [members[0] for members in by_size.values()]
-    ref_layouts = _parse_all(source, [files[i].name for i in refs], workers)
+    ref_layouts = _parse_all(source, [files[i].name for i in refs], workers, counter)
     to_parse: list[int] = []
     for members, ref_layout in zip(by_size.values(), ref_layouts, strict=True):
         ref = members[0]
@@ -109,12 +140,13 @@ def scan_headers(
             to_parse.extend(rest)
             continue
         verified[sample] = True
+        counter.add(len(rest))
         file_signature[rest] = len(signatures)
         signatures.append(sig)
         for i in rest:
             layouts[i] = ref_layout
     if to_parse:
-        parsed = _parse_all(source, [files[i].name for i in to_parse], workers)
+        parsed = _parse_all(source, [files[i].name for i in to_parse], workers, counter)
         for i, layout in zip(to_parse, parsed, strict=True):
             verified[i] = True
             layouts[i] = layout

@@ -902,7 +902,9 @@ def materialize(
     else:
         from .api import open as open_store
 
-        source = open_store(source_or_store, **dict(open_options or {}))
+        # Pages: a task reads just the planes its output chunks cover, whatever the
+        # store's default chunks (which group small files) would be.
+        source = open_store(source_or_store, **{"chunks": "page", **dict(open_options or {})})
     if zarr_format not in (2, 3):
         raise MaterializeError(f"zarr_format={zarr_format}: choose 2 or 3")
     if shards is not None and zarr_format != 3:
