@@ -167,6 +167,7 @@ class Context:
     compressed_gb: float = 0.4
     scales: tuple[float, ...] = (0.25, 0.5, 1.0)
     many: tuple[int, ...] = (1_000, 10_000, 100_000)
+    small_files: int = 10_000
     planes: int = 32
     repeats: int = 5
     quick: bool = False
@@ -186,6 +187,14 @@ class Context:
             self._datasets[key] = write_stacks(
                 folder, self.channels, stacks, self.shape, self.dtype, compression
             )
+        return self._datasets[key]
+
+    def small(self, n: int) -> Dataset:
+        """``n`` files of ``(2, 32, 32)`` uint16 (4 KiB), for the many-small-files read."""
+        key = f"small-{n}"
+        if key not in self._datasets:
+            self.log(f"writing {n:,} files of (2, 32, 32) ...")
+            self._datasets[key] = write_many(self.workdir / key, n, shape=(2, 32, 32))
         return self._datasets[key]
 
     def many_files(self, n: int) -> Dataset:

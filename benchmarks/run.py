@@ -31,7 +31,16 @@ if __package__ in (None, ""):
     # (appended, so an installed or PYTHONPATH tiffstore is the one measured).
     sys.path.append(str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import compressed, limits, open_many, peers, scaling, tiffstore_read
+from benchmarks import (
+    compressed,
+    limits,
+    open_many,
+    peers,
+    references,
+    scaling,
+    small_files,
+    tiffstore_read,
+)
 from benchmarks import materialize as materialize_bench
 from benchmarks.data import Context
 from benchmarks.harness import (
@@ -52,6 +61,8 @@ GROUPS: dict[str, ModuleType] = {
     "compressed": compressed,
     "open": open_many,
     "scaling": scaling,
+    "small": small_files,
+    "references": references,
     "materialize": materialize_bench,
 }
 #: Groups that run only when asked for with ``--only``.
@@ -85,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--planes", type=int, default=32, help="planes read per one-plane figure")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per figure (best is kept)")
+    p.add_argument(
+        "--small-files", type=int, default=10_000, help="files of the small-files case (10,000)"
+    )
     p.add_argument("--only", default="", help=f"comma-separated groups: {','.join(GROUPS)}")
     p.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/latest.json"), help="JSON results"
@@ -144,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             compressed_gb=args.compressed_size,
             scales=tuple(args.scales),
             many=tuple(args.many),
+            small_files=args.small_files,
             planes=args.planes,
             repeats=args.repeats,
             quick=args.quick,
