@@ -7,6 +7,7 @@ so that a user never has to read a traceback from deep inside a dependency.
 from __future__ import annotations
 
 __all__ = [
+    "GpuError",
     "LayoutMismatchError",
     "NamingError",
     "OptionError",
@@ -51,3 +52,7 @@ class ReadOnlyError(TiffStoreError, PermissionError):
 
 class ServeError(TiffStoreError, OSError):
     """The store cannot be served as asked (the address is taken, a name is reserved)."""
+
+
+class GpuError(TiffStoreError, RuntimeError):
+    """A read into GPU memory was asked for where CuPy or a CUDA device is missing."""
