@@ -11,9 +11,12 @@ the reason) where there is no CuPy or no device.
 from __future__ import annotations
 
 import inspect
+import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import dask
@@ -30,6 +33,8 @@ from zarr.storage import WrapperStore
 import tiffstore
 from tiffstore import gpu
 from tiffstore.errors import GpuError, OptionError
+
+REPO = Path(__file__).resolve().parents[1]
 
 # -- a test-only prototype --------------------------------------------------------
 
@@ -318,6 +323,54 @@ def test_gpu_error_is_a_tiffstore_error():
     assert issubclass(GpuError, tiffstore.TiffStoreError)
 
 
+@pytest.mark.parametrize(
+    "script", ["benchmarks/gpu.py", "examples/gpu_max_projection.py"], ids=["bench", "example"]
+)
+def test_gpu_scripts_without_a_gpu_say_why_and_fail(script):
+    reason = _no_gpu()
+    if reason is None:
+        pytest.skip("there is a GPU here: the example and the benchmark run in their own tests")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode == 0 and "GPU" in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, str(REPO / script)], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert "CuPy" in proc.stderr or "CUDA device" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_benchmark_quick_run_prints_ratios(cp, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks/gpu.py"),
+            "--quick",
+            "--json",
+            str(tmp_path / "g.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "of H2D limit" in proc.stdout
+    rows = json.loads((tmp_path / "g.json").read_text())["cases"]["uncompressed"]["rows"]
+    for key in ("h2d_limit", "tiffstore_gpu", "recipe", "tiffstore_zarr_gpu"):
+        assert rows[key]["gb_per_s"] > 0, key
+
+
 def test_sharded_reads_build_chunks_with_the_given_prototype(sample_dir, staging):
     """Zarr format 3 with shards: every inner chunk and shard index through the prototype."""
     if "zarr_format" not in inspect.signature(tiffstore.open).parameters:
@@ -352,15 +405,21 @@ def test_sharded_reads_build_chunks_with_the_given_prototype(sample_dir, staging
 # -- on a GPU -------------------------------------------------------------------------
 
 
+def _no_gpu() -> str | None:
+    """Why there is no GPU to test on (``None`` when there is one)."""
+    try:
+        gpu.require_cupy()
+    except GpuError as exc:
+        return str(exc)
+    return None
+
+
 @pytest.fixture
 def cp() -> Any:
     cupy = pytest.importorskip("cupy", reason='no CuPy: pip install "tiffstore[gpu]"')
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:
-        pytest.skip(f"CuPy sees no CUDA device ({type(exc).__name__}: {exc})")
-    if count == 0:
-        pytest.skip("CuPy sees no CUDA device")
+    reason = _no_gpu()
+    if reason:
+        pytest.skip(reason)
     return cupy
 
 

@@ -26,7 +26,6 @@ Examples
 from __future__ import annotations
 
 import importlib
-import logging
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -48,11 +47,11 @@ __all__ = [
     "device_prototype",
     "read_chunk_staged",
     "register_staging",
+    "require_cupy",
     "staging_for",
+    "unregister_staging",
     "use_kvikio",
 ]
-
-logger = logging.getLogger(__name__)
 
 #: Whether uncompressed chunks of local files are read with KvikIO: ``None`` (the
 #: default) uses it when it is installed, ``False`` never, ``True`` always (an
