@@ -323,6 +323,52 @@ def test_gpu_error_is_a_tiffstore_error():
     assert issubclass(GpuError, tiffstore.TiffStoreError)
 
 
+def test_missing_cupy_and_kvikio_are_named(monkeypatch, sample_dir):
+    # As on a machine without the extra: the modules cannot be imported.
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setitem(sys.modules, "kvikio", None)
+    with pytest.raises(GpuError, match=r'pip install "tiffstore\[gpu\]"'):
+        gpu.require_cupy()
+    with pytest.raises(GpuError, match="CuPy"):
+        tiffstore.open(sample_dir[0]).to_dask(gpu=True)
+    monkeypatch.setattr(gpu, "use_kvikio", None)
+    assert gpu._kvikio() is None
+    monkeypatch.setattr(gpu, "use_kvikio", True)
+    with pytest.raises(GpuError, match="use_kvikio is True but KvikIO is not installed"):
+        gpu._kvikio()
+
+
+def test_gpu_and_a_prototype_are_not_both_taken(sample_dir):
+    with pytest.raises(OptionError, match="not both"):
+        tiffstore.open(sample_dir[0]).to_dask(gpu=True, prototype=MARKED)
+
+
+def test_staging_is_found_by_buffer_class_latest_first():
+    first, second = HostStaging(), HostStaging()
+    assert gpu.staging_for(MARKED) is None
+    gpu.register_staging(MarkedBuffer, first)
+    gpu.register_staging(cpu.Buffer, second)
+    try:
+        assert gpu.staging_for(MARKED) is second  # MarkedBuffer is a cpu.Buffer
+        gpu.unregister_staging(cpu.Buffer)
+        assert gpu.staging_for(MARKED) is first
+    finally:
+        gpu.unregister_staging(MarkedBuffer)
+        gpu.unregister_staging(cpu.Buffer)
+    assert gpu.staging_for(MARKED) is None
+    assert gpu.staging_for(BufferPrototype(cpu.Buffer, cpu.NDBuffer)) is None
+
+
+def test_staged_read_of_a_truncated_file_names_it(make_sample, staging):
+    directory, _ = make_sample(channels=1, stacks=2)
+    store = tiffstore.open(directory)
+    assert store.dims == ("stack", "z", "y", "x")
+    victim = sorted(directory.glob("*.tif"))[1]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with pytest.raises(tiffstore.TiffReadError, match=victim.name):
+        store.get_sync("1.0.0.0", prototype=MARKED)
+
+
 @pytest.mark.parametrize(
     "script", ["benchmarks/gpu.py", "examples/gpu_max_projection.py"], ids=["bench", "example"]
 )
