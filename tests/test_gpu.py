@@ -327,6 +327,7 @@ def test_missing_cupy_and_kvikio_are_named(monkeypatch, sample_dir):
     # As on a machine without the extra: the modules cannot be imported.
     monkeypatch.setitem(sys.modules, "cupy", None)
     monkeypatch.setitem(sys.modules, "kvikio", None)
+    monkeypatch.setattr(gpu, "_cupy", None)  # forget a CuPy found by an earlier test
     with pytest.raises(GpuError, match=r'pip install "tiffstore\[gpu\]"'):
         gpu.require_cupy()
     with pytest.raises(GpuError, match="CuPy"):

@@ -60,6 +60,9 @@ use_kvikio: bool | None = None
 
 _INSTALL_HINT = 'Install the GPU extra: pip install "tiffstore[gpu]" (CuPy for CUDA 12).'
 
+#: CuPy, once a device was found (asked for on every chunk read).
+_cupy: Any = None
+
 
 def require_cupy() -> Any:
     """The ``cupy`` module, with a device to use.
@@ -69,6 +72,9 @@ def require_cupy() -> Any:
     GpuError
         When CuPy is not installed or sees no CUDA device; the message says what to do.
     """
+    global _cupy
+    if _cupy is not None:
+        return _cupy
     try:
         cp = importlib.import_module("cupy")
     except ImportError as exc:
@@ -86,6 +92,7 @@ def require_cupy() -> Any:
         raise GpuError(
             "CuPy is installed but sees no CUDA device; check CUDA_VISIBLE_DEVICES and nvidia-smi."
         )
+    _cupy = cp
     return cp
 
 
@@ -164,8 +171,15 @@ class CupyStaging:
             return None
         cp = require_cupy()
         out = cp.empty(nbytes, np.uint8)
-        with kvikio.CuFile(path, "r") as fh:
-            got = fh.pread(out, nbytes, offset).get()
+        try:
+            with kvikio.CuFile(path, "r") as fh:
+                got = fh.pread(out, nbytes, offset).get()
+        except Exception as exc:
+            raise TiffReadError(
+                f"{path}: KvikIO could not read bytes {offset}-{offset + nbytes} "
+                f"({type(exc).__name__}: {exc}). Set tiffstore.gpu.use_kvikio = False to "
+                "read through pinned host memory instead."
+            ) from exc
         if got < nbytes:
             raise TiffReadError(
                 f"{path}: file is truncated: wanted bytes {offset}-{offset + nbytes} "
