@@ -35,6 +35,11 @@ from tiffstore import gpu
 from tiffstore.errors import GpuError, OptionError
 
 REPO = Path(__file__).resolve().parents[1]
+#: Subprocesses import this checkout's tiffstore, and whatever else the tests can.
+SUBPROCESS_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+}
 
 # -- a test-only prototype --------------------------------------------------------
 
@@ -377,7 +382,7 @@ def test_gpu_scripts_without_a_gpu_say_why_and_fail(script):
     reason = _no_gpu()
     if reason is None:
         pytest.skip("there is a GPU here: the example and the benchmark run in their own tests")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = SUBPROCESS_ENV
     proc = subprocess.run(
         [sys.executable, str(REPO / script), "--help"],
         capture_output=True,
@@ -409,7 +414,7 @@ def test_gpu_benchmark_quick_run_prints_ratios(cp, tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=SUBPROCESS_ENV,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "of H2D limit" in proc.stdout
