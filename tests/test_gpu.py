@@ -172,18 +172,23 @@ def _read_paths(store: tiffstore.TiffStore, key: str, prototype: BufferPrototype
 # -- the store honours the prototype ------------------------------------------------
 
 
+@pytest.mark.parametrize("staged", [False, True], ids=["host", "staged"])
 @pytest.mark.parametrize("chunks", [None, "page", (1, 1, 4, 20, 24)])
-def test_every_read_path_builds_chunks_with_the_given_prototype(sample_dir, chunks):
+def test_every_read_path_builds_chunks_with_the_given_prototype(
+    sample_dir, chunks, staged, request
+):
     store = tiffstore.open(sample_dir[0], chunks=chunks)
+    if staged:  # read as for a device prototype: through a staging buffer, copied once
+        request.getfixturevalue("staging")
     keys = ["0.0.0.0.0", "image/0.0.0.0.0", "2.3.0.0.0", ".zarray", "image/.zarray"]
     keys += [k for k in store.documents.coordinate_chunks][:1]
     # A chunk of the group view where no file is: its filled pixels.
     keys.append("image/1.2.0.0.0")
     for key in keys:
-        for request, value in _read_paths(store, key, MARKED):
-            assert type(value) is MarkedBuffer, (key, request)
+        for asked, value in _read_paths(store, key, MARKED):
+            assert type(value) is MarkedBuffer, (key, asked)
             assert type(value.as_array_like()) is Marked
-            assert value.to_bytes() == _host(store, key, request), (key, request)
+            assert value.to_bytes() == _host(store, key, asked), (key, asked)
 
 
 def test_chunk_values_are_the_pixels(sample_dir):
