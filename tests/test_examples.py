@@ -9,17 +9,32 @@ from pathlib import Path
 
 import pytest
 
+from tiffstore import gpu
+from tiffstore.errors import GpuError
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("*.py"))
+#: Examples that need an NVIDIA GPU and CuPy: run where there is one, skipped elsewhere.
+GPU_EXAMPLES = {"gpu_max_projection"}
 
 
 def test_examples_exist() -> None:
     assert len(EXAMPLES) >= 5, EXAMPLES
 
 
+def _example(path: Path) -> object:
+    marks = [pytest.mark.gpu] if path.stem in GPU_EXAMPLES else []
+    return pytest.param(path, id=path.stem, marks=marks)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+@pytest.mark.parametrize("script", [_example(p) for p in EXAMPLES])
 def test_example_runs(script: Path, tmp_path: Path) -> None:
+    if script.stem in GPU_EXAMPLES:
+        try:
+            gpu.require_cupy()
+        except GpuError as exc:
+            pytest.skip(str(exc))
     # This checkout's tiffstore, whatever is installed; the examples' temporary files
     # go under tmp_path.
     env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path)}

@@ -7,6 +7,7 @@ so that a user never has to read a traceback from deep inside a dependency.
 from __future__ import annotations
 
 __all__ = [
+    "GpuError",
     "LayoutMismatchError",
     "MaterializeError",
     "NamingError",
@@ -56,3 +57,7 @@ class ServeError(TiffStoreError, OSError):
 
 class MaterializeError(TiffStoreError, ValueError):
     """A materialize output cannot be written as asked: it exists, differs, or is not ours."""
+
+
+class GpuError(TiffStoreError, RuntimeError):
+    """A read into GPU memory was asked for where CuPy or a CUDA device is missing."""

@@ -27,7 +27,8 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from .assemble import ChunkReader
 from .documents import Documents
 from .errors import ReadOnlyError
-from .keys import KeySpace
+from .gpu import Staging, read_chunk_staged, staging_for
+from .keys import ChunkKey, KeySpace
 from .manifest import Manifest
 
 __all__ = ["TiffMapping", "TiffStore"]
@@ -49,6 +50,19 @@ def _slice_range(data: bytes, byte_range: ByteRequest | None) -> bytes:
         return data
     start, stop = _byte_span(byte_range, len(data))
     return data[start:stop]
+
+
+def _to_buffer(
+    data: bytes | memoryview, prototype: BufferPrototype, staging: Staging | None = None
+) -> Buffer:
+    """Host bytes as a ``Buffer`` of ``prototype`` (copied once to the device for a device one).
+
+    Every value the store serves is built here, or by :meth:`TiffStore._get_staged`
+    for chunks read straight into a device prototype's staging buffers.
+    """
+    if staging is None:
+        return prototype.buffer.from_bytes(data)
+    return prototype.buffer.from_array_like(staging.to_device(np.frombuffer(data, np.uint8)))
 
 
 #: Threads reading chunks of remote sources (requests wait on the network, not the CPU).
@@ -166,14 +180,15 @@ class TiffStore(Store):
         """A read-only ``Mapping[str, bytes]`` over the same keys."""
         return TiffMapping(self)
 
-    def to_dask(self) -> Any:
+    def to_dask(self, name: str | None = None, **options: Any) -> Any:
         """A dask array reading chunks straight from the TIFFs (see :func:`tiffstore.dask_array.to_dask`).
 
         Same values and chunks as ``dask.array.from_zarr(store)``, one copy less per chunk.
+        ``gpu=True`` (or ``meta=`` a CuPy array) gives CuPy chunks in GPU memory.
         """
         from .dask_array import to_dask
 
-        return to_dask(self)
+        return to_dask(self, name, **options)
 
     def write_references(self, target: str, **options: Any) -> str:
         """Write fsspec reference files for this array (see :func:`tiffstore.references.write_references`).
@@ -236,11 +251,49 @@ class TiffStore(Store):
         part = None if byte_range is None else _byte_span(byte_range, nbytes)
         data = self.reader.read_chunk_bytes(chunk_key.index, part)
         if data is None and chunk_key.grouped:
-            # The group view has no fill value: serve the empty cell's pixels.
-            m = self.manifest
-            full = np.full(m.chunks, m.fill_value, dtype=m.dtype).reshape(-1).view(np.uint8).data
-            data = full if part is None else full[part[0] : part[1]]
+            return self._empty_cell(part)
         return data
+
+    def _empty_cell(self, part: tuple[int, int] | None) -> memoryview:
+        """The group view has no fill value: an empty cell serves its filled pixels."""
+        m = self.manifest
+        full = np.full(m.chunks, m.fill_value, dtype=m.dtype).reshape(-1).view(np.uint8).data
+        return full if part is None else full[part[0] : part[1]]
+
+    def _get_buffer(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None
+    ) -> Buffer | None:
+        """The value of ``key`` built through ``prototype`` (``None`` if absent).
+
+        Every read path (``get``, ``get_sync``, ``get_partial_values``) ends here, so
+        every value is a ``prototype.buffer``: a CuPy-backed one with
+        ``zarr.config.enable_gpu()``, read through pinned host memory.
+        """
+        staging = staging_for(prototype)
+        if staging is not None and self._document(key) is None:
+            chunk_key = self.keys.chunk_key(key)
+            if chunk_key is not None:
+                return self._get_staged(chunk_key, prototype, byte_range, staging)
+        data = self._get_value(key, byte_range)
+        return None if data is None else _to_buffer(data, prototype, staging)
+
+    def _get_staged(
+        self,
+        chunk_key: ChunkKey,
+        prototype: BufferPrototype,
+        byte_range: ByteRequest | None,
+        staging: Staging,
+    ) -> Buffer | None:
+        """A chunk read into ``staging``'s host buffer and copied to the device once."""
+        part = None if byte_range is None else _byte_span(byte_range, self.manifest.chunk_nbytes)
+        device = read_chunk_staged(self.reader, chunk_key.index, part, staging)
+        if device is None:
+            return (
+                _to_buffer(self._empty_cell(part), prototype, staging)
+                if chunk_key.grouped
+                else None
+            )
+        return prototype.buffer.from_array_like(device)
 
     def _document(self, key: str) -> bytes | None:
         docs = self.documents
@@ -254,9 +307,7 @@ class TiffStore(Store):
         byte_range: ByteRequest | None = None,
     ) -> Buffer | None:
         """Synchronous :meth:`get`."""
-        prototype = prototype or default_buffer_prototype()
-        data = self._get_value(key, byte_range)
-        return None if data is None else prototype.buffer.from_bytes(data)
+        return self._get_buffer(key, prototype or default_buffer_prototype(), byte_range)
 
     async def get(
         self,
@@ -276,10 +327,10 @@ class TiffStore(Store):
             # other read. Many chunks are in flight at once, as many as zarr's
             # ``async.concurrency`` lets through, up to this pool's size.
             loop = asyncio.get_running_loop()
-            data = await loop.run_in_executor(_remote_pool(), self._get_value, key, byte_range)
-        else:
-            data = await asyncio.to_thread(self._get_value, key, byte_range)
-        return None if data is None else prototype.buffer.from_bytes(data)
+            return await loop.run_in_executor(
+                _remote_pool(), self._get_buffer, key, prototype, byte_range
+            )
+        return await asyncio.to_thread(self._get_buffer, key, prototype, byte_range)
 
     async def get_partial_values(
         self,
