@@ -173,7 +173,7 @@ def _read_paths(store: tiffstore.TiffStore, key: str, prototype: BufferPrototype
 
 
 @pytest.mark.parametrize("staged", [False, True], ids=["host", "staged"])
-@pytest.mark.parametrize("chunks", [None, "page", (1, 1, 4, 20, 24)])
+@pytest.mark.parametrize("chunks", ["file", "page", (1, 1, 4, 20, 24)])
 def test_every_read_path_builds_chunks_with_the_given_prototype(
     sample_dir, chunks, staged, request
 ):
@@ -202,7 +202,7 @@ def test_chunk_values_are_the_pixels(sample_dir):
     assert store.get_sync("1.2.0.0.0", prototype=MARKED) is None
 
 
-@pytest.mark.parametrize("chunks", [None, (1, 1, 4, 20, 24)])
+@pytest.mark.parametrize("chunks", ["file", (1, 1, 4, 20, 24)])
 def test_staged_reads_read_once_into_a_host_buffer_and_copy_once(sample_dir, staging, chunks):
     store = tiffstore.open(sample_dir[0], chunks=chunks)
     one_range = store.reader.plan((0, 0, 0, 0, 0)).one_range() is not None
@@ -242,7 +242,7 @@ def test_staged_reads_of_compressed_chunks_decode_into_the_host_buffer(make_samp
 
 def test_direct_reads_skip_the_host_buffer(sample_dir):
     directory, ref = sample_dir
-    store = tiffstore.open(directory)
+    store = tiffstore.open(directory, chunks="file")
     direct = DirectStaging()
     gpu.register_staging(MarkedBuffer, direct)
     try:
@@ -284,7 +284,7 @@ def test_dask_from_zarr_gives_chunks_of_the_configured_kind(sample_dir, marked_c
     np.testing.assert_array_equal(arr.compute(), ref)
 
 
-@pytest.mark.parametrize("chunks", [None, (1, 1, 4, 20, 24)])
+@pytest.mark.parametrize("chunks", ["file", (1, 1, 4, 20, 24)])
 @pytest.mark.parametrize("byteorder", ["<", ">"])
 def test_to_dask_through_a_prototype(make_sample, byteorder, chunks):
     directory, ref = make_sample(missing=[(1, 2)], byteorder=byteorder)
@@ -370,7 +370,7 @@ def test_staging_is_found_by_buffer_class_latest_first():
 
 def test_staged_read_of_a_truncated_file_names_it(make_sample, staging):
     directory, _ = make_sample(channels=1, stacks=2)
-    store = tiffstore.open(directory)
+    store = tiffstore.open(directory, chunks="file")
     assert store.dims == ("stack", "z", "y", "x")
     victim = sorted(directory.glob("*.tif"))[1]
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
@@ -487,7 +487,7 @@ def kvikio_mode(request, monkeypatch) -> bool:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("chunks", [None, (1, 1, 4, 20, 24)])
+@pytest.mark.parametrize("chunks", ["file", (1, 1, 4, 20, 24)])
 def test_gpu_every_read_path_gives_device_buffers(cp, kvikio_mode, sample_dir, chunks):
     store = tiffstore.open(sample_dir[0], chunks=chunks)
     proto = gpu.device_prototype()
