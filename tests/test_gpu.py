@@ -221,7 +221,7 @@ def test_staged_reads_read_once_into_a_host_buffer_and_copy_once(sample_dir, sta
                 assert staging.host == [((len(expected),), np.dtype(np.uint8))]
             else:
                 assert staging.host == [(store.chunks, store.dtype)]
-    assert one_range == (chunks is None)
+    assert one_range == (chunks == "file")
 
 
 def test_staged_reads_of_compressed_chunks_decode_into_the_host_buffer(make_sample, staging):
