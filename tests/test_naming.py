@@ -24,12 +24,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import tiffstore
+from tiffstore.axes import axis_kind
 from tiffstore.errors import NamingError
 from tiffstore.naming import (
     GENERIC_WORDS,
     UNIT_LABELS,
     NameGrid,
-    axis_kind,
     find_strays,
     natural_key,
     split_tokens,

@@ -297,9 +297,9 @@ def test_small_files_are_grouped_along_the_name_axes(tmp_path, capsys):
 
 
 def test_files_near_the_chunk_size_are_not_grouped(tmp_path):
+    from tiffstore.axes import Axis
     from tiffstore.build import DEFAULT_CHUNK_BYTES, resolve_chunks
     from tiffstore.layout import FileLayout
-    from tiffstore.naming import Axis
 
     axes = (Axis("t", "time", tuple(range(50))),)
     big = FileLayout((64, 256, 256), "<u2", ("z", "y", "x"), 2, "contiguous")  # 8 MiB

@@ -15,11 +15,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .axes import Axis, Coordinate
 from .errors import NamingError, OptionError
 from .headers import check_same_array, check_truncated, scan_headers
 from .layout import FileLayout
 from .manifest import Manifest, columnize
-from .naming import Axis, Coordinate, NameGrid, understand_names
+from .naming import NameGrid, understand_names
 from .sources import FileSource, SourceFile
 
 __all__ = [

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
+from .axes import axis_kind
 from .manifest import Manifest, json_value
-from .naming import axis_kind
 
 __all__ = ["ARRAY_METADATA", "GROUP_METADATA", "Documents", "array_attributes", "array_metadata"]
 

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .axes import Axis, Coordinate
 from .layout import FileLayout
-from .naming import Axis, Coordinate
 from .sources import FileSource
 
 if TYPE_CHECKING:

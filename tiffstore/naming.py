@@ -43,15 +43,18 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .axes import (
+    Axis,
+    Coordinate,
+    Value,
+    axis_kind,
+)
 from .errors import NamingError
+from .sources import TIFF_SUFFIXES
 
 __all__ = [
-    "TIFF_SUFFIXES",
-    "Axis",
-    "Coordinate",
     "NameField",
     "NameGrid",
-    "axis_kind",
     "find_strays",
     "natural_key",
     "split_tokens",
@@ -61,11 +64,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".btf", ".tf8", ".tf2")
 
-AxisKind = Literal["channel", "time", "space", "other"]
 Role = Literal["axis", "coord", "auto"]
-Value = int | str
 
 #: Labels that count things: a field carrying one of these is preferred as an axis.
 COUNTING_LABELS = frozenset(
@@ -97,13 +97,6 @@ UNIT_LABELS: dict[str, tuple[str, str]] = {
     "mw": ("power", "mW"),
     "hz": ("frequency", "Hz"),
 }
-
-CHANNEL_LABELS = frozenset({"c", "ch", "chan", "channel", "w", "wl", "wave", "wavelength"})
-TIME_LABELS = frozenset({"t", "tp", "time", "timepoint", "frame", "datetime"})
-#: Spatial labels; ``tile`` is a position in space too, so tiles stay their own axes
-#: (renamed ``tile_x``... where a file has the same dim) rather than being mixed
-#: into the pixel axes.
-SPACE_LABELS = frozenset({"x", "y", "z", "tile"})
 
 #: Channel names that microscopes write into names in place of a channel number
 #: (compared lower-cased, without spaces, dashes or underscores).
@@ -239,24 +232,6 @@ def _plate_key(value: Value) -> tuple[Any, ...]:
     return (0, len(m[1]), m[1], int(m[2] or 0))
 
 
-def axis_kind(label: str) -> AxisKind:
-    """The OME-NGFF axis type a label implies: ``channel``, ``time``, ``space`` or ``other``.
-
-    Examples
-    --------
-    >>> axis_kind("ch"), axis_kind("T"), axis_kind("z"), axis_kind("stack")
-    ('channel', 'time', 'space', 'other')
-    """
-    low = label.lower()
-    if low in CHANNEL_LABELS:
-        return "channel"
-    if low in TIME_LABELS:
-        return "time"
-    if low in SPACE_LABELS:
-        return "space"
-    return "other"
-
-
 @dataclass(frozen=True)
 class NameField:
     """One varying part of the names, with its value in each file.
@@ -323,37 +298,6 @@ class NameField:
         elif ints[-1] >= 10_000:
             score -= 1
         return score
-
-
-@dataclass(frozen=True)
-class Axis:
-    """An axis of the array that comes from the file names."""
-
-    name: str
-    kind: AxisKind
-    values: tuple[Value, ...]
-    label: str | None = None
-    units: str | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.values)
-
-
-@dataclass(frozen=True)
-class Coordinate:
-    """Values of a name field over some of the name axes (``None`` where no file)."""
-
-    name: str
-    dims: tuple[str, ...]
-    values: tuple[Any, ...]
-    units: str | None = None
-
-    def as_array(self, shape: tuple[int, ...]) -> np.ndarray:
-        """The values as an object array of ``shape`` (the sizes of ``dims``)."""
-        arr = np.empty(len(self.values), dtype=object)
-        arr[:] = list(self.values)
-        return arr.reshape(shape)
 
 
 @dataclass(frozen=True)

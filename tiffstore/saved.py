@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from .axes import Axis, Coordinate
 from .codecs import SegmentCodec
 from .errors import SourceError
 from .layout import FileLayout, Segments
 from .manifest import FileTables, Manifest
-from .naming import Axis, Coordinate
 from .scale import VoxelSize
 from .sources import FileSource, FsspecSource, LocalSource
 

@@ -28,9 +28,9 @@ from typing import IO, Any, ClassVar, cast
 from urllib.parse import quote, unquote
 
 from .errors import SourceError, TiffReadError, TiffStoreError
-from .naming import TIFF_SUFFIXES
 
 __all__ = [
+    "TIFF_SUFFIXES",
     "FileSource",
     "FsspecSource",
     "LocalSource",
@@ -39,6 +39,9 @@ __all__ = [
     "resolve_source",
     "select_files",
 ]
+
+#: Name endings of TIFF files (compared lower-cased), longest first.
+TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".btf", ".tf8", ".tf2")
 
 logger = logging.getLogger(__name__)
 
