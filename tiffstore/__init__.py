@@ -1,5 +1,12 @@
 """tiffstore: many microscope TIFF files, one virtual Zarr array, no copy.
 
+The public API is what this module exports: :func:`open` (folders, globs, lists,
+URLs, reference files) giving a :class:`TiffStore`; :func:`write_references`;
+:func:`materialize`; the plain-data description of the array (:class:`Manifest`,
+its :class:`ChunkPlan` s of :class:`Piece` s); and the errors. Everything else
+(modules and names starting with an underscore, or not exported here) may change
+between releases.
+
 >>> import tiffstore, dask.array as da
 >>> store = tiffstore.open("raw/")  # doctest: +SKIP
 >>> array = da.from_zarr(store)  # doctest: +SKIP
@@ -8,27 +15,37 @@
 from ._version import __version__
 from .api import open
 from .errors import (
+    GpuError,
     LayoutMismatchError,
     MaterializeError,
     NamingError,
     OptionError,
     ReadOnlyError,
+    ServeError,
     SourceError,
     TiffReadError,
     TiffStoreError,
 )
-from .manifest import Manifest
+from .manifest import FileTables, Manifest
 from .materialize import MaterializeSummary, materialize, materialize_status
+from .plans import ChunkPlan, Piece
+from .references import ReferenceError, write_references
 from .store import TiffMapping, TiffStore
 
 __all__ = [
+    "ChunkPlan",
+    "FileTables",
+    "GpuError",
     "LayoutMismatchError",
     "Manifest",
     "MaterializeError",
     "MaterializeSummary",
     "NamingError",
     "OptionError",
+    "Piece",
     "ReadOnlyError",
+    "ReferenceError",
+    "ServeError",
     "SourceError",
     "TiffMapping",
     "TiffReadError",
@@ -38,4 +55,5 @@ __all__ = [
     "materialize",
     "materialize_status",
     "open",
+    "write_references",
 ]
