@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -28,19 +29,22 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def test_inspect_prints_axes_coords_missing_and_template(sample_dir, capsys):
-    assert main(["inspect", str(sample_dir[0])]) == 0
+    assert main(["inspect", str(sample_dir[0]), "--chunks", "file"]) == 0
     out = capsys.readouterr().out
-    for text in (
-        "ch",
-        "stack",
-        "wavelength",
-        "488",
-        "Missing",
-        "ch=1, stack=2",
-        "Template",
-        "{ch}",
-    ):
-        assert text in out
+    rows = {
+        cells[0]: cells[1:]
+        for line in out.splitlines()
+        if (cells := [c.strip() for c in re.split(r"[│┃]", line)[1:-1]])
+    }
+    assert rows["ch"] == ["3", "channel", "name", "0, 1, 2"]
+    assert rows["stack"] == ["4", "other", "name", "0, 1, 2, 3"]
+    assert rows["z"] == ["6", "space", "file", "0 .. 5"]
+    assert rows["wavelength"] == ["ch", "nm", "488, 560, 642"]
+    assert rows["msec"][:2] == ["ch, stack", "ms"]
+    assert "Missing 1 file, served as fill value 0: ch=1, stack=2" in out
+    template = tiffstore.open(sample_dir[0]).manifest.template
+    assert f"Template {template}" in out
+    assert "Chunks  (1, 1, 6, 32, 24)" in out and "6 pages of one file per chunk" in out
 
 
 def test_inspect_json(sample_dir, capsys):

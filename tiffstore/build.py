@@ -151,7 +151,7 @@ def describe_chunks(m: Manifest) -> str:
             f"{files} whole files per chunk: each file holds only "
             f"{m.layout.page_nbytes * m.layout.n_pages:,} bytes, so chunks group files "
             f"along {', '.join(d for d, c in zip(m.dims[:nn], m.chunks[:nn], strict=True) if c > 1)} "
-            f"up to about {DEFAULT_CHUNK_BYTES // 2**20} MiB ({size:,} bytes)"
+            f"up to about {DEFAULT_CHUNK_BYTES // 2**20} MiB (here {size:,} bytes a chunk)"
         )
     return f"{pages} page{'s' if pages != 1 else ''} of one file per chunk ({size:,} bytes)"
 
