@@ -95,7 +95,7 @@ def copy_limit(ctx: Context, ds: Dataset, key: str = COPY_LIMIT, case: str = FUL
     )
 
 
-def read_sum_limit(ctx: Context, ds: Dataset) -> Row:
+def read_sum_limit(ctx: Context, ds: Dataset, key: str = SUM_LIMIT, case: str = SUM) -> Row:
     """The copy limit plus a numpy sum of each file's pixels, in the same threads."""
     reader = FileReader(ds)
     try:
@@ -103,8 +103,8 @@ def read_sum_limit(ctx: Context, ds: Dataset) -> Row:
     finally:
         reader.close()
     return timed_row(
-        SUM_LIMIT,
-        SUM,
+        key,
+        case,
         f"read+sum limit: preadv + np.sum, {cores()} threads",
         "limit",
         t,

@@ -15,27 +15,11 @@ import numpy as np
 import tiffstore
 
 from . import cases
-from .data import Context, Dataset, cores, warm
+from .data import Context, Dataset, warm
 from .harness import Row, Target, attempt, time_best, timed_row
-from .limits import FileReader
+from .limits import read_sum_limit
 
 CASE = "many small files: sum of every pixel"
-
-
-def _read_sum_limit(ctx: Context, ds: Dataset, key: str) -> Row:
-    reader = FileReader(ds)
-    try:
-        t = time_best(reader.sum_all, ctx.repeats)
-    finally:
-        reader.close()
-    return timed_row(
-        key,
-        CASE,
-        f"read+sum limit: preadv + np.sum, {cores()} threads",
-        "limit",
-        t,
-        nbytes=ds.nbytes,
-    )
 
 
 def _sum(ds: Dataset, chunks: object) -> int:
@@ -68,7 +52,7 @@ def run(ctx: Context) -> list[Row]:
     ds = ctx.small(n)
     warm(ds.files)
     expected = cases.expected_sum(ds)
-    rows = [_read_sum_limit(ctx, ds, f"small/{n}/limit")]
+    rows = [read_sum_limit(ctx, ds, f"small/{n}/limit", CASE)]
     for key, tool, chunks in (
         ("default", "tiffstore: default chunks (files grouped)", None),
         ("per_file", "tiffstore: chunks='file'", "file"),

@@ -49,6 +49,20 @@ def stack_files(
     return ref
 
 
+def write_positions(
+    directory: Path, n: int = 3, shape: tuple[int, ...] = (3, 40, 30), **options: Any
+) -> np.ndarray:
+    """``pos0.tif`` ... of random uint16 pixels, written with tifffile ``options``
+    (``compression=``, ``tile=``...); returns them as tifffile reads them back."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    options.setdefault("photometric", "minisblack")
+    for i in range(n):
+        data = rng.integers(0, 4000, shape, dtype=np.uint16)
+        tifffile.imwrite(directory / f"pos{i}.tif", data, **options)
+    return np.stack([tifffile.imread(directory / f"pos{i}.tif") for i in range(n)])
+
+
 @pytest.fixture
 def make_sample(tmp_path: Path) -> Callable[..., tuple[Path, np.ndarray]]:
     """Write a seed-named acquisition and return its folder and the reference array."""

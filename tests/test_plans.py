@@ -6,7 +6,6 @@ import logging
 import pickle
 import threading
 from pathlib import Path
-from typing import Any
 
 import dask.array as da
 import fsspec
@@ -16,19 +15,11 @@ import tifffile
 import zarr
 
 import tiffstore
+from tests.conftest import write_positions
 from tiffstore.assemble import ChunkReader
 from tiffstore.errors import OptionError, TiffReadError
 from tiffstore.plans import ChunkPlan, Piece
 from tiffstore.sample import sample_name
-
-
-def _pos(directory: Path, n: int, shape: tuple[int, ...], **options: Any) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    options.setdefault("photometric", "minisblack")
-    for i in range(n):
-        data = rng.integers(0, 4000, shape, dtype=np.uint16)
-        tifffile.imwrite(directory / f"pos{i}.tif", data, **options)
-    return np.stack([tifffile.imread(directory / f"pos{i}.tif") for i in range(n)])
 
 
 def test_uncompressed_chunk_is_one_copy_piece(make_sample):
@@ -48,7 +39,9 @@ def test_uncompressed_chunk_is_one_copy_piece(make_sample):
 
 
 def test_compressed_chunk_is_decode_pieces_with_codecs(tmp_path):
-    ref = _pos(tmp_path, 2, (3, 40, 24), compression="zlib", predictor=True, rowsperstrip=16)
+    ref = write_positions(
+        tmp_path, 2, (3, 40, 24), compression="zlib", predictor=True, rowsperstrip=16
+    )
     store = tiffstore.open(tmp_path, chunks=(1, 1, 40, 24))
     m = store.manifest
     plan = m.chunk_plan((1, 2, 0, 0))
@@ -139,7 +132,7 @@ def test_verify_parses_every_unchecked_header(written_apart):
 
 
 def test_header_pointing_past_the_end_is_named_at_open(tmp_path, caplog):
-    _pos(tmp_path, 3, (3, 40, 24), compression="zlib", rowsperstrip=8)
+    write_positions(tmp_path, 3, (3, 40, 24), compression="zlib", rowsperstrip=8)
     victim = tmp_path / "pos1.tif"
     victim.write_bytes(victim.read_bytes()[:-200])  # the last strips now point past the end
     with caplog.at_level(logging.WARNING):
@@ -171,7 +164,7 @@ def test_truncated_uncompressed_file_is_named_at_open(make_sample):
 
 def test_large_chunks_are_read_off_the_event_loop(tmp_path, monkeypatch):
     """Chunks over the inline limit are read in a worker thread, and read right."""
-    ref = _pos(tmp_path, 2, (5, 256, 512))  # one file: 1.25 MiB, over the 1 MiB limit
+    ref = write_positions(tmp_path, 2, (5, 256, 512))  # one file: 1.25 MiB, over the 1 MiB limit
     store = tiffstore.open(tmp_path, chunks="file")
     assert store.manifest.chunk_nbytes > store.inline_read_bytes
     threads: list[int] = []
@@ -188,7 +181,7 @@ def test_large_chunks_are_read_off_the_event_loop(tmp_path, monkeypatch):
 
 
 def test_segment_never_written_reads_as_zeros(tmp_path):
-    ref = _pos(tmp_path, 1, (2, 32, 32), compression="zlib", tile=(16, 16))
+    ref = write_positions(tmp_path, 1, (2, 32, 32), compression="zlib", tile=(16, 16))
     path = tmp_path / "pos0.tif"
     data = bytearray(path.read_bytes())
     with tifffile.TiffFile(path) as tif:

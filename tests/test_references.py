@@ -16,7 +16,7 @@ import xarray as xr
 import zarr
 
 import tiffstore
-from tests.conftest import HttpServer, upload_folder
+from tests.conftest import HttpServer, upload_folder, write_positions
 from tiffstore import headers, sources
 from tiffstore.cli import main
 from tiffstore.references import ReferenceError, reference_chunks, write_references
@@ -76,18 +76,6 @@ def _read_here(
     return zarr.open_group(zarr.storage.FsspecStore(fs, read_only=True), mode="r")
 
 
-def _pos(
-    directory: Path, n: int = 3, shape: tuple[int, ...] = (3, 40, 30), **options: Any
-) -> np.ndarray:
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(3)
-    options.setdefault("photometric", "minisblack")
-    for i in range(n):
-        data = rng.integers(0, 3000, shape, dtype=np.uint16)
-        tifffile.imwrite(directory / f"pos{i}.tif", data, **options)
-    return np.stack([tifffile.imread(directory / f"pos{i}.tif") for i in range(n)])
-
-
 LAYOUTS: dict[str, dict[str, Any]] = {
     "raw": {},
     "zlib-predictor-strips": {"compression": "zlib", "predictor": True, "rowsperstrip": 16},
@@ -99,7 +87,7 @@ LAYOUTS: dict[str, dict[str, Any]] = {
 @pytest.mark.parametrize("fmt", ["json-0", "json-1", "parquet"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_round_trip_equals_the_source(tmp_path, layout, fmt):
-    ref = _pos(tmp_path / "raw", **LAYOUTS[layout])
+    ref = write_positions(tmp_path / "raw", **LAYOUTS[layout])
     store = tiffstore.open(tmp_path / "raw")
     kind, _, version = fmt.partition("-")
     target = str(tmp_path / ("refs.parq" if kind == "parquet" else "refs.json"))
@@ -113,7 +101,7 @@ def test_round_trip_equals_the_source(tmp_path, layout, fmt):
 def test_read_with_fsspec_and_zarr_alone(tmp_path, codecs):
     """imagecodecs installed is enough (numcodecs finds its codecs); registering them by
     hand, as older numcodecs need, works too."""
-    ref = _pos(tmp_path / "raw", **LAYOUTS["zlib-predictor-strips"])
+    ref = write_positions(tmp_path / "raw", **LAYOUTS["zlib-predictor-strips"])
     target = str(tmp_path / "refs.json")
     write_references(tiffstore.open(tmp_path / "raw"), target)
     got = _read_elsewhere(tmp_path, target, "file", {}, codecs)
@@ -154,7 +142,7 @@ def test_same_values_dims_and_coords_as_the_live_store(tmp_path, kind, missing):
 
 def test_url_rewrites_to_s3_and_reads_from_there(tmp_path, s3_bucket):
     bucket, options = s3_bucket
-    ref = _pos(tmp_path / "raw", **LAYOUTS["zstd-tiles"])
+    ref = write_positions(tmp_path / "raw", **LAYOUTS["zstd-tiles"])
     upload_folder(tmp_path / "raw", f"{bucket}/raw", options)
     target = str(tmp_path / "refs.json")
     store = tiffstore.open(tmp_path / "raw")
@@ -171,7 +159,7 @@ def test_url_rewrites_to_s3_and_reads_from_there(tmp_path, s3_bucket):
 def test_references_to_s3_written_on_s3(tmp_path, s3_bucket):
     """Files opened on S3, references written to S3 and read from there."""
     bucket, options = s3_bucket
-    ref = _pos(tmp_path / "raw", **LAYOUTS["lzw-strips"])
+    ref = write_positions(tmp_path / "raw", **LAYOUTS["lzw-strips"])
     upload_folder(tmp_path / "raw", f"{bucket}/raw", options)
     store = tiffstore.open(f"{bucket}/raw/", storage_options=options)
     store.write_references(f"{bucket}/refs.json", storage_options=options)
@@ -182,7 +170,7 @@ def test_references_to_s3_written_on_s3(tmp_path, s3_bucket):
 @pytest.mark.network
 def test_url_rewrites_to_http(tmp_path, http_server: HttpServer):
     folder = http_server.root / "refs-raw dir"
-    ref = _pos(folder, **LAYOUTS["raw"])
+    ref = write_positions(folder, **LAYOUTS["raw"])
     target = str(tmp_path / "refs.json")
     url = http_server.url + "refs-raw dir/"
     tiffstore.open(folder).write_references(target, url=url)
@@ -195,7 +183,7 @@ def test_url_rewrites_to_http(tmp_path, http_server: HttpServer):
 
 def test_names_are_quoted_for_http(tmp_path):
     folder = tmp_path / "raw"
-    _pos(folder, n=2)
+    write_positions(folder, n=2)
     (folder / "pos1.tif").rename(folder / "pos 1#.tif")
     (folder / "pos0.tif").rename(folder / "pos 0#.tif")
     target = str(tmp_path / "refs.json")
@@ -208,7 +196,7 @@ def test_names_are_quoted_for_http(tmp_path):
 
 def test_short_last_strip_is_inlined_and_reads_right(tmp_path):
     """Strips of 16 rows over 40: the last holds 8 rows, fewer than a zarr chunk."""
-    ref = _pos(tmp_path / "raw", shape=(2, 40, 50), compression="zlib", rowsperstrip=16)
+    ref = write_positions(tmp_path / "raw", shape=(2, 40, 50), compression="zlib", rowsperstrip=16)
     target = str(tmp_path / "refs.json")
     write_references(tiffstore.open(tmp_path / "raw"), target, version=0)
     doc = json.loads(Path(target).read_text())
@@ -218,7 +206,7 @@ def test_short_last_strip_is_inlined_and_reads_right(tmp_path):
 
 
 def test_chunks_that_are_not_one_range_are_refused_with_the_way_out(tmp_path):
-    _pos(tmp_path / "raw", compression="zlib", rowsperstrip=8)
+    write_positions(tmp_path / "raw", compression="zlib", rowsperstrip=8)
     store = tiffstore.open(tmp_path / "raw")
     with pytest.raises(ReferenceError, match="chunks='native'"):
         store.write_references(str(tmp_path / "r.json"), chunks=(1, 1, 40, 30))
@@ -235,7 +223,7 @@ def test_default_keeps_the_store_chunks_when_they_are_ranges(make_sample):
 
 
 def test_existing_target_is_refused_unless_overwrite(tmp_path):
-    _pos(tmp_path / "raw")
+    write_positions(tmp_path / "raw")
     store = tiffstore.open(tmp_path / "raw")
     keep = tmp_path / "mine.parq"
     keep.mkdir()
@@ -244,12 +232,14 @@ def test_existing_target_is_refused_unless_overwrite(tmp_path):
         store.write_references(str(keep), format="parquet")
     assert (keep / "precious.txt").read_text() == "mine"
     store.write_references(str(keep), format="parquet", overwrite=True)
-    np.testing.assert_array_equal(_read_here(str(keep))["image"][...], _pos(tmp_path / "x"))
+    np.testing.assert_array_equal(
+        _read_here(str(keep))["image"][...], write_positions(tmp_path / "x")
+    )
 
 
 def test_records_what_it_was_made_from_and_no_secrets(tmp_path, s3_bucket):
     bucket, options = s3_bucket
-    _pos(tmp_path / "raw")
+    write_positions(tmp_path / "raw")
     upload_folder(tmp_path / "raw", f"{bucket}/raw", options)
     secret = dict(options, secret="s3cr3t-never-written", key="AKIA-never-written")
     store = tiffstore.open(f"{bucket}/raw/", storage_options=secret)
@@ -263,7 +253,7 @@ def test_records_what_it_was_made_from_and_no_secrets(tmp_path, s3_bucket):
 
 
 def test_cli_refs(tmp_path, capsys):
-    ref = _pos(tmp_path / "raw")
+    ref = write_positions(tmp_path / "raw")
     target = tmp_path / "refs.json"
     assert main(["refs", str(tmp_path / "raw"), str(target), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -322,7 +312,7 @@ def test_open_a_reference_file_restores_the_store_without_reading_headers(
 
 def test_reopened_references_read_from_their_url(tmp_path, s3_bucket):
     bucket, options = s3_bucket
-    ref = _pos(tmp_path / "raw", **LAYOUTS["zlib-predictor-strips"])
+    ref = write_positions(tmp_path / "raw", **LAYOUTS["zlib-predictor-strips"])
     upload_folder(tmp_path / "raw", f"{bucket}/raw", options)
     target = str(tmp_path / "refs.json")
     tiffstore.open(tmp_path / "raw").write_references(target, url=f"{bucket}/raw/")
@@ -335,7 +325,7 @@ def test_reopened_references_read_from_their_url(tmp_path, s3_bucket):
 def test_saved_manifest_round_trips_and_never_holds_secrets(tmp_path):
     from tiffstore.saved import dump_manifest, load_manifest
 
-    ref = _pos(tmp_path / "raw", **LAYOUTS["zstd-tiles"])
+    ref = write_positions(tmp_path / "raw", **LAYOUTS["zstd-tiles"])
     store = tiffstore.open(tmp_path / "raw")
     m = store.manifest
     assert load_manifest(dump_manifest(m)) == m

@@ -281,37 +281,21 @@ def _page_pieces(
         full, valid = seg.segment_shape(p.segment)
         piece_dest = outer + seg.denormalize(at)
         count = int(counts[p.segment])
-        select = (p.rows, p.cols, samples)
-        if codec is None:
-            pieces.append(
-                Piece(
-                    "raw",
-                    file,
-                    int(offsets[p.segment]),
-                    count,
-                    piece_dest,
-                    full,
-                    select,
-                    page=page,
-                    segment=p.segment,
-                )
+        pieces.append(
+            Piece(
+                "raw" if codec is None else "decode",
+                file,
+                int(offsets[p.segment]),
+                count,
+                piece_dest,
+                full,
+                (p.rows, p.cols, samples),
+                codec,
+                () if codec is None else valid,
+                page,
+                p.segment,
             )
-        else:
-            pieces.append(
-                Piece(
-                    "decode",
-                    file,
-                    int(offsets[p.segment]),
-                    count,
-                    piece_dest,
-                    full,
-                    select,
-                    codec,
-                    valid,
-                    page,
-                    p.segment,
-                )
-            )
+        )
     return pieces
 
 
