@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -226,31 +227,41 @@ def check_file(m: Manifest, file: int) -> FileLayout:
     return own
 
 
+def _head_differs(m: Manifest, file: int) -> bool:
+    signature = m.signatures[int(m.file_signature[file])]
+    return m.source.read_header(m.files[file], len(signature)) != signature
+
+
 def verify_manifest(m: Manifest, workers: int = 16) -> Manifest:
     """``m`` with every file's header checked (see :meth:`Manifest.verify`)."""
     unchecked = np.flatnonzero(~m.verified & (m.file_signature >= 0)).tolist()
     if unchecked:
-        layouts = [m.file_layout_of(i) for i in range(len(m.files))]
 
-        def own(i: int) -> FileLayout:
-            return check_file(m, i)
+        def differing(batch: list[int]) -> list[int]:
+            return [i for i in batch if _head_differs(m, i)]
 
-        if workers > 1 and len(unchecked) > 2:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                checked = list(pool.map(own, unchecked))
+        # Batches, not a task per file: a check is one small read, cheaper than a task.
+        n_batches = max(1, min(workers, len(unchecked) // 64))
+        batches = [unchecked[k::n_batches] for k in range(n_batches)]
+        if n_batches > 1:
+            with ThreadPoolExecutor(max_workers=n_batches) as pool:
+                found = [i for part in pool.map(differing, batches) for i in part]
         else:
-            checked = [own(i) for i in unchecked]
-        for i, lay in zip(unchecked, checked, strict=True):
-            layouts[i] = lay
-        geometries, file_layout, tables = columnize(layouts)
+            found = differing(batches[0])
+        changes: dict[str, Any] = {}
+        if found:
+            # Written otherwise than their group: described by their own headers.
+            layouts = [m.file_layout_of(i) for i in range(len(m.files))]
+            for i in sorted(found):
+                layouts[i] = check_file(m, i)
+            geometries, file_layout, tables = columnize(layouts)
+            changes = {"layouts": geometries, "file_layout": file_layout, "tables": tables}
         m = dataclasses.replace(
             m,
-            layouts=geometries,
-            file_layout=file_layout,
-            tables=tables,
             signatures=(),
             file_signature=np.full(len(m.files), -1, np.int32),
             verified=np.ones(len(m.files), bool),
+            **changes,
         )
     check_truncated(m, "verifying")
     return m

@@ -34,7 +34,7 @@ from .layout import FileLayout
 if TYPE_CHECKING:
     from .manifest import Manifest
 
-__all__ = ["ChunkPlan", "Piece", "PieceKind", "plan_chunk", "unstitch"]
+__all__ = ["ChunkPlan", "Piece", "PieceKind", "page_run_table", "plan_chunk", "unstitch"]
 
 #: ``copy``: the bytes are the pixels, back to back in the chunk too: copy them to
 #: bytes ``dest[0]`` of the chunk.
@@ -347,6 +347,35 @@ def _page_run_plan(m: Manifest, index: tuple[int, ...], layout_of: LayoutOf) -> 
         return None  # pages not back to back: the general plan merges what it can
     piece = Piece("copy", file, first, nbytes, (slice(0, nbytes),))
     return ChunkPlan(index, m.chunks, m.dtype.str, (piece,), True)
+
+
+def page_run_table(m: Manifest) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """Every chunk's byte range at once, when every chunk is whole pages of one file.
+
+    For manifests whose files all store their pages back to back uncompressed and
+    whose chunks are runs of whole pages dividing the files' pages evenly (no edge
+    chunks): ``(file, offset, nbytes)`` with ``file`` and ``offset`` arrays over the
+    chunk grid (``file`` -1 where no file) and every chunk ``nbytes`` long. ``None``
+    for any other manifest, whose chunks are planned one by one.
+    """
+    geometry = _page_run_geometry(m)
+    if geometry is None or any(lay.storage != "contiguous" for lay in m.layouts):
+        return None
+    nn, nl = geometry
+    lead = m.chunks[nn : nn + nl]
+    sizes = m.layout.leading_shape
+    if any(n % c for n, c in zip(sizes, lead, strict=True)):
+        return None
+    lead_grid = tuple(n // c for n, c in zip(sizes, lead, strict=True))
+    first_page = np.zeros(lead_grid, np.int64)
+    for idx, c, st in zip(np.indices(lead_grid), lead, _strides(sizes), strict=True):
+        first_page += idx * c * st
+    page_nbytes = m.layout.page_nbytes
+    files = m.file_index.reshape(m.file_index.shape + (1,) * nl)
+    starts = m.tables.data_offset[np.maximum(files, 0)]
+    offsets = np.where(files >= 0, starts + first_page * page_nbytes, -1)
+    files = np.broadcast_to(files, offsets.shape)
+    return files, offsets, math.prod(lead) * page_nbytes
 
 
 def unstitch(

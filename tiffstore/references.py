@@ -40,7 +40,7 @@ from .codecs import register_imagecodecs
 from .documents import Documents, array_attributes, array_metadata
 from .errors import OptionError, TiffStoreError
 from .manifest import Manifest
-from .plans import ChunkPlan
+from .plans import ChunkPlan, page_run_table
 from .saved import dump_manifest
 
 __all__ = ["ReferenceError", "reference_chunks", "references", "write_references"]
@@ -256,6 +256,22 @@ def references(
     )
     yield from docs.coordinate_chunks.items()
     reader = ChunkReader(m)
+    table = page_run_table(m)
+    if table is not None:
+        # Every chunk whole pages of one file: the references at once, no plan each.
+        files, offsets, nbytes = table
+        fill = None
+        for index, file, offset in zip(
+            np.ndindex(*m.chunk_grid), files.ravel().tolist(), offsets.ravel().tolist(), strict=True
+        ):
+            key = f"{image}/" + ".".join(map(str, index))
+            if file >= 0:
+                yield key, [urls[file], offset, nbytes]
+            elif m.fill_value != 0 or inline_missing:
+                if fill is None:
+                    fill = codecs.encode(np.full(m.chunks, m.fill_value, m.dtype))
+                yield key, fill
+        return
     for index in np.ndindex(*m.chunk_grid):
         plan = reader.plan(index)
         if plan.empty:
@@ -341,10 +357,11 @@ def write_references(
         if version == 1:
             root = url if url is not None else m.source.url("")
             doc = {"version": 1, "templates": {"u": root.rstrip("/")}, "refs": refs}
+        text = json.dumps(doc, separators=(",", ":"))  # one string, one write
         if fs.exists(path):
             fs.rm(path, recursive=True)
         with fs.open(path, "w") as fh:
-            json.dump(doc, fh, separators=(",", ":"))
+            fh.write(text)
         logger.info("wrote %d references to %s", len(refs), target)
         return target
     return _write_parquet(m, fs, path, url, chunks, record_size, target)
