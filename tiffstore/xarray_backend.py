@@ -155,7 +155,7 @@ class TiffStoreBackendEntrypoint(BackendEntrypoint):
             # Format 3: the root is the array; the group view is under ``group/`` and
             # zarr reads its consolidated metadata from there.
             return ZarrBackendEntrypoint().open_dataset(
-                store,
+                store,  # type: ignore[arg-type]  # xarray takes any zarr store
                 group=GROUP_V3,
                 drop_variables=drop_variables,
                 consolidated=False,
