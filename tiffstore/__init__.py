@@ -18,9 +18,11 @@ from .errors import (
 )
 from .manifest import Manifest
 from .materialize import MaterializeError, MaterializeSummary, materialize, materialize_status
+from .pipeline import PIPELINE_PATH, TiffCodecPipeline
 from .store import TiffMapping, TiffStore
 
 __all__ = [
+    "PIPELINE_PATH",
     "LayoutMismatchError",
     "Manifest",
     "MaterializeError",
@@ -29,6 +31,7 @@ __all__ = [
     "OptionError",
     "ReadOnlyError",
     "SourceError",
+    "TiffCodecPipeline",
     "TiffMapping",
     "TiffReadError",
     "TiffStore",

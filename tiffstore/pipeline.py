@@ -1,0 +1,163 @@
+"""A zarr codec pipeline that reads whole chunks of a :class:`TiffStore` straight into zarr's output.
+
+zarr-python 3.1's default pipeline (``BatchedCodecPipeline``) fetches a chunk's
+bytes, then copies them into the output array in its one event-loop thread: every
+byte moves twice, and the second move is serial however many threads dask runs.
+:class:`TiffCodecPipeline` is the same pipeline, except that a chunk of a
+:class:`TiffStore` that the read wants whole (what ``dask.array.from_zarr`` asks
+for) is read with one ranged read per file straight into its place in the output,
+in a worker thread. Everything else (other stores, compressed or transposing
+codecs, part of a chunk, a byte order other than the files') goes through the
+default pipeline unchanged.
+
+Opt in through zarr's own configuration::
+
+    zarr.config.set({"codec_pipeline.path": "tiffstore.pipeline.TiffCodecPipeline"})
+
+It is safe to set for a whole program: arrays of other stores get the default
+pipeline's behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from zarr.codecs import BytesCodec, ShardingCodec
+from zarr.codecs._v2 import V2Codec
+from zarr.core.codec_pipeline import BatchedCodecPipeline
+from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
+from zarr.registry import register_pipeline
+from zarr.storage._common import StorePath
+
+from .store import TiffStore
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from zarr.abc.store import Store
+    from zarr.core.array_spec import ArraySpec
+    from zarr.core.buffer import NDBuffer
+    from zarr.core.indexing import SelectorTuple
+    from zarr.core.metadata import ArrayMetadata
+
+__all__ = ["PIPELINE_PATH", "TiffCodecPipeline"]
+
+#: The value of zarr's ``codec_pipeline.path`` setting that selects this pipeline.
+PIPELINE_PATH = "tiffstore.pipeline.TiffCodecPipeline"
+
+ReadItem = tuple[Any, "ArraySpec", "SelectorTuple", "SelectorTuple", bool]
+
+
+def _passes_bytes_through(codecs: Sequence[Any], dtype: np.dtype[Any]) -> bool:
+    """Whether decoding with ``codecs`` leaves the chunk's bytes as they are."""
+    if len(codecs) != 1:
+        return False
+    (codec,) = codecs
+    if isinstance(codec, V2Codec):
+        return not codec.filters and codec.compressor is None
+    if isinstance(codec, ShardingCodec):
+        # A shard of the store is the manifest's chunk with an index after it.
+        return _passes_bytes_through(codec.codecs, dtype)
+    if isinstance(codec, BytesCodec):
+        order = {"little": "<", "big": ">"}.get(str(getattr(codec.endian, "value", "")), "|")
+        return dtype.itemsize == 1 or dtype.byteorder in (order, "=")
+    return False
+
+
+@dataclass(frozen=True)
+class TiffCodecPipeline(BatchedCodecPipeline):
+    """zarr's batched pipeline, reading whole chunks of a :class:`TiffStore` in place.
+
+    Attributes
+    ----------
+    store
+        The store whose chunks are read in place (``None``: behaves exactly as
+        ``BatchedCodecPipeline``).
+
+    Examples
+    --------
+    >>> with zarr.config.set({"codec_pipeline.path": PIPELINE_PATH}):  # doctest: +SKIP
+    ...     total = dask.array.from_zarr(tiffstore.open("raw/")).sum().compute()
+    """
+
+    store: TiffStore | None = None
+
+    @classmethod
+    def from_array_metadata_and_store(cls, array_metadata: ArrayMetadata, store: Store) -> Self:
+        # docstring inherited
+        if not isinstance(store, TiffStore):
+            raise NotImplementedError("not a TiffStore: zarr builds the default pipeline")
+        if isinstance(array_metadata, ArrayV3Metadata):
+            pipeline = cls.from_codecs(array_metadata.codecs)
+        elif isinstance(array_metadata, ArrayV2Metadata):
+            codec = V2Codec(filters=array_metadata.filters, compressor=array_metadata.compressor)
+            pipeline = cls.from_codecs([codec])
+        else:
+            raise NotImplementedError(f"unknown metadata {type(array_metadata).__name__}")
+        direct = _passes_bytes_through(list(pipeline), store.dtype)
+        return dataclasses.replace(pipeline, store=store if direct else None)
+
+    def evolve_from_array_spec(self, array_spec: ArraySpec) -> Self:
+        # docstring inherited
+        return dataclasses.replace(super().evolve_from_array_spec(array_spec), store=self.store)
+
+    async def read(
+        self,
+        batch_info: Iterable[ReadItem],
+        out: NDBuffer,
+        drop_axes: tuple[int, ...] = (),
+    ) -> None:
+        # docstring inherited
+        store = self.store
+        target = out.as_ndarray_like()
+        if store is None or not isinstance(target, np.ndarray) or target.dtype != store.dtype:
+            await super().read(batch_info, out, drop_axes)
+            return
+        direct: list[tuple[tuple[int, ...], np.ndarray]] = []
+        rest: list[ReadItem] = []
+        for item in batch_info:
+            place = self._in_place(store, item, target)
+            if place is None:
+                rest.append(item)
+            else:
+                direct.append(place)
+        reads = [asyncio.to_thread(_read_into, store, index, view) for index, view in direct]
+        if rest:
+            reads.append(super().read(rest, out, drop_axes))
+        await asyncio.gather(*reads)
+
+    @staticmethod
+    def _in_place(
+        store: TiffStore, item: ReadItem, target: np.ndarray
+    ) -> tuple[tuple[int, ...], np.ndarray] | None:
+        """The chunk index and its place in ``target`` when the item wants a whole chunk."""
+        byte_getter, _spec, chunk_selection, out_selection, _complete = item
+        if not isinstance(byte_getter, StorePath) or byte_getter.store is not store:
+            return None
+        key = store.keys.chunk_key(byte_getter.path)
+        chunks = store.manifest.chunks
+        if key is None or not isinstance(chunk_selection, tuple):
+            return None
+        if len(chunk_selection) != len(chunks):
+            return None
+        for sel, n in zip(chunk_selection, chunks, strict=True):
+            if not isinstance(sel, slice) or (sel.start or 0, sel.stop, sel.step or 1) != (0, n, 1):
+                return None
+        view = target[out_selection]
+        if view.shape != chunks or not view.flags.c_contiguous:
+            return None
+        return key.index, view
+
+
+def _read_into(store: TiffStore, index: tuple[int, ...], view: np.ndarray) -> None:
+    """Read chunk ``index`` into ``view`` (the fill value where no file contributes)."""
+    if store.reader.read_chunk(index, out=view) is None:
+        view[...] = store.manifest.fill_value
+
+
+register_pipeline(TiffCodecPipeline)
