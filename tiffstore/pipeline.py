@@ -32,9 +32,14 @@ from zarr.codecs._v2 import V2Codec
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 from zarr.registry import register_pipeline
-from zarr.storage._common import StorePath
+from zarr.storage import StorePath
 
 from .store import TiffStore
+
+try:  # zarr >= 3.2: a pipeline's read says, per chunk, whether it was there
+    from zarr.abc.codec import GetResult  # type: ignore[attr-defined,unused-ignore]
+except ImportError:  # zarr 3.1: read returns nothing
+    GetResult = None
 
 if TYPE_CHECKING:
     from typing import Self
@@ -106,30 +111,37 @@ class TiffCodecPipeline(BatchedCodecPipeline):
         # docstring inherited
         return dataclasses.replace(super().evolve_from_array_spec(array_spec), store=self.store)
 
-    async def read(
+    async def read(  # type: ignore[override,unused-ignore]
         self,
         batch_info: Iterable[ReadItem],
         out: NDBuffer,
         drop_axes: tuple[int, ...] = (),
-    ) -> None:
+    ) -> Any:
         # docstring inherited
         store = self.store
         target = out.as_ndarray_like()
         if store is None or not isinstance(target, np.ndarray) or target.dtype != store.dtype:
-            await super().read(batch_info, out, drop_axes)
-            return
-        direct: list[tuple[tuple[int, ...], np.ndarray]] = []
+            return await super().read(batch_info, out, drop_axes)  # type: ignore[func-returns-value,unused-ignore]
+        places: list[tuple[tuple[int, ...], np.ndarray] | None] = []
         rest: list[ReadItem] = []
         for item in batch_info:
             place = self._in_place(store, item, target)
+            places.append(place)
             if place is None:
                 rest.append(item)
-            else:
-                direct.append(place)
-        reads = [asyncio.to_thread(_read_into, store, index, view) for index, view in direct]
+        reads = [asyncio.to_thread(_read_into, store, *p) for p in places if p is not None]
         if rest:
             reads.append(super().read(rest, out, drop_axes))
-        await asyncio.gather(*reads)
+        results = await asyncio.gather(*reads)
+        if GetResult is None:
+            return None
+        # zarr >= 3.2: one result per chunk, in the batch's order.
+        found = iter(results[: len(results) - bool(rest)])
+        others = iter(results[-1] if rest else ())
+        return tuple(
+            next(others) if p is None else GetResult(status="present" if next(found) else "missing")
+            for p in places
+        )
 
     @staticmethod
     def _in_place(
@@ -154,10 +166,12 @@ class TiffCodecPipeline(BatchedCodecPipeline):
         return key.index, view
 
 
-def _read_into(store: TiffStore, index: tuple[int, ...], view: np.ndarray) -> None:
-    """Read chunk ``index`` into ``view`` (the fill value where no file contributes)."""
+def _read_into(store: TiffStore, index: tuple[int, ...], view: np.ndarray) -> bool:
+    """Read chunk ``index`` into ``view``; ``False`` (and the fill value) where no file contributes."""
     if store.reader.read_chunk(index, out=view) is None:
         view[...] = store.manifest.fill_value
+        return False
+    return True
 
 
 register_pipeline(TiffCodecPipeline)

@@ -389,6 +389,14 @@ class TiffStore(Store):
             return fill[start:stop].data
         return data
 
+    def _request_nbytes(self, byte_range: ByteRequest | None) -> int:
+        """At most how many bytes a request of a chunk's value reads (a shard's index: few)."""
+        n = self._value_nbytes()
+        if byte_range is None:
+            return n
+        start, stop = _byte_span(byte_range, n)
+        return stop - start
+
     def _value_nbytes(self) -> int:
         """Bytes of one chunk's value (a shard's includes its index)."""
         sh = self.shards
@@ -418,7 +426,8 @@ class TiffStore(Store):
     ) -> Buffer | None:
         # docstring inherited
         if key in self.documents.documents or (
-            self.manifest.chunk_nbytes <= self.inline_read_bytes and not self.manifest.source.remote
+            self._request_nbytes(byte_range) <= self.inline_read_bytes
+            and not self.manifest.source.remote
         ):
             # Metadata, or a local read that costs less than the hop to a worker thread.
             return self.get_sync(key, prototype=prototype, byte_range=byte_range)
