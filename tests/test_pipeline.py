@@ -96,3 +96,28 @@ def test_other_stores_get_zarrs_own_behaviour(pipeline):
     np.testing.assert_array_equal(arr[...], data)
     arr[0] = 7
     assert (arr[0] == 7).all()
+
+
+def test_store_has_zarrs_whole_synchronous_surface(sample_dir):
+    """zarr >= 3.3's FusedCodecPipeline reads in threads only from such stores."""
+    store = tiffstore.open(sample_dir[0])
+    for name in ("get_sync", "set_sync", "delete_sync"):
+        assert callable(getattr(store, name))
+    store_abc = pytest.importorskip("zarr.abc.store")
+    if hasattr(store_abc, "SupportsSyncStore"):
+        assert isinstance(store, store_abc.SupportsSyncStore)
+
+
+@pytest.mark.parametrize("options", FORMATS)
+def test_zarrs_fused_pipeline_where_it_exists(sample_dir, options):
+    fused = "zarr.core.codec_pipeline.FusedCodecPipeline"
+    codec_pipeline = pytest.importorskip("zarr.core.codec_pipeline")
+    if not hasattr(codec_pipeline, "FusedCodecPipeline"):
+        pytest.skip("zarr < 3.3 has no FusedCodecPipeline")
+    directory, ref = sample_dir
+    with zarr.config.set({"codec_pipeline.path": fused}):
+        store = tiffstore.open(directory, **options)
+        arr = zarr.open_array(store, mode="r")
+        np.testing.assert_array_equal(arr[...], ref)
+        np.testing.assert_array_equal(arr[2, 1, 3], ref[2, 1, 3])
+        np.testing.assert_array_equal(da.from_zarr(store, chunks=store.chunks).compute(), ref)

@@ -181,7 +181,9 @@ def test_sync_helpers(store, sample_dir):
     ref = sample_dir[1]
     assert store.get_sync("0.0.1.0.0").to_bytes() == ref[0, 0, 1].tobytes()
     assert store.get_sync("1.2.0.0.0") is None
-    assert store._get_json_sync(".zarray", prototype=default_buffer_prototype())["zarr_format"] == 2
+    assert json.loads(store.get_sync(".zarray").to_bytes())["zarr_format"] == 2
+    part = store.get_sync("0.0.1.0.0", byte_range=RangeByteRequest(2, 6))
+    assert part.to_bytes() == ref[0, 0, 1].tobytes()[2:6]
 
 
 async def _collect(it):
