@@ -567,6 +567,22 @@ def test_uncompressed_chunk_reads_at_most_its_own_bytes(written, layout, chunks)
         assert sum(n for _, _, n in source.calls) == inside <= chunk_bytes, index
 
 
+@pytest.mark.parametrize("layout", ["uncompressed", "zlib-strips", "zstd-tiles"])
+def test_format3_one_plane_of_a_shard_reads_only_that_pages_bytes(written, layout):
+    directory, ref = written(layout)
+    source, files = resolve_source(directory)
+    counting = CountingSource(source.root)  # type: ignore[attr-defined]
+    store = TiffStore(build_manifest(counting, files), zarr_format=3)
+    assert store.shards is not None  # a default chunk is several pages: sharded
+    arr = zarr.open_array(store, mode="r")
+    arr[(1,) * (len(store.shape) - 2)]  # first reads check headers
+    counting.calls.clear()
+    np.testing.assert_array_equal(arr[1, 3], ref[1, 3])
+    page = sum(n for _, n in _segment_bytes(directory / "pos1.tif", 3))
+    assert {name for name, _, _ in counting.calls} == {"pos1.tif"}
+    assert sum(n for _, _, n in counting.calls) == page
+
+
 # -- handles and headers ----------------------------------------------------
 
 
