@@ -54,6 +54,9 @@ def _slice_range(data: bytes, byte_range: ByteRequest | None) -> bytes:
     return data[start:stop]
 
 
+#: Shard indexes a store keeps, made up once each (16 bytes per page: 512 B for 32 pages).
+SHARD_INDEXES_KEPT = 4096
+
 #: Threads reading chunks of remote sources (requests wait on the network, not the CPU).
 REMOTE_READ_THREADS = 32
 _remote_executor: tuple[int, ThreadPoolExecutor] | None = None
@@ -134,6 +137,7 @@ class TiffStore(Store):
         self._sharded = sharded
         self._reader: ChunkReader | None = None
         self._page_reader: ChunkReader | None = None
+        self._shard_indexes: dict[tuple[int, ...], np.ndarray] = {}
 
     # -- the array --------------------------------------------------------
 
@@ -307,6 +311,17 @@ class TiffStore(Store):
         Inner chunk ``k`` lies at ``k * inner_nbytes`` of the shard; pages with no file,
         and pages past the array's edge, are ``2**64 - 1`` twice (absent). Costs no I/O.
         """
+        index = tuple(index)
+        table = self._shard_indexes.get(index)
+        if table is None:
+            table = self._make_shard_index(index)
+            table.setflags(write=False)
+            if len(self._shard_indexes) >= SHARD_INDEXES_KEPT:
+                self._shard_indexes.clear()
+            self._shard_indexes[index] = table
+        return table
+
+    def _make_shard_index(self, index: tuple[int, ...]) -> np.ndarray:
         sh = self.shards
         if sh is None:
             raise ValueError("this store's chunks are not sharded")
