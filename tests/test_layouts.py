@@ -571,7 +571,7 @@ def test_uncompressed_chunk_reads_at_most_its_own_bytes(written, layout, chunks)
 def test_format3_one_plane_of_a_shard_reads_only_that_pages_bytes(written, layout):
     directory, ref = written(layout)
     source, files = resolve_source(directory)
-    counting = CountingSource(source.root)  # type: ignore[attr-defined]
+    counting = CountingSource(source.root)
     store = TiffStore(build_manifest(counting, files), zarr_format=3)
     assert store.shards is not None  # a default chunk is several pages: sharded
     arr = zarr.open_array(store, mode="r")

@@ -214,3 +214,10 @@ def test_xarray_engine_opens_a_format3_store(sharded, sample_dir):
     ds = xr.open_dataset(sharded, engine=TiffStoreBackendEntrypoint, chunks={})
     np.testing.assert_array_equal(ds["image"].values, sample_dir[1])
     assert ds["wavelength"].values.tolist() == [488, 560, 642]
+
+
+def test_materialize_a_format3_store(sharded, sample_dir, tmp_path):
+    tiffstore.materialize(sharded, str(tmp_path / "copy.zarr"))
+    copy = zarr.open_group(str(tmp_path / "copy.zarr"), mode="r")
+    np.testing.assert_array_equal(copy["image"][...], sample_dir[1])
+    assert copy["wavelength"][...].tolist() == [488, 560, 642]
