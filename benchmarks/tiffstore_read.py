@@ -9,8 +9,8 @@
 - ``zarr.open_array(store)[...]``;
 - one plane with default chunks (format 2, and format 3 sharded) and with
   ``chunks="page"``: the store's own read of the chunk (``store.mapping[key]``),
-  zarr's read of it, and the same zarr read from an in-memory store holding the same
-  array with the same chunks (zarr's floor).
+  zarr's read of it (also with tiffstore's codec pipeline), and the same zarr read
+  from an in-memory store holding the same array with the same chunks (zarr's floor).
 """
 
 from __future__ import annotations
@@ -95,6 +95,13 @@ TARGETS = [
     Target(
         "page: zarr [c,s,z] <= 1.2x zarr MemoryStore",
         "plane/tiffstore_page",
+        MEMORY_FLOOR,
+        "ratio",
+        at_most=1.2,
+    ),
+    Target(
+        "page + pipeline: zarr [c,s,z] <= 1.2x zarr MemoryStore",
+        "plane/tiffstore_page_pipeline",
         MEMORY_FLOOR,
         "ratio",
         at_most=1.2,
@@ -251,6 +258,19 @@ def run(ctx: Context) -> list[Row]:
             "tiffstore, chunks='page': zarr [c,s,z]",
             "tiffstore",
             lambda: lambda c, s, z: page_z[c, s, z],
+            limit=MEMORY_FLOOR,
+        )
+    )
+
+    page_pipe_z = with_pipeline(lambda: zarr.open_array(page, mode="r"))()
+    rows.append(
+        cases.one_plane(
+            ctx,
+            ds,
+            "plane/tiffstore_page_pipeline",
+            "tiffstore, chunks='page': zarr [c,s,z], tiffstore's codec pipeline",
+            "tiffstore",
+            lambda: lambda c, s, z: page_pipe_z[c, s, z],
             limit=MEMORY_FLOOR,
         )
     )

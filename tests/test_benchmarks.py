@@ -24,6 +24,7 @@ EXPECTED = [
     "full/tiffstore_v3",
     "sum/tiffstore_v3",
     "plane/tiffstore_v3_sharded",
+    "plane/tiffstore_page_pipeline",
     "zarr/tiffstore",
     "plane/tiffstore_default",
     "plane/tiffstore_page_mapping",

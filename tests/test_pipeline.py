@@ -121,3 +121,15 @@ def test_zarrs_fused_pipeline_where_it_exists(sample_dir, options):
         np.testing.assert_array_equal(arr[...], ref)
         np.testing.assert_array_equal(arr[2, 1, 3], ref[2, 1, 3])
         np.testing.assert_array_equal(da.from_zarr(store, chunks=store.chunks).compute(), ref)
+
+
+def test_one_plane_of_page_chunks_is_read_in_place(pipeline, sample_dir, chunk_gets):
+    directory, ref = sample_dir
+    store = tiffstore.open(directory, chunks="page")
+    arr = zarr.open_array(store, mode="r")
+    np.testing.assert_array_equal(arr[2, 1, 3], ref[2, 1, 3])
+    np.testing.assert_array_equal(arr[1, 2, 3], ref[1, 2, 3])  # the missing file
+    np.testing.assert_array_equal(arr[0, :, 2], ref[0, :, 2])
+    assert chunk_gets == []
+    np.testing.assert_array_equal(arr[2, 1, 3, 4:9], ref[2, 1, 3, 4:9])  # part of a page
+    assert chunk_gets

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -129,7 +130,7 @@ class TiffCodecPipeline(BatchedCodecPipeline):
             places.append(place)
             if place is None:
                 rest.append(item)
-        reads = [asyncio.to_thread(_read_into, store, *p) for p in places if p is not None]
+        reads = [_read(store, *p) for p in places if p is not None]
         if rest:
             reads.append(super().read(rest, out, drop_axes))
         results = await asyncio.gather(*reads)
@@ -158,12 +159,26 @@ class TiffCodecPipeline(BatchedCodecPipeline):
         if len(chunk_selection) != len(chunks):
             return None
         for sel, n in zip(chunk_selection, chunks, strict=True):
-            if not isinstance(sel, slice) or (sel.start or 0, sel.stop, sel.step or 1) != (0, n, 1):
+            # The whole extent of the dim: all of it, or its one index (``a[c, s, z]``
+            # of one-page chunks; zarr then drops the dim from the output).
+            whole = (
+                (sel.start or 0, sel.stop, sel.step or 1) == (0, n, 1)
+                if isinstance(sel, slice)
+                else isinstance(sel, int | np.integer) and n == 1 and sel == 0
+            )
+            if not whole:
                 return None
         view = target[out_selection]
-        if view.shape != chunks or not view.flags.c_contiguous:
+        if view.size != math.prod(chunks) or not view.flags.c_contiguous:
             return None
-        return key.index, view
+        return key.index, view.reshape(chunks)
+
+
+async def _read(store: TiffStore, index: tuple[int, ...], view: np.ndarray) -> bool:
+    """:func:`_read_into` in a worker thread, or here when that costs less than the hop."""
+    if store.manifest.chunk_nbytes <= store.inline_read_bytes and not store.manifest.source.remote:
+        return _read_into(store, index, view)
+    return await asyncio.to_thread(_read_into, store, index, view)
 
 
 def _read_into(store: TiffStore, index: tuple[int, ...], view: np.ndarray) -> bool:
