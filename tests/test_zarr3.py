@@ -15,7 +15,6 @@ from zarr.core.sync import sync
 
 import tiffstore
 from tiffstore.errors import ReadOnlyError
-from tiffstore.sources import LocalSource
 
 PLANE = 32 * 24 * 2  # bytes of one (32, 24) uint16 page of the sample
 
@@ -32,23 +31,6 @@ def _get(store, key, byte_range=None):
 
 async def _collect(aiter):
     return [k async for k in aiter]
-
-
-def _count_reads(monkeypatch) -> list[tuple[str, int, int]]:
-    calls: list[tuple[str, int, int]] = []
-    real_many, real_bytes = LocalSource.read_many_into, LocalSource.read_bytes
-
-    def many(self, name, requests):
-        calls.extend((name, offset, out.nbytes) for offset, out in requests)
-        return real_many(self, name, requests)
-
-    def one(self, name, offset, length):
-        calls.append((name, offset, length))
-        return real_bytes(self, name, offset, length)
-
-    monkeypatch.setattr(LocalSource, "read_many_into", many)
-    monkeypatch.setattr(LocalSource, "read_bytes", one)
-    return calls
 
 
 def test_zarr_json_of_the_sharded_array(sharded, sample_dir):
@@ -130,12 +112,13 @@ def test_shard_index_marks_missing_pages_and_pages_past_the_edge(make_sample):
     np.testing.assert_array_equal(zarr.open_array(store, mode="r")[...], ref)
 
 
-def test_one_plane_through_zarr_reads_one_page(sharded, sample_dir, monkeypatch):
+def test_one_plane_through_zarr_reads_one_page(sharded, sample_dir, local_reads):
     """Default chunks (six pages) sharded: ``arr[c, s, z]`` reads one page of one file."""
     ref = sample_dir[1]
     arr = zarr.open_array(sharded, mode="r")
     arr[0, 0, 0]  # first reads check headers
-    calls = _count_reads(monkeypatch)
+    calls = local_reads
+    calls.clear()
     np.testing.assert_array_equal(arr[2, 3, 4], ref[2, 3, 4])
     m = sharded.manifest
     name = m.files[int(m.file_index[2, 3])]
@@ -147,9 +130,10 @@ def test_one_plane_through_zarr_reads_one_page(sharded, sample_dir, monkeypatch)
     assert [n for _, _, n in calls] == [PLANE]
 
 
-def test_whole_shard_read_is_one_read_of_the_file(sharded, sample_dir, monkeypatch):
+def test_whole_shard_read_is_one_read_of_the_file(sharded, sample_dir, local_reads):
     sharded.mapping["c/0/1/0/0/0"]  # the first read checks the file's header
-    calls = _count_reads(monkeypatch)
+    calls = local_reads
+    calls.clear()
     np.testing.assert_array_equal(zarr.open_array(sharded, mode="r")[0, 1], sample_dir[1][0, 1])
     assert [n for _, _, n in calls] == [sharded.manifest.chunk_nbytes]
 
