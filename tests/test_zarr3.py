@@ -205,3 +205,19 @@ def test_materialize_a_format3_store(sharded, sample_dir, tmp_path):
     copy = zarr.open_group(str(tmp_path / "copy.zarr"), mode="r")
     np.testing.assert_array_equal(copy["image"][...], sample_dir[1])
     assert copy["wavelength"][...].tolist() == [488, 560, 642]
+
+
+@pytest.mark.parametrize("pipeline", [None, tiffstore.PIPELINE_PATH], ids=["zarr", "tiffstore"])
+def test_a_file_truncated_after_open_raises_naming_it(make_sample, pipeline):
+    directory, _ = make_sample(channels=2, stacks=2)
+    settings = {"codec_pipeline.path": pipeline} if pipeline else {}
+    with zarr.config.set(settings):
+        store = tiffstore.open(directory, zarr_format=3)
+        arr = zarr.open_array(store, mode="r")
+    name = store.manifest.files[int(store.manifest.file_index[0, 0])]
+    path = directory / name
+    with path.open("r+b") as fh:
+        fh.truncate(path.stat().st_size // 2)
+    for read in (lambda: arr[0, 0, 5], lambda: arr[...]):
+        with pytest.raises(tiffstore.TiffReadError, match=name):
+            read()
