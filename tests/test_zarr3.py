@@ -187,7 +187,7 @@ def test_pickling_equality_and_writes_refused(sharded, sample_dir):
 
 
 def test_zarr_format_is_checked(sample_dir):
-    with pytest.raises(ValueError, match="zarr_format"):
+    with pytest.raises(tiffstore.OptionError, match="zarr_format=4"):
         tiffstore.open(sample_dir[0], zarr_format=4)
 
 

@@ -25,6 +25,7 @@ import numcodecs
 import numpy as np
 
 from ._version import __version__
+from .errors import OptionError
 from .manifest import Manifest, json_value
 from .naming import axis_kind
 
@@ -333,7 +334,9 @@ class Documents:
 
     def __init__(self, manifest: Manifest, zarr_format: int = 2, sharded: bool = True) -> None:
         if zarr_format not in (2, 3):
-            raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
+            raise OptionError(
+                f"zarr_format={zarr_format!r}: tiffstore serves Zarr format 2 or 3; pass 2 or 3."
+            )
         self.manifest = manifest
         self.zarr_format = zarr_format
         self.shards = shard_layout(manifest) if zarr_format == 3 and sharded else None
