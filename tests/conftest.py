@@ -93,6 +93,27 @@ def make_sample(tmp_path: Path) -> Callable[..., tuple[Path, np.ndarray]]:
 
 
 @pytest.fixture
+def local_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int]]:
+    """``(file, offset, length)`` of every read of a local file's bytes, as they happen."""
+    from tiffstore.sources import LocalSource
+
+    calls: list[tuple[str, int, int]] = []
+    real_many, real_bytes = LocalSource.read_many_into, LocalSource.read_bytes
+
+    def read_many_into(self: LocalSource, name: str, requests: Any) -> None:
+        calls.extend((name, offset, out.nbytes) for offset, out in requests)
+        real_many(self, name, requests)
+
+    def read_bytes(self: LocalSource, name: str, offset: int, length: int) -> bytes:
+        calls.append((name, offset, length))
+        return real_bytes(self, name, offset, length)
+
+    monkeypatch.setattr(LocalSource, "read_many_into", read_many_into)
+    monkeypatch.setattr(LocalSource, "read_bytes", read_bytes)
+    return calls
+
+
+@pytest.fixture
 def sample_dir(make_sample: Callable[..., tuple[Path, np.ndarray]]) -> tuple[Path, np.ndarray]:
     """3 channels x 4 stacks of (6, 32, 24) uint16, with channel 1's stack 2 missing."""
     return make_sample(missing=[(1, 2)])

@@ -12,16 +12,21 @@ distributed = pytest.importorskip("distributed")
 
 
 @pytest.mark.slow
-def test_compute_with_two_worker_processes(make_sample):
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"zarr_format": 3}, {"zarr_format": 3, "sharded": False}],
+    ids=["format2", "format3-sharded", "format3"],
+)
+def test_compute_with_two_worker_processes(make_sample, options):
     directory, ref = make_sample(channels=3, stacks=3, shape=(8, 24, 20), missing=[(0, 2)])
-    store = tiffstore.open(directory, chunks=3)
+    store = tiffstore.open(directory, chunks=3, **options)
     with (
         distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
-        arr = da.from_zarr(store)
+        arr = da.from_zarr(store, chunks=store.chunks)
         np.testing.assert_array_equal(client.compute(arr).result(), ref)
         np.testing.assert_array_equal(client.compute(store.to_dask()).result(), ref)
         # Reads really happened in other processes.

@@ -24,6 +24,7 @@ import numpy as np
 import psutil
 import pytest
 import tifffile
+import zarr
 
 import tiffstore
 from tiffstore.build import build_manifest
@@ -399,6 +400,39 @@ def test_every_chunk_equals_tifffile(written, layout, geometry):
     np.testing.assert_array_equal(da.from_zarr(store).compute(), ref)
 
 
+#: A representative subset for Zarr format 3: raw pages, pages apart, strips, tiles,
+#: big-endian, samples, ImageJ, OME (the full table runs in format 2).
+FORMAT3_LAYOUTS = [
+    "uncompressed",
+    "uncompressed-pages-apart",
+    "zlib-strips",
+    "zstd-tiles",
+    "bigendian-float-predictor",
+    "rgb-contig",
+    "rgb-planar-zlib-strips",
+    "imagej-hyperstack",
+    "ome-multifile",
+]
+
+
+@pytest.mark.parametrize("sharded", [True, False], ids=["sharded", "plain"])
+@pytest.mark.parametrize("geometry", ["default", "page", "int", "ragged"])
+@pytest.mark.parametrize("layout", FORMAT3_LAYOUTS)
+def test_format3_equals_tifffile(written, layout, geometry, sharded):
+    directory, ref = written(layout)
+    chunks = _chunks(geometry, directory)
+    store = tiffstore.open(directory, chunks=chunks, zarr_format=3, sharded=sharded)
+    arr = zarr.open_array(store, mode="r")
+    assert arr.metadata.zarr_format == 3
+    assert arr.metadata.dimension_names == store.dims
+    assert (arr.shards is not None) == (store.shards is not None)
+    np.testing.assert_array_equal(arr[...], ref)
+    # One plane of each file (an inner chunk of a shard when sharded).
+    lead = (0,) * (len(store.shape) - store.manifest.layout.page_ndim)
+    np.testing.assert_array_equal(arr[lead], ref[lead])
+    np.testing.assert_array_equal(da.from_zarr(store, chunks=store.chunks).compute(), ref)
+
+
 def test_native_chunks_follow_strips_and_tiles(written):
     assert tiffstore.open(written("zlib-strips")[0], chunks="native").chunks == (1, 1, 7, 50)
     assert tiffstore.open(written("zstd-tiles")[0], chunks="native").chunks == (1, 1, 16, 32)
@@ -531,6 +565,22 @@ def test_uncompressed_chunk_reads_at_most_its_own_bytes(written, layout, chunks)
         store.mapping[".".join(map(str, index))]
         inside = math.prod(s.stop - s.start for s in region) * store.dtype.itemsize
         assert sum(n for _, _, n in source.calls) == inside <= chunk_bytes, index
+
+
+@pytest.mark.parametrize("layout", ["uncompressed", "zlib-strips", "zstd-tiles"])
+def test_format3_one_plane_of_a_shard_reads_only_that_pages_bytes(written, layout):
+    directory, ref = written(layout)
+    source, files = resolve_source(directory)
+    counting = CountingSource(source.root)
+    store = TiffStore(build_manifest(counting, files), zarr_format=3)
+    assert store.shards is not None  # a default chunk is several pages: sharded
+    arr = zarr.open_array(store, mode="r")
+    arr[(1,) * (len(store.shape) - 2)]  # first reads check headers
+    counting.calls.clear()
+    np.testing.assert_array_equal(arr[1, 3], ref[1, 3])
+    page = sum(n for _, n in _segment_bytes(directory / "pos1.tif", 3))
+    assert {name for name, _, _ in counting.calls} == {"pos1.tif"}
+    assert sum(n for _, _, n in counting.calls) == page
 
 
 # -- handles and headers ----------------------------------------------------

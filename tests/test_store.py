@@ -181,7 +181,9 @@ def test_sync_helpers(store, sample_dir):
     ref = sample_dir[1]
     assert store.get_sync("0.0.1.0.0").to_bytes() == ref[0, 0, 1].tobytes()
     assert store.get_sync("1.2.0.0.0") is None
-    assert store._get_json_sync(".zarray", prototype=default_buffer_prototype())["zarr_format"] == 2
+    assert json.loads(store.get_sync(".zarray").to_bytes())["zarr_format"] == 2
+    part = store.get_sync("0.0.1.0.0", byte_range=RangeByteRequest(2, 6))
+    assert part.to_bytes() == ref[0, 0, 1].tobytes()[2:6]
 
 
 async def _collect(it):
@@ -202,25 +204,12 @@ def test_mapping_view(store, sample_dir):
     assert "1.2.0.0.0" not in keys and "image/1.2.0.0.0" in keys
 
 
-def test_one_plane_read_touches_one_file_and_one_plane_of_bytes(sample_dir, monkeypatch):
+def test_one_plane_read_touches_one_file_and_one_plane_of_bytes(sample_dir, local_reads):
     """With chunks="page", reading a[c, s, z] reads one plane's bytes from one file."""
     directory, ref = sample_dir
     store = tiffstore.open(directory, chunks="page")
     plane_bytes = 32 * 24 * 2
-    calls: list[tuple[str, int, int]] = []
-    real_read_many_into = LocalSource.read_many_into
-    real_read_bytes = LocalSource.read_bytes
-
-    def counting_read_many_into(self, name, requests):
-        calls.extend((name, offset, out.nbytes) for offset, out in requests)
-        return real_read_many_into(self, name, requests)
-
-    def counting_read_bytes(self, name, offset, length):
-        calls.append((name, offset, length))
-        return real_read_bytes(self, name, offset, length)
-
-    monkeypatch.setattr(LocalSource, "read_many_into", counting_read_many_into)
-    monkeypatch.setattr(LocalSource, "read_bytes", counting_read_bytes)
+    calls = local_reads
     store.mapping["0.0.0.0.0"]  # warm up: metadata and any first-read header check
     calls.clear()
     io = psutil.Process().io_counters()

@@ -28,11 +28,13 @@ from .errors import (
 )
 from .manifest import FileTables, Manifest
 from .materialize import MaterializeSummary, materialize, materialize_status
+from .pipeline import PIPELINE_PATH, TiffCodecPipeline
 from .plans import ChunkPlan, Piece
 from .references import ReferenceError, write_references
 from .store import TiffMapping, TiffStore
 
 __all__ = [
+    "PIPELINE_PATH",
     "ChunkPlan",
     "FileTables",
     "GpuError",
@@ -47,6 +49,7 @@ __all__ = [
     "ReferenceError",
     "ServeError",
     "SourceError",
+    "TiffCodecPipeline",
     "TiffMapping",
     "TiffReadError",
     "TiffStore",

@@ -60,6 +60,8 @@ def open(
     exclude: str | Sequence[str] | None = None,
     scale: ScaleSpec | None = None,
     progress: Callable[[str, int, int | None], None] | None = None,
+    zarr_format: int = 2,
+    sharded: bool = True,
 ) -> TiffStore:
     """Open TIFF files as one virtual, read-only Zarr array.
 
@@ -105,6 +107,15 @@ def open(
         What one pixel measures along the files' ``z``, ``y``, ``x``, overriding the
         files' metadata: ``{"z": 2.0, "y": 0.1, "x": 0.1}`` (in the files' unit, else
         micrometres) or ``{"z": (2.0, "micrometer")}``. See ``store.scale``.
+    zarr_format
+        2 (default): ``.zarray``/``.zgroup`` metadata, chunk keys ``c.s.z.y.x``. 3:
+        ``zarr.json`` with ``dimension_names``, chunk keys ``c/c/s/z/y/x``, and the
+        group view (for xarray) under ``group/``.
+    sharded
+        Format 3: when a chunk holds several whole pages (the default chunks do),
+        serve it as a shard whose inner chunks are the pages, so that
+        ``zarr.open_array(store)[c, s, z]`` reads one page while dask keeps the large
+        chunks. ``False`` serves plain chunks. Ignored in format 2.
     progress
         Called as ``progress(step, done, total)`` when each step of the open starts
         (``"listing"``, ``"names"``, ``"headers"``; ``done`` is 0, ``total`` the number
@@ -171,7 +182,7 @@ def open(
     )
     if scale:
         manifest = _with_scale(manifest, scale)
-    store = TiffStore(manifest, left_out=left_out)
+    store = TiffStore(manifest, left_out=left_out, zarr_format=zarr_format, sharded=sharded)
     truncated = store.truncated
     if truncated:
         logger.warning(

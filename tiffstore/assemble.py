@@ -38,6 +38,9 @@ class ChunkReader:
     ----------
     manifest
         The virtual array to read.
+    checked
+        Another reader of the same files (with other chunks): this one shares the
+        files whose headers it checked.
 
     Examples
     --------
@@ -46,10 +49,11 @@ class ChunkReader:
     (1, 1, 10, 1024, 768)
     """
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, *, checked: ChunkReader | None = None) -> None:
         self.manifest = manifest
-        self._layouts: dict[int, FileLayout] = {}
-        self._lock = threading.Lock()
+        # A reader of the same files with other chunks shares the headers ``checked`` checked.
+        self._layouts: dict[int, FileLayout] = {} if checked is None else checked._layouts
+        self._lock: threading.Lock = threading.Lock() if checked is None else checked._lock
 
     def layout_of(self, file: int) -> FileLayout:
         """The layout to read ``file`` with, its header checked on first use in this process."""

@@ -15,19 +15,40 @@ Every document is built from the manifest alone; nothing here does I/O.
 from __future__ import annotations
 
 import json
+import math
+import sys
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+import numcodecs
 import numpy as np
 
 from ._version import __version__
 from .axes import axis_kind
+from .errors import OptionError
 from .manifest import Manifest, json_value
 
-__all__ = ["ARRAY_METADATA", "GROUP_METADATA", "Documents", "array_attributes", "array_metadata"]
+__all__ = [
+    "ARRAY_METADATA",
+    "GROUP_METADATA",
+    "GROUP_V3",
+    "ZARR_JSON",
+    "Documents",
+    "ShardLayout",
+    "array_attributes",
+    "array_metadata",
+    "array_metadata_v3",
+    "shard_layout",
+]
 
 ARRAY_METADATA = (".zarray", ".zattrs")
 GROUP_METADATA = (".zgroup", ".zmetadata")
+#: Zarr format 3: every node's metadata document.
+ZARR_JSON = "zarr.json"
+#: Zarr format 3: where the group view lives (the root is the array, and a format 3
+#: node is an array or a group, never both).
+GROUP_V3 = "group"
 
 
 def _json_bytes(doc: dict[str, Any]) -> bytes:
@@ -81,6 +102,132 @@ def array_metadata(m: Manifest) -> dict[str, Any]:
         "filters": None,
         "dimension_separator": ".",
     }
+
+
+def _v3_fill(value: Any) -> Any:
+    """A fill value as Zarr format 3 JSON holds it (NaN and infinities as strings)."""
+    value = json_value(value)
+    if isinstance(value, float) and not np.isfinite(value):
+        return "NaN" if np.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+def _bytes_codec(dtype: np.dtype[Any]) -> dict[str, Any]:
+    order = (
+        dtype.byteorder if dtype.byteorder != "=" else ("<" if sys.byteorder == "little" else ">")
+    )
+    return {"name": "bytes", "configuration": {"endian": "big" if order == ">" else "little"}}
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """How a Zarr format 3 shard (one chunk of the manifest) splits into inner chunks (pages).
+
+    The store serves a shard as a virtual byte string: the chunk's bytes in C order
+    (inner chunk ``k`` at ``k * inner_nbytes``, since an inner chunk is whole
+    trailing dims), then the index: per inner chunk, in C order, two little-endian
+    ``uint64`` ``(offset, nbytes)``, both ``2**64 - 1`` for an inner chunk with no file.
+    """
+
+    inner: tuple[int, ...]
+    per_shard: tuple[int, ...]
+    inner_nbytes: int
+
+    @property
+    def count(self) -> int:
+        """Inner chunks per shard."""
+        return math.prod(self.per_shard)
+
+    @property
+    def index_nbytes(self) -> int:
+        return 16 * self.count
+
+
+def shard_layout(m: Manifest) -> ShardLayout | None:
+    """The shard layout of ``m``'s chunks, or ``None`` when sharding would not help.
+
+    Sharding applies when a chunk is whole pages (the usual ~16 MiB default) and
+    more than one: each page is then an inner chunk, read on its own by a reader
+    that wants one plane.
+    """
+    page = m.layout.page_shape
+    k = len(page)
+    if m.stitched or not page or m.chunks[len(m.chunks) - k :] != page:
+        return None
+    outer = m.chunks[: len(m.chunks) - k]
+    if math.prod(outer) <= 1:
+        return None
+    inner = (1,) * len(outer) + page
+    return ShardLayout(inner, (*outer, *(1,) * k), math.prod(page) * m.dtype.itemsize)
+
+
+def array_metadata_v3(
+    m: Manifest, attributes: dict[str, Any], shards: ShardLayout | None
+) -> dict[str, Any]:
+    """The Zarr format 3 ``zarr.json`` document of the array (sharded when ``shards``)."""
+    codec = _bytes_codec(m.dtype)
+    codecs: list[dict[str, Any]] = [codec]
+    if shards is not None:
+        # The index has no checksum: the store makes it up on each read, from the manifest.
+        codecs = [
+            {
+                "name": "sharding_indexed",
+                "configuration": {
+                    "chunk_shape": list(shards.inner),
+                    "codecs": [codec],
+                    "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+                    "index_location": "end",
+                },
+            }
+        ]
+    return {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": list(m.shape),
+        "data_type": m.dtype.name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(m.chunks)}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": _v3_fill(m.fill_value),
+        "codecs": codecs,
+        "attributes": attributes,
+        "dimension_names": list(m.dims),
+        "storage_transformers": [],
+    }
+
+
+def _coordinate_v3(
+    arr: np.ndarray, dims: list[str], attrs: dict[str, Any]
+) -> tuple[dict[str, Any], bytes]:
+    """A coordinate array's format 3 ``zarr.json`` and the bytes of its single chunk."""
+    shape = list(arr.shape)
+    codecs: list[dict[str, Any]]
+    if arr.dtype.kind == "U":
+        # Labels: variable-length UTF-8 strings, the format 3 string type.
+        data_type: Any = "string"
+        fill: Any = ""
+        codecs = [{"name": "vlen-utf8"}]
+        data = numcodecs.VLenUTF8().encode(arr.astype(object).ravel())
+    else:
+        data_type, fill = arr.dtype.name, ("NaN" if arr.dtype.kind == "f" else 0)
+        codecs = [_bytes_codec(arr.dtype)]
+        data = arr.tobytes()
+    doc = {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": shape,
+        "data_type": data_type,
+        "chunk_grid": {
+            "name": "regular",
+            "configuration": {"chunk_shape": [max(1, n) for n in shape]},
+        },
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": fill,
+        "codecs": codecs,
+        "attributes": attrs,
+        "dimension_names": dims,
+        "storage_transformers": [],
+    }
+    return doc, bytes(data)
 
 
 def array_attributes(
@@ -165,20 +312,48 @@ def array_attributes(
 class Documents:
     """Every metadata document of a store over ``manifest``, and its coordinate arrays' bytes.
 
+    Parameters
+    ----------
+    manifest
+        The virtual array.
+    zarr_format
+        2: ``.zarray``/``.zgroup`` documents at the root. 3: ``zarr.json`` of the
+        array at the root, and the group view under ``group/``.
+    sharded
+        Format 3 only: serve each chunk as a shard of pages (see :func:`shard_layout`)
+        when that helps; ``False`` never shards.
+
     Attributes
     ----------
     image_name
         The name of the pixels in the group view (``image`` unless a dim or
         coordinate takes it).
+    shards
+        The shard layout of the pixels, or ``None`` when chunks are not sharded.
     """
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, zarr_format: int = 2, sharded: bool = True) -> None:
+        if zarr_format not in (2, 3):
+            raise OptionError(
+                f"zarr_format={zarr_format!r}: tiffstore serves Zarr format 2 or 3; pass 2 or 3."
+            )
         self.manifest = manifest
+        self.zarr_format = zarr_format
+        self.shards = shard_layout(manifest) if zarr_format == 3 and sharded else None
         taken = set(manifest.dims) | {c.name for c in manifest.coords}
         self.image_name = "image" if "image" not in taken else "image_data"
 
+    @property
+    def image_prefix(self) -> str:
+        """The key prefix of the pixels in the group view."""
+        if self.zarr_format == 3:
+            return f"{GROUP_V3}/{self.image_name}/"
+        return f"{self.image_name}/"
+
     @cached_property
     def _built(self) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        if self.zarr_format == 3:
+            return self._built_v3()
         coord_chunks: dict[str, bytes] = {}
         m = self.manifest
         zarray = array_metadata(m)
@@ -221,6 +396,50 @@ class Documents:
         out.update({k: _json_bytes(v) for k, v in consolidated.items() if "/" in k})
         return out, coord_chunks
 
+    def _coordinates(self) -> list[tuple[str, np.ndarray, list[str], dict[str, Any]]]:
+        """Each coordinate array of the group view: name, values, dims, attributes."""
+        m = self.manifest
+        out = []
+        for name, coord in array_attributes(m)["tiffstore"]["coords"].items():
+            attrs = {"units": coord["units"]} if "units" in coord else {}
+            out.append((name, _coordinate_array(coord["values"]), coord["dims"], attrs))
+        # Physical positions of the pixels, so that xarray shows z/y/x in units.
+        for d, (size, units) in scale_of(m).items():
+            n = m.shape[m.dims.index(d)]
+            out.append((d, np.arange(n, dtype="<f8") * size, [d], {"units": units}))
+        return out
+
+    def _built_v3(self) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        m = self.manifest
+        attrs = array_attributes(m)
+        coords: dict[str, Any] = attrs["tiffstore"]["coords"]
+        del attrs["_ARRAY_DIMENSIONS"]  # dimension_names says it in format 3
+        docs: dict[str, dict[str, Any]] = {ZARR_JSON: array_metadata_v3(m, attrs, self.shards)}
+        # The group view's pixels keep the fill value: unlike format 2's, xarray does
+        # not mask it in format 3 (no ``_FillValue`` attribute), so missing cells are
+        # absent here too.
+        image_attrs = {"coordinates": " ".join(c for c in coords if c not in m.dims)}
+        members: dict[str, dict[str, Any]] = {
+            self.image_name: array_metadata_v3(m, image_attrs, self.shards)
+        }
+        coord_chunks: dict[str, bytes] = {}
+        for name, arr, dims, coord_attrs in self._coordinates():
+            members[name], data = _coordinate_v3(arr, dims, coord_attrs)
+            coord_chunks[f"{GROUP_V3}/{name}/c" + "/0" * arr.ndim] = data
+        docs[f"{GROUP_V3}/{ZARR_JSON}"] = {
+            "zarr_format": 3,
+            "node_type": "group",
+            "attributes": {},
+            "consolidated_metadata": {
+                "kind": "inline",
+                "must_understand": False,
+                "metadata": members,
+            },
+        }
+        for name, doc in members.items():
+            docs[f"{GROUP_V3}/{name}/{ZARR_JSON}"] = doc
+        return {k: _json_bytes(v) for k, v in docs.items()}, coord_chunks
+
     @property
     def documents(self) -> dict[str, bytes]:
         """Metadata key -> JSON bytes, for both views."""
@@ -239,5 +458,8 @@ class Documents:
     @property
     def attributes(self) -> dict[str, Any]:
         """The array's attributes (the root ``.zattrs`` document), a fresh copy."""
-        attrs: dict[str, Any] = json.loads(self.documents[".zattrs"])
+        if self.zarr_format == 3:
+            attrs: dict[str, Any] = json.loads(self.documents[ZARR_JSON])["attributes"]
+            return attrs
+        attrs = json.loads(self.documents[".zattrs"])
         return attrs

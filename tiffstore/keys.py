@@ -1,8 +1,9 @@
 """The store's key space: which keys exist, and which chunk a key names.
 
 Keys are the metadata documents of :mod:`tiffstore.documents`, the coordinate
-arrays' chunks, and the chunk keys of the pixels: ``"c.s.z.y.x"`` at the root and
-``"image/c.s.z.y.x"`` in the group view. Nothing here does I/O; a key that does
+arrays' chunks, and the chunk keys of the pixels: in Zarr format 2 ``"c.s.z.y.x"``
+at the root and ``"image/c.s.z.y.x"`` in the group view; in format 3 zarr's default
+encoding, ``"c/c/s/z/y/x"`` at the root and ``"group/image/c/c/s/z/y/x"``. Nothing here does I/O; a key that does
 not parse is absent, whatever it holds (``..``, absolute paths, NUL bytes).
 """
 
@@ -14,12 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .documents import ARRAY_METADATA, GROUP_METADATA, Documents
+from .documents import ARRAY_METADATA, GROUP_METADATA, GROUP_V3, ZARR_JSON, Documents
 from .manifest import Manifest
 
 __all__ = ["ChunkKey", "KeySpace"]
 
 _CHUNK_KEY = re.compile(r"\d{1,12}(?:\.\d{1,12})*")
+_CHUNK_KEY_V3 = re.compile(r"c(?:/\d{1,12})+")
 
 
 @dataclass(frozen=True)
@@ -39,12 +41,17 @@ class KeySpace:
 
     def chunk_key(self, key: str) -> ChunkKey | None:
         """The chunk a key names (root or ``image/``), or ``None`` for any other key."""
-        prefix = self.documents.image_name + "/"
+        prefix = self.documents.image_prefix
         grouped = key.startswith(prefix)
         bare = key[len(prefix) :] if grouped else key
-        if not _CHUNK_KEY.fullmatch(bare):
+        if self.documents.zarr_format == 3:
+            if not _CHUNK_KEY_V3.fullmatch(bare):
+                return None
+            index = tuple(int(p) for p in bare[2:].split("/"))
+        elif not _CHUNK_KEY.fullmatch(bare):
             return None
-        index = tuple(int(p) for p in bare.split("."))
+        else:
+            index = tuple(int(p) for p in bare.split("."))
         grid = self.manifest.chunk_grid
         if len(index) != len(grid) or any(i >= g for i, g in zip(index, grid, strict=True)):
             return None
@@ -56,19 +63,37 @@ class KeySpace:
             return True
         chunk = self.chunk_key(key)
         # Missing files' chunks are absent at the root (readers use the fill value);
-        # the group view has no fill value and serves them filled.
-        return chunk is not None and (chunk.grouped or self.manifest.chunk_has_data(chunk.index))
+        # format 2's group view has no fill value and serves them filled.
+        if chunk is None:
+            return False
+        filled = chunk.grouped and self.documents.zarr_format == 2
+        return filled or self.manifest.chunk_has_data(chunk.index)
+
+    def encode(self, index: tuple[int, ...]) -> str:
+        """The root key of chunk ``index``."""
+        if self.documents.zarr_format == 3:
+            return "c/" + "/".join(map(str, index))
+        return ".".join(map(str, index))
 
     def root_chunk_keys(self) -> Iterator[str]:
         for index in np.ndindex(*self.manifest.chunk_grid):
             if self.manifest.chunk_has_data(index):
-                yield ".".join(map(str, index))
+                yield self.encode(index)
 
     def all_keys(self) -> Iterator[str]:
         """Every key, the root array's first, then the group view's."""
+        docs = self.documents
+        if docs.zarr_format == 3:
+            yield ZARR_JSON
+            yield from self.root_chunk_keys()
+            yield f"{GROUP_V3}/{ZARR_JSON}"
+            yield from (k for k in docs.documents if "/" in k and k != f"{GROUP_V3}/{ZARR_JSON}")
+            yield from docs.coordinate_chunks
+            for key in self.root_chunk_keys():
+                yield docs.image_prefix + key
+            return
         yield from ARRAY_METADATA
         yield from self.root_chunk_keys()
-        docs = self.documents
         yield from GROUP_METADATA
         yield from (k for k in docs.documents if "/" in k)
         yield from docs.coordinate_chunks

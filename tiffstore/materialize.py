@@ -758,7 +758,12 @@ def _coordinates(source: TiffStore) -> list[tuple[str, np.ndarray, dict[str, Any
     """The coordinate arrays of the source's group view: name, values, attributes, fill."""
     import zarr
 
-    group = zarr.open_group(source, mode="r")
+    # The format 2 group view of the same files: its coordinates are what the copy holds,
+    # whatever the source store's own format.
+    from .store import TiffStore
+
+    view = source if source.zarr_format == 2 else TiffStore(source.manifest)
+    group = zarr.open_group(view, mode="r")
     out = []
     for name in source.coords:
         arr = group[name]

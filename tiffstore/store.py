@@ -2,13 +2,16 @@
 
 The store holds the manifest (plain data) and makes its reader lazily, so it
 pickles to the size of the manifest and works in dask.distributed worker
-processes. Metadata is Zarr format 2 (``.zarray``, ``.zattrs``); chunk keys are
-``"i.j.k..."`` and are served by reading the right bytes of the right TIFF.
+processes. Metadata is Zarr format 2 (``.zarray``, ``.zattrs``; chunk keys
+``"i.j.k..."``) or, on request, format 3 (``zarr.json``; chunk keys ``"c/i/j/k..."``,
+each chunk a shard of pages when that helps). Chunks are served by reading the
+right bytes of the right TIFF.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +28,7 @@ from zarr.abc.store import (
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
 from .assemble import ChunkReader
-from .documents import Documents
+from .documents import Documents, ShardLayout
 from .errors import ReadOnlyError
 from .gpu import Staging, read_chunk_staged, staging_for
 from .keys import ChunkKey, KeySpace
@@ -65,6 +68,9 @@ def _to_buffer(
     return prototype.buffer.from_array_like(staging.to_device(np.frombuffer(data, np.uint8)))
 
 
+#: Shard indexes a store keeps, made up once each (16 bytes per page: 512 B for 32 pages).
+SHARD_INDEXES_KEPT = 4096
+
 #: Threads reading chunks of remote sources (requests wait on the network, not the CPU).
 REMOTE_READ_THREADS = 32
 _remote_executor: tuple[int, ThreadPoolExecutor] | None = None
@@ -83,7 +89,7 @@ class TiffStore(Store):
     """A read-only Zarr store whose chunks are read from TIFF files on demand.
 
     Make one with :func:`tiffstore.open`. The array sits at the root of the store,
-    in Zarr format 2 with no compressor, so ``zarr.open_array(store, mode="r")``
+    in Zarr format 2 (or 3) with no compressor, so ``zarr.open_array(store, mode="r")``
     and ``dask.array.from_zarr(store)`` see the stitched array.
 
     Parameters
@@ -92,6 +98,16 @@ class TiffStore(Store):
         The virtual array.
     read_only
         Must be ``True``: the store never writes.
+    left_out
+        Stray files of the source that were not placed on the grid.
+    zarr_format
+        2 (default) or 3. The format is the store's, not the manifest's: the same
+        manifest serves both.
+    sharded
+        Format 3 only: serve each chunk as a shard whose inner chunks are pages when a
+        chunk holds several whole pages (the default chunks do), so a reader of one
+        plane reads one page while dask still sees the large chunks. ``False`` serves
+        plain chunks.
 
     Examples
     --------
@@ -111,7 +127,13 @@ class TiffStore(Store):
     inline_read_bytes = 1 << 20
 
     def __init__(
-        self, manifest: Manifest, *, read_only: bool = True, left_out: Sequence[str] = ()
+        self,
+        manifest: Manifest,
+        *,
+        read_only: bool = True,
+        left_out: Sequence[str] = (),
+        zarr_format: int = 2,
+        sharded: bool = True,
     ) -> None:
         if not read_only:
             raise ReadOnlyError(
@@ -124,9 +146,12 @@ class TiffStore(Store):
         #: Stray files of the source that were not placed on the grid (see
         #: :func:`tiffstore.naming.find_strays`).
         self.left_out: tuple[str, ...] = tuple(left_out)
-        self.documents = Documents(manifest)
+        self.documents = Documents(manifest, zarr_format, sharded)
         self.keys = KeySpace(manifest, self.documents)
+        self._sharded = sharded
         self._reader: ChunkReader | None = None
+        self._page_reader: ChunkReader | None = None
+        self._shard_indexes: dict[tuple[int, ...], np.ndarray] = {}
 
     # -- the array --------------------------------------------------------
 
@@ -145,6 +170,16 @@ class TiffStore(Store):
     @property
     def chunks(self) -> tuple[int, ...]:
         return self.manifest.chunks
+
+    @property
+    def zarr_format(self) -> int:
+        """The Zarr format of the metadata: 2 or 3."""
+        return self.documents.zarr_format
+
+    @property
+    def shards(self) -> ShardLayout | None:
+        """How each chunk splits into pages as a format 3 shard; ``None`` when not sharded."""
+        return self.documents.shards
 
     @property
     def coords(self) -> dict[str, dict[str, Any]]:
@@ -211,27 +246,51 @@ class TiffStore(Store):
     # -- identity ---------------------------------------------------------
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, TiffStore) and self.manifest == other.manifest
+        return (
+            isinstance(other, TiffStore)
+            and self.manifest == other.manifest
+            and self.zarr_format == other.zarr_format
+            and self.shards == other.shards
+        )
 
     def __hash__(self) -> int:
-        return hash(self.manifest)
+        return hash((self.manifest, self.zarr_format, self.shards))
 
     def __repr__(self) -> str:
         m = self.manifest
+        fmt = (
+            "" if self.zarr_format == 2 else f", zarr format 3{', sharded' if self.shards else ''}"
+        )
         return (
             f"<TiffStore {m.source.url('')} {len(m.files)} files -> "
-            f"{dict(zip(m.dims, m.shape, strict=True))} {m.dtype.name}, chunks {m.chunks}>"
+            f"{dict(zip(m.dims, m.shape, strict=True))} {m.dtype.name}, chunks {m.chunks}{fmt}>"
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"manifest": self.manifest, "left_out": self.left_out}
+        return {
+            "manifest": self.manifest,
+            "left_out": self.left_out,
+            "zarr_format": self.zarr_format,
+            "sharded": self._sharded,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["manifest"], left_out=state.get("left_out", ()))  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]
+            state["manifest"],
+            left_out=state.get("left_out", ()),
+            zarr_format=state.get("zarr_format", 2),
+            sharded=state.get("sharded", True),
+        )
 
     def with_read_only(self, read_only: bool = False) -> TiffStore:
         """A new store over the same files; ``read_only=False`` raises :class:`ReadOnlyError`."""
-        return TiffStore(self.manifest, read_only=read_only, left_out=self.left_out)
+        return TiffStore(
+            self.manifest,
+            read_only=read_only,
+            left_out=self.left_out,
+            zarr_format=self.zarr_format,
+            sharded=self._sharded,
+        )
 
     # -- reading ----------------------------------------------------------
 
@@ -247,10 +306,12 @@ class TiffStore(Store):
         chunk_key = self.keys.chunk_key(key)
         if chunk_key is None:
             return None
+        if self.shards is not None:
+            return self._shard_value(chunk_key.index, self.shards, byte_range)
         nbytes = self.manifest.chunk_nbytes
         part = None if byte_range is None else _byte_span(byte_range, nbytes)
         data = self.reader.read_chunk_bytes(chunk_key.index, part)
-        if data is None and chunk_key.grouped:
+        if data is None and chunk_key.grouped and self.zarr_format == 2:
             return self._empty_cell(part)
         return data
 
@@ -270,7 +331,8 @@ class TiffStore(Store):
         ``zarr.config.enable_gpu()``, read through pinned host memory.
         """
         staging = staging_for(prototype)
-        if staging is not None and self._document(key) is None:
+        # A shard is pages and its index, not a chunk's pixels: it goes the host way.
+        if staging is not None and self.shards is None and self._document(key) is None:
             chunk_key = self.keys.chunk_key(key)
             if chunk_key is not None:
                 return self._get_staged(chunk_key, prototype, byte_range, staging)
@@ -290,10 +352,124 @@ class TiffStore(Store):
         if device is None:
             return (
                 _to_buffer(self._empty_cell(part), prototype, staging)
-                if chunk_key.grouped
+                if chunk_key.grouped and self.zarr_format == 2
                 else None
             )
         return prototype.buffer.from_array_like(device)
+
+    # -- shards -----------------------------------------------------------
+
+    def shard_index(self, index: tuple[int, ...]) -> np.ndarray:
+        """The index of shard ``index``: ``(offset, nbytes)`` per inner chunk (page), C order.
+
+        Inner chunk ``k`` lies at ``k * inner_nbytes`` of the shard; pages with no file,
+        and pages past the array's edge, are ``2**64 - 1`` twice (absent). Costs no I/O.
+        """
+        index = tuple(index)
+        table = self._shard_indexes.get(index)
+        if table is None:
+            table = self._make_shard_index(index)
+            table.setflags(write=False)
+            if len(self._shard_indexes) >= SHARD_INDEXES_KEPT:
+                self._shard_indexes.clear()
+            self._shard_indexes[index] = table
+        return table
+
+    def _make_shard_index(self, index: tuple[int, ...]) -> np.ndarray:
+        sh = self.shards
+        if sh is None:
+            raise ValueError("this store's chunks are not sharded")
+        m = self.manifest
+        starts, stops = m.chunk_bounds(index)
+        outer = len(sh.per_shard) - len(m.layout.page_shape)
+        present = np.zeros(sh.per_shard, dtype=bool)
+        inside = tuple(slice(0, e - s) for s, e in zip(starts[:outer], stops[:outer], strict=True))
+        nn = m.n_name_dims
+        cells = tuple(slice(s, e) for s, e in zip(starts[:nn], stops[:nn], strict=True))
+        has_file = m.file_index[cells] >= 0 if nn else np.ones((), dtype=bool)
+        present[inside] = has_file.reshape(has_file.shape + (1,) * (len(sh.per_shard) - nn))
+        table = np.full((*sh.per_shard, 2), np.iinfo(np.uint64).max, dtype="<u8")
+        offsets = np.arange(sh.count, dtype="<u8").reshape(sh.per_shard) * sh.inner_nbytes
+        table[present, 0] = offsets[present]
+        table[present, 1] = sh.inner_nbytes
+        return table
+
+    @property
+    def page_reader(self) -> ChunkReader:
+        """Reads one inner chunk (page) of a shard: the reader of the manifest chunked by page."""
+        if self._page_reader is None:
+            assert self.shards is not None
+            pages = dataclasses.replace(self.manifest, chunks=self.shards.inner)
+            self._page_reader = ChunkReader(pages, checked=self.reader)
+        return self._page_reader
+
+    def _shard_value(
+        self, index: tuple[int, ...], sh: ShardLayout, byte_range: ByteRequest | None
+    ) -> bytes | memoryview | None:
+        """Bytes ``byte_range`` of the virtual shard ``index``: pages end to end, then its index.
+
+        A range inside one page reads only that page's bytes; the whole shard is read
+        with one plan, straight into the returned buffer.
+        """
+        m = self.manifest
+        if not m.chunk_has_data(index):
+            return None
+        data_end = m.chunk_nbytes
+        start, stop = (
+            (0, data_end + sh.index_nbytes)
+            if byte_range is None
+            else _byte_span(byte_range, data_end + sh.index_nbytes)
+        )
+        if start == 0 and stop == data_end + sh.index_nbytes:
+            shard = np.empty(stop, dtype=np.uint8)
+            pixels = shard[:data_end].view(m.dtype).reshape(m.chunks)
+            if self.reader.read_chunk(index, out=pixels) is None:
+                return None
+            shard[data_end:] = self.shard_index(index).reshape(-1).view(np.uint8)
+            return shard.data
+        parts: list[bytes | memoryview] = []
+        if start < data_end:
+            parts.append(self._shard_pixels(index, sh, start, min(stop, data_end)))
+        if stop > data_end:
+            table = self.shard_index(index).reshape(-1).view(np.uint8)
+            parts.append(table[max(start - data_end, 0) : stop - data_end].data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _shard_pixels(
+        self, index: tuple[int, ...], sh: ShardLayout, start: int, stop: int
+    ) -> bytes | memoryview:
+        """Bytes ``start:stop`` of the pixels of shard ``index``, reading one page if they lie in one."""
+        m = self.manifest
+        page = start // sh.inner_nbytes
+        if stop - start <= sh.inner_nbytes and (stop - 1) // sh.inner_nbytes == page:
+            inner = np.unravel_index(page, sh.per_shard)
+            page_index = tuple(
+                int(i) * n + int(j) for i, n, j in zip(index, sh.per_shard, inner, strict=True)
+            )
+            part = (start - page * sh.inner_nbytes, stop - page * sh.inner_nbytes)
+            data = self.page_reader.read_chunk_bytes(page_index, part)
+            if data is not None:
+                return data
+            fill = np.full(sh.inner_nbytes // m.dtype.itemsize, m.fill_value, dtype=m.dtype)
+            return fill.view(np.uint8)[part[0] : part[1]].data
+        data = self.reader.read_chunk_bytes(index, (start, stop))
+        if data is None:
+            fill = np.full(m.chunks, m.fill_value, dtype=m.dtype).reshape(-1).view(np.uint8)
+            return fill[start:stop].data
+        return data
+
+    def _request_nbytes(self, byte_range: ByteRequest | None) -> int:
+        """At most how many bytes a request of a chunk's value reads (a shard's index: few)."""
+        n = self._value_nbytes()
+        if byte_range is None:
+            return n
+        start, stop = _byte_span(byte_range, n)
+        return stop - start
+
+    def _value_nbytes(self) -> int:
+        """Bytes of one chunk's value (a shard's includes its index)."""
+        sh = self.shards
+        return self.manifest.chunk_nbytes + (0 if sh is None else sh.index_nbytes)
 
     def _document(self, key: str) -> bytes | None:
         docs = self.documents
@@ -317,7 +493,8 @@ class TiffStore(Store):
     ) -> Buffer | None:
         # docstring inherited
         if key in self.documents.documents or (
-            self.manifest.chunk_nbytes <= self.inline_read_bytes and not self.manifest.source.remote
+            self._request_nbytes(byte_range) <= self.inline_read_bytes
+            and not self.manifest.source.remote
         ):
             # Metadata, or a local read that costs less than the hop to a worker thread.
             return self.get_sync(key, prototype=prototype, byte_range=byte_range)
@@ -350,7 +527,7 @@ class TiffStore(Store):
         if raw is not None:
             return len(raw)
         if self.keys.exists(key):
-            return self.manifest.chunk_nbytes
+            return self._value_nbytes()
         raise FileNotFoundError(key)
 
     # -- writing: refused -------------------------------------------------
@@ -364,6 +541,14 @@ class TiffStore(Store):
 
     async def set(self, key: str, value: Buffer) -> None:
         raise self._refuse(f"set {key!r}")
+
+    def set_sync(self, key: str, value: Buffer) -> None:
+        """Refused: the store is read-only (zarr's synchronous store surface)."""
+        raise self._refuse(f"set {key!r}")
+
+    def delete_sync(self, key: str) -> None:
+        """Refused: the store is read-only (zarr's synchronous store surface)."""
+        raise self._refuse(f"delete {key!r}")
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
         raise self._refuse(f"set {key!r}")
@@ -405,11 +590,14 @@ class TiffStore(Store):
                     yield head
             return
         start = prefix + "/"
+        seen = set()
         for key in self.keys.all_keys():
             if key.startswith(start):
-                rest = key[len(start) :]
-                if "/" not in rest:
-                    yield rest
+                # The key, or the folder it is in, directly under the prefix.
+                head = key[len(start) :].split("/", 1)[0]
+                if head not in seen:
+                    seen.add(head)
+                    yield head
 
 
 class TiffMapping(Mapping[str, bytes]):

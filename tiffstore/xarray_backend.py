@@ -21,6 +21,7 @@ from xarray.backends import BackendEntrypoint
 from xarray.backends.zarr import ZarrBackendEntrypoint
 
 from .detect import is_reference_file, is_tiff_source
+from .documents import GROUP_V3
 from .store import TiffStore
 
 if TYPE_CHECKING:
@@ -149,6 +150,17 @@ class TiffStoreBackendEntrypoint(BackendEntrypoint):
                 storage_options=storage_options,
                 validate=validate,
                 tiles=tiles,
+            )
+        if isinstance(store, TiffStore) and store.zarr_format == 3:
+            # Format 3: the root is the array; the group view is under ``group/`` and
+            # zarr reads its consolidated metadata from there.
+            return ZarrBackendEntrypoint().open_dataset(
+                store,  # type: ignore[arg-type]  # xarray takes any zarr store
+                group=GROUP_V3,
+                drop_variables=drop_variables,
+                consolidated=False,
+                zarr_format=3,
+                **decoders,
             )
         return ZarrBackendEntrypoint().open_dataset(
             store,
