@@ -21,7 +21,7 @@ PLANE = 32 * 24 * 2  # bytes of one (32, 24) uint16 page of the sample
 
 @pytest.fixture
 def sharded(sample_dir):
-    return tiffstore.open(sample_dir[0], zarr_format=3)
+    return tiffstore.open(sample_dir[0], zarr_format=3, chunks="file")
 
 
 def _get(store, key, byte_range=None):
@@ -212,7 +212,7 @@ def test_a_file_truncated_after_open_raises_naming_it(make_sample, pipeline):
     directory, _ = make_sample(channels=2, stacks=2)
     settings = {"codec_pipeline.path": pipeline} if pipeline else {}
     with zarr.config.set(settings):
-        store = tiffstore.open(directory, zarr_format=3)
+        store = tiffstore.open(directory, zarr_format=3, chunks="file")
         arr = zarr.open_array(store, mode="r")
     name = store.manifest.files[int(store.manifest.file_index[0, 0])]
     path = directory / name
