@@ -8,6 +8,7 @@
 from ._version import __version__
 from .api import open
 from .errors import (
+    FileChangedError,
     LayoutMismatchError,
     NamingError,
     OptionError,
@@ -21,6 +22,7 @@ from .materialize import MaterializeError, MaterializeSummary, materialize, mate
 from .store import TiffMapping, TiffStore
 
 __all__ = [
+    "FileChangedError",
     "LayoutMismatchError",
     "Manifest",
     "MaterializeError",

@@ -181,6 +181,13 @@ def _checked_fill_value(fill_value: int | float | None, dtype: np.dtype) -> int 
     return fill_value
 
 
+def _mtimes(files: Sequence[SourceFile]) -> np.ndarray | None:
+    """Each file's listed modification time (ns; -1 unknown), or ``None`` if none is known."""
+    if all(f.mtime_ns is None for f in files):
+        return None
+    return np.array([-1 if f.mtime_ns is None else f.mtime_ns for f in files], np.int64)
+
+
 def build_manifest(
     source: FileSource,
     files: Sequence[SourceFile],
@@ -253,6 +260,7 @@ def build_manifest(
         coords=coords,
         template=grid.template,
         stitched=stitched,
+        file_mtimes=_mtimes(files),
     )
     if validate:
         check_truncated(manifest)

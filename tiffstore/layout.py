@@ -564,14 +564,19 @@ def read_layout(fh: IO[bytes] | str, name: str) -> FileLayout:
     except OSError as exc:
         # The storage failed (a network timeout, a permission): not the file's fault.
         raise TiffReadError(f"{name}: cannot read the file ({type(exc).__name__}: {exc}).") from exc
+    except (EOFError, struct.error) as exc:
+        raise TiffReadError(
+            f"{name}: the TIFF header is cut short ({exc}): the file is truncated or still "
+            "being written. Replace it, or leave it out (exclude=...)."
+        ) from exc
     except (
         tifffile.TiffFileError,
         ValueError,
-        EOFError,
         KeyError,
         IndexError,
-        struct.error,
     ) as exc:
+        if "header=b''" in str(exc):
+            raise TiffReadError(f"{name}: the file is empty (0 bytes), not a TIFF.") from exc
         raise TiffReadError(f"{name}: not a TIFF file tifffile can read ({exc}).") from exc
     except Exception as exc:
         raise TiffReadError(
