@@ -240,6 +240,8 @@ def references(
         "files": list(m.files),
         "sizes": m.file_sizes.tolist(),
     }
+    if m.file_mtimes is not None:
+        attrs["tiffstore"]["made_from"]["mtimes_ns"] = m.file_mtimes.tolist()
     attrs["tiffstore"]["references"] = {"version": __version__, "image": image}
     group = json.loads(docs.documents[".zmetadata"])["metadata"]
     group[".zattrs"] = attrs
