@@ -191,8 +191,8 @@ class ChunkReader:
                 out[p.dest] = pixels[p.select].reshape(out[p.dest].shape)
 
 
-#: A chunk decoded by tifffile from a file may hold at most this many times the
-#: file's size in pixels (and always this floor): more is a corrupt header or a
+#: The pixels a chunk decodes from a file may take at most this many times the
+#: file's size in bytes (or this floor, if larger): more is a corrupt header or a
 #: decompression bomb, refused before the chunk is allocated. Deflate tops out near
 #: 1032:1; this leaves room for zstd and LZMA on near-empty images.
 MAX_EXPANSION = 1 << 12
@@ -205,9 +205,9 @@ def check_plan_bounds(m: Manifest, plan: ChunkPlan) -> None:
     decoded: dict[int, int] = {}
     for p in plan.pieces:
         size = int(sizes[p.file])
-        if p.kind == "tifffile":
+        if p.kind == "tifffile" or (p.kind == "decode" and p.nbytes):
             decoded[p.file] = decoded.get(p.file, 0) + math.prod(p.shape) * m.dtype.itemsize
-        elif p.nbytes and (p.offset < 0 or p.offset + p.nbytes > size):
+        if p.kind != "tifffile" and p.nbytes and (p.offset < 0 or p.offset + p.nbytes > size):
             where = m.url(p.file) + (f": page {p.page}" if p.page >= 0 else "")
             if p.segment >= 0:
                 where += f", segment {p.segment}"

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import NamingError, OptionError
-from .headers import check_same_array, check_truncated, scan_headers
+from .headers import check_plausible, check_same_array, check_truncated, scan_headers
 from .layout import FileLayout
 from .manifest import Manifest, columnize
 from .naming import Axis, Coordinate, NameGrid, understand_names
@@ -226,6 +226,7 @@ def build_manifest(
     grid: NameGrid = understand_names(names, pattern)
     scan = scan_headers(source, files, validate, workers)
     check_same_array(source, files, scan.layouts)
+    check_plausible(source, files, scan.layouts)
     geometries, file_layout, tables = columnize(scan.layouts)
     layout = geometries[0]
     stitched = _stitch_plan(tiles, grid.axes, layout)

@@ -138,14 +138,14 @@ def _bomb_uncompressed(tmp: Path) -> Case:
     stacks(tmp, n=1, shape=(8, 8))
     for tag in ("ImageWidth", "ImageLength"):
         patch_tag(tmp / "img_t0.tif", tag, 100_000)  # 20 GB of uint16 in a 400-byte file
-    return Case(tmp, "img_t0.tif", TiffReadError, PAST_END)
+    return Case(tmp, "img_t0.tif", TiffReadError, "declares an image")
 
 
 def _bomb_compressed(tmp: Path) -> Case:
     stacks(tmp, n=1, shape=(8, 8), compression="zlib")
     for tag in ("ImageWidth", "ImageLength"):
         patch_tag(tmp / "img_t0.tif", tag, 100_000)
-    return Case(tmp, "img_t0.tif", TiffReadError, "decompression bomb")
+    return Case(tmp, "img_t0.tif", TiffReadError, "declares an image")
 
 
 def _decodes_short(tmp: Path) -> Case:
@@ -379,10 +379,26 @@ def test_every_case_also_fails_cleanly_through_dask(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["declared size far beyond the file", "decompression bomb"])
 def test_huge_declared_images_are_refused_before_allocating(name: str, tmp_path: Path) -> None:
     case = CASES[name](tmp_path / "raw")
-    store = tiffstore.open(case.folder)
     tracemalloc.start()
     try:
-        with pytest.raises(TiffReadError, match=r"img_t0\.tif"):
+        with pytest.raises(TiffReadError, match=r"img_t0\.tif.*decompression bomb"):
+            tiffstore.open(case.folder)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, f"{peak:,} bytes allocated for a refused file"
+
+
+def test_a_chunk_past_the_listed_size_is_refused_before_allocating(tmp_path: Path) -> None:
+    """A plan reading past a file's listed end is refused before its chunk is
+    allocated (here 128 MiB of pixels declared, 8 MiB held: opens, with a warning)."""
+    write_stack(tmp_path / "img_t1.tif", np.zeros((2048, 2048), np.uint16))
+    for tag in ("ImageWidth", "ImageLength"):
+        patch_tag(tmp_path / "img_t1.tif", tag, 8192)
+    store = tiffstore.open(tmp_path, chunks="file")
+    tracemalloc.start()
+    try:
+        with pytest.raises(TiffReadError, match=r"img_t1\.tif.*past the end"):
             store.get_bytes_sync("0.0")
         _, peak = tracemalloc.get_traced_memory()
     finally:
