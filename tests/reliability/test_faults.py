@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -100,11 +101,15 @@ def test_16_threads_and_4_processes_read_one_store(tmp_path: Path) -> None:
 
     process = psutil.Process()
     with ThreadPoolExecutor(16) as pool:
-        assert all(bounded(lambda: list(pool.map(read, keys * 2)), 60))
+
+        def read_all(order: list[str]) -> bool:
+            return all(pool.map(read, order))
+
+        assert bounded(lambda: read_all(keys * 2), 60)
         before = process.memory_info().rss
         for _ in range(5):
             order = random.sample(keys * 4, len(keys) * 4)
-            assert all(bounded(lambda order=order: list(pool.map(read, order)), 60))
+            assert bounded(partial(read_all, order), 60)
         grown = process.memory_info().rss - before
     # Reads keep nothing: five more passes over the store do not grow the process.
     assert grown < 32 * 2**20, f"RSS grew by {grown:,} bytes"
