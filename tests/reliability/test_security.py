@@ -14,6 +14,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,14 +78,28 @@ def store(tmp_path: Path) -> TiffStore:
 
 @contextmanager
 def file_system_watched(store: TiffStore) -> Iterator[list[str]]:
-    """Record every call that could touch the file system (the calls still run)."""
+    """Record every call that could touch the file system (the calls still run).
+
+    Python's own look-ups (a coverage tracer resolving the path of the code it
+    traces: the folders of ``sys.path`` and their parents) are not the store's.
+    """
     calls: list[str] = []
+    python = [os.path.realpath(p) for p in [sys.prefix, *sys.path] if p and os.path.isdir(p)]
+
+    def pythons_own(arg: Any) -> bool:
+        if not isinstance(arg, str | os.PathLike):
+            return False
+        path = os.fspath(arg)
+        if not isinstance(path, str):
+            return False
+        return any(p.startswith(path) or path.startswith(p) for p in python)
 
     def watch(owner: Any, name: str, what: str) -> None:
         original = getattr(owner, name)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            calls.append(f"{what}{args[:1]!r:.80}")
+            if not (args and pythons_own(args[0])):
+                calls.append(f"{what}{args[:1]!r:.80}")
             return original(*args, **kwargs)
 
         patch.setattr(owner, name, call)
