@@ -152,6 +152,12 @@ def check_source(
     -------
     (int, list of FileProblem)
         How many files were checked, and the problems found.
+
+    Examples
+    --------
+    >>> n, problems = check_source("raw/")  # doctest: +SKIP
+    >>> problems  # doctest: +SKIP
+    [FileProblem(file='/data/raw/stack0007.tif', problem='truncated: pixel data end at byte 12582920, the file holds 4096')]
     """
     reader, files = resolve_source(source, storage_options)
 
@@ -191,6 +197,12 @@ def check(
     """:func:`check_references` for a reference file, else :func:`check_source`.
 
     Returns ``(kind, files checked, problems)`` with kind ``"references"`` or ``"source"``.
+
+    Examples
+    --------
+    >>> kind, n, problems = check("raw.json")  # doctest: +SKIP
+    >>> kind, n, [p.file for p in problems]  # doctest: +SKIP
+    ('references', 1200, [])
     """
     if is_reference_file(target, storage_options):
         return ("references", *check_references(target, storage_options))
