@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -229,3 +230,27 @@ def test_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["check", str(folder)]) == 0
     assert main(["check", str(tmp_path / "nothing.json")]) == 1
     assert "no such reference file" in capsys.readouterr().err
+
+
+@pytest.mark.network
+def test_check_references_of_remote_files(
+    tmp_path: Path,
+    s3_bucket: tuple[str, dict[str, Any]],
+    upload: Callable[[str | Path, str, dict[str, Any]], None],
+) -> None:
+    import fsspec
+
+    url, options = s3_bucket
+    stacks(tmp_path / "raw", n=3)
+    upload(tmp_path / "raw", f"{url}/raw", options)
+    refs = str(tmp_path / "raw.json")
+    write_references(tiffstore.open(f"{url}/raw", storage_options=options), refs)
+    assert check_references(refs, options) == (3, [])
+    fs = fsspec.filesystem("s3", **options)
+    fs.rm(f"{url}/raw/img_t0.tif")
+    fs.pipe(f"{url}/raw/img_t1.tif", b"short")
+    fs.invalidate_cache()
+    _, problems = check_references(refs, options)
+    found = {p.file.rsplit("/", 1)[-1]: p.problem for p in problems}
+    assert found == {"img_t0.tif": "missing", "img_t1.tif": found["img_t1.tif"]}
+    assert "5 bytes now" in found["img_t1.tif"]
