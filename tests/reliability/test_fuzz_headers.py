@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,39 @@ def seeds() -> dict[str, bytes]:
             photometric = None if options.get("imagej") else "minisblack"
             tifffile.imwrite(path, data, photometric=photometric, **options)  # type: ignore[arg-type]
             out[name] = path.read_bytes()
+    return out
+
+
+#: Kinds stored whole and uncompressed: same-size files of these share one parsed
+#: header at open, the others' header bytes being compared with it.
+GROUPED = ("contiguous", "big-endian", "bigtiff", "imagej")
+GROUP_OPTIONS: dict[str, dict[str, object]] = {
+    "contiguous": {},
+    "big-endian": {"byteorder": ">"},
+    "bigtiff": {"bigtiff": True},
+    "imagej": {"imagej": True},
+}
+
+
+@cache
+def group_seeds() -> dict[str, tuple[list[bytes], int]]:
+    """Per kind: three files of one size with other pixels, and where pixel data start."""
+    rng = np.random.default_rng(12)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in GROUPED:
+            files = []
+            for i in range(3):
+                data = rng.integers(0, 4000, (3, 24, 20), dtype=np.uint16)
+                path = Path(tmp) / f"{kind}{i}.tif"
+                options = GROUP_OPTIONS[kind]
+                photometric = None if kind == "imagej" else "minisblack"
+                tifffile.imwrite(path, data, photometric=photometric, **options)  # type: ignore[arg-type]
+                files.append(path.read_bytes())
+            with tifffile.TiffFile(Path(tmp) / f"{kind}0.tif") as tif:
+                start = int(tif.series[0].dataoffset or 0)
+            assert len({len(f) for f in files}) == 1 and start > 0
+            out[kind] = (files, start)
     return out
 
 
@@ -124,3 +157,54 @@ def test_seeds_read_as_written() -> None:
             result = outcome(path)
             assert result.data is not None, f"{kind}: {result.error}"
             np.testing.assert_array_equal(result.data, tifffile.imread(path))
+
+
+@st.composite
+def group_mutant(draw: st.DrawFn) -> tuple[str, int, bytes]:
+    """One file of a same-size group with header bytes mutated (its size kept)."""
+    kind = draw(st.sampled_from(GROUPED))
+    files, start = group_seeds()[kind]
+    which = draw(st.integers(0, 2))
+    data = bytearray(files[which])
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, start - 1))
+        data[at] = draw(st.integers(0, 255))
+    return kind, which, bytes(data)
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=EXAMPLES // 2,
+    deadline=None,
+    derandomize=not FRESH,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(case=group_mutant())
+def test_a_mutated_member_of_a_same_size_group_is_never_read_as_its_group(
+    case: tuple[str, int, bytes],
+) -> None:
+    """Same-size files share one parsed header at open; a member whose header bytes
+    differ is read by its own header, or named in an error, never read as the others."""
+    kind, which, data = case
+    files, _ = group_seeds()[kind]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for i, original in enumerate(files):
+            (folder / f"img_t{i}.tif").write_bytes(data if i == which else original)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = outcome(folder, seconds=SECONDS)
+        mutant = folder / f"img_t{which}.tif"
+        if result.error is not None:
+            assert mutant.name in str(result.error), f"{kind}: {result.error}"
+            return
+        assert result.data is not None
+        for i in range(3):
+            path = folder / f"img_t{i}.tif"
+            expected = bounded(partial(tifffile_reads, path), SECONDS)
+            if expected is None:
+                assert i == which
+                continue
+            np.testing.assert_array_equal(
+                result.data[i].reshape(-1), expected.reshape(-1), err_msg=f"{kind} file {i}"
+            )
