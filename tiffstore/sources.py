@@ -637,7 +637,8 @@ def _resolve_local(
                 raise SourceError("None of the files listed is a TIFF file (*.tif, *.tiff).")
         if absent:
             raise SourceError(
-                f"{absent[0]}: no such file"
+                f"{absent[0]}: "
+                + ("not a regular file" if os.path.lexists(absent[0]) else "no such file")
                 + (f" (and {len(absent) - 1} more)." if len(absent) > 1 else ".")
             )
     root = _common_root(paths)

@@ -404,3 +404,18 @@ def test_a_chunk_past_the_listed_size_is_refused_before_allocating(tmp_path: Pat
     finally:
         tracemalloc.stop()
     assert peak < 64 * 2**20, f"{peak:,} bytes allocated for a refused chunk"
+
+
+def test_special_files_named_tif_are_never_opened(tmp_path: Path) -> None:
+    """A FIFO (opening it would block) or a link to a device named .tif is no file."""
+    ref = stacks(tmp_path)
+    os.mkfifo(tmp_path / "img_t7.tif")
+    (tmp_path / "img_t8.tif").symlink_to("/dev/zero")
+    result = outcome(tmp_path, seconds=20)
+    assert result.error is None, result.error
+    np.testing.assert_array_equal(result.data, ref)
+    # Named explicitly, they are refused rather than read.
+    for name in ("img_t7.tif", "img_t8.tif"):
+        result = outcome([tmp_path / "img_t0.tif", tmp_path / name], seconds=20)
+        assert isinstance(result.error, SourceError), result.error
+        assert f"{name}: not a regular file" in str(result.error)
