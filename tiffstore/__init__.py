@@ -15,6 +15,7 @@ between releases.
 from ._version import __version__
 from .api import open
 from .errors import (
+    FileChangedError,
     GpuError,
     LayoutMismatchError,
     MaterializeError,
@@ -36,6 +37,7 @@ from .store import TiffMapping, TiffStore
 __all__ = [
     "PIPELINE_PATH",
     "ChunkPlan",
+    "FileChangedError",
     "FileTables",
     "GpuError",
     "LayoutMismatchError",

@@ -54,6 +54,10 @@ class ChunkReader:
         # A reader of the same files with other chunks shares the headers ``checked`` checked.
         self._layouts: dict[int, FileLayout] = {} if checked is None else checked._layouts
         self._lock: threading.Lock = threading.Lock() if checked is None else checked._lock
+        expect = getattr(manifest.source, "expect", None)
+        if expect is not None:
+            # Local files: every read checks the file's size and time against the listing.
+            expect(manifest.file_stamps())
 
     def layout_of(self, file: int) -> FileLayout:
         """The layout to read ``file`` with, its header checked on first use in this process."""
@@ -66,8 +70,18 @@ class ChunkReader:
         return layout
 
     def plan(self, index: Sequence[int]) -> ChunkPlan:
-        """The plan of chunk ``index``, with every file's header checked."""
-        return plan_chunk(self.manifest, index, self.layout_of)
+        """The plan of chunk ``index``, with every file's header checked.
+
+        Raises
+        ------
+        TiffReadError
+            When the plan reads past a file's end as listed (a truncated file, or a
+            corrupt header), or would decode far more pixels than a file could hold:
+            refused before anything is allocated or read.
+        """
+        plan = plan_chunk(self.manifest, index, self.layout_of)
+        check_plan_bounds(self.manifest, plan)
+        return plan
 
     # -- chunks -----------------------------------------------------------
 
@@ -179,6 +193,43 @@ class ChunkReader:
                 decoded = read_pages_with_tifffile(fh, layout, [p.page for p in pages], m.url(file))
             for p, pixels in zip(pages, decoded, strict=True):
                 out[p.dest] = pixels[p.select].reshape(out[p.dest].shape)
+
+
+#: The pixels a chunk decodes from a file may take at most this many times the
+#: file's size in bytes (or this floor, if larger): more is a corrupt header or a
+#: decompression bomb, refused before the chunk is allocated. Deflate tops out near
+#: 1032:1; this leaves room for zstd and LZMA on near-empty images.
+MAX_EXPANSION = 1 << 12
+EXPANSION_FLOOR = 1 << 28
+
+
+def check_plan_bounds(m: Manifest, plan: ChunkPlan) -> None:
+    """Refuse a plan that reads outside a file's listed size, or decodes a bomb."""
+    sizes = m.file_sizes
+    decoded: dict[int, int] = {}
+    for p in plan.pieces:
+        size = int(sizes[p.file])
+        if p.kind == "tifffile" or (p.kind == "decode" and p.nbytes):
+            decoded[p.file] = decoded.get(p.file, 0) + math.prod(p.shape) * m.dtype.itemsize
+        if p.kind != "tifffile" and p.nbytes and (p.offset < 0 or p.offset + p.nbytes > size):
+            where = m.url(p.file) + (f": page {p.page}" if p.page >= 0 else "")
+            if p.segment >= 0:
+                where += f", segment {p.segment}"
+            raise TiffReadError(
+                f"{where}: its pixel data "
+                f"(bytes {p.offset}-{p.offset + p.nbytes}) lie past the end of the file "
+                f"({size} bytes when listed). The file is truncated, still being written, "
+                "or its header is corrupt; replace it, or leave it out (exclude=...)."
+            )
+    for file, nbytes in decoded.items():
+        limit = max(EXPANSION_FLOOR, MAX_EXPANSION * int(sizes[file]))
+        if nbytes > limit:
+            raise TiffReadError(
+                f"{m.url(file)}: its header declares {nbytes:,} bytes of pixels for chunk "
+                f"{plan.index}, more than {MAX_EXPANSION} times the file's "
+                f"{int(sizes[file]):,} bytes. Refusing to decode it: the header is corrupt "
+                "or the file is a decompression bomb."
+            )
 
 
 def _where(url: str, piece: Piece, layout: FileLayout) -> str:

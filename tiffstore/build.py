@@ -17,7 +17,7 @@ import numpy as np
 
 from .axes import Axis, Coordinate
 from .errors import NamingError, OptionError
-from .headers import check_same_array, check_truncated, scan_headers
+from .headers import check_plausible, check_same_array, check_truncated, scan_headers
 from .layout import FileLayout
 from .manifest import Manifest, columnize
 from .naming import NameGrid, understand_names
@@ -223,6 +223,13 @@ def _checked_fill_value(fill_value: int | float | None, dtype: np.dtype) -> int 
     return fill_value
 
 
+def _mtimes(files: Sequence[SourceFile]) -> np.ndarray | None:
+    """Each file's listed modification time (ns; -1 unknown), or ``None`` if none is known."""
+    if all(f.mtime_ns is None for f in files):
+        return None
+    return np.array([-1 if f.mtime_ns is None else f.mtime_ns for f in files], np.int64)
+
+
 def build_manifest(
     source: FileSource,
     files: Sequence[SourceFile],
@@ -264,6 +271,7 @@ def build_manifest(
     grid: NameGrid = understand_names(names, pattern)
     scan = scan_headers(source, files, validate, workers, progress)
     check_same_array(source, files, scan.layouts)
+    check_plausible(source, files, scan.layouts)
     geometries, file_layout, tables = columnize(scan.layouts)
     layout = geometries[0]
     stitched = _stitch_plan(tiles, grid.axes, layout)
@@ -298,6 +306,7 @@ def build_manifest(
         coords=coords,
         template=grid.template,
         stitched=stitched,
+        file_mtimes=_mtimes(files),
     )
     if validate:
         check_truncated(manifest)

@@ -671,6 +671,34 @@ def _cmd_preview(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace, console: Console) -> int:
+    from .check import check
+
+    options = json.loads(args.storage_options) if args.storage_options else None
+    kind, n, problems = check(args.target, options)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "target": args.target,
+                    "kind": kind,
+                    "files": n,
+                    "problems": [{"file": p.file, "problem": p.problem} for p in problems],
+                },
+                indent=1,
+            )
+        )
+    elif problems:
+        what = "no longer match" if kind == "references" else "have problems"
+        console.print(f"{len(problems)} of {n} files {what}:", highlight=False)
+        for p in problems:
+            console.print(f"  {escape(p.file)}: {escape(p.problem)}", highlight=False)
+    else:
+        what = "match the references" if kind == "references" else "read and agree"
+        console.print(f"All {n} files {what}.", highlight=False)
+    return EXIT_ERROR if problems else EXIT_OK
+
+
 def _cmd_serve(args: argparse.Namespace, console: Console) -> int:
     from .api import open as open_store
 
@@ -919,6 +947,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--json", action="store_true", help="print what was drawn as JSON")
     v.set_defaults(func=_cmd_preview)
+
+    c = sub.add_parser(
+        "check",
+        help="say which files no longer match a reference file, or are broken in a source",
+        description="For a reference file written by tiffstore (JSON, or a Parquet folder): "
+        "which of the files it was made from are missing, of another size or modified since. "
+        "For a source folder, glob or URL: which files cannot be read, are cut short, or hold "
+        "another array than the rest. Exit status 1 when any file is listed.",
+        epilog="examples:\n  tiffstore check raw.json\n  tiffstore check raw/ --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    c.add_argument("target", help="reference file (.json or Parquet folder), or source")
+    c.add_argument("--storage-options", help="fsspec options, as JSON")
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.set_defaults(func=_cmd_check)
 
     v = sub.add_parser(
         "serve",

@@ -52,7 +52,10 @@ GROUP_V3 = "group"
 
 
 def _json_bytes(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=True).encode()
+    # A file name that is not UTF-8 (bytes Python keeps as lone surrogates) is
+    # written as a JSON escape ("\udce9"), which reads back as the same name.
+    text = json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=True)
+    return text.encode("utf-8", "backslashreplace")
 
 
 def _coordinate_array(values: Any) -> np.ndarray:

@@ -7,6 +7,7 @@ so that a user never has to read a traceback from deep inside a dependency.
 from __future__ import annotations
 
 __all__ = [
+    "FileChangedError",
     "GpuError",
     "LayoutMismatchError",
     "MaterializeError",
@@ -41,6 +42,10 @@ class LayoutMismatchError(TiffStoreError, ValueError):
 
 class TiffReadError(TiffStoreError, OSError):
     """A TIFF file could not be read or is not what its header promised (truncated, corrupt)."""
+
+
+class FileChangedError(TiffReadError):
+    """A file was replaced, grown, cut, touched or removed after the store was opened."""
 
 
 class OptionError(TiffStoreError, ValueError):

@@ -176,6 +176,28 @@ def check_same_array(
             )
 
 
+#: A file whose header declares more pixel bytes than this many times its size (and
+#: more than :data:`PLAUSIBLE_FLOOR`) is refused at open: a corrupt header or a
+#: decompression bomb, whose sizes would otherwise flow into every allocation.
+PLAUSIBLE_EXPANSION = 1 << 12
+PLAUSIBLE_FLOOR = 1 << 28
+
+
+def check_plausible(
+    source: FileSource, files: Sequence[SourceFile], layouts: Sequence[FileLayout]
+) -> None:
+    """Raise :class:`TiffReadError` naming a file whose header declares an absurd image."""
+    for f, lay in zip(files, layouts, strict=True):
+        declared = int(np.prod(lay.shape, dtype=np.float64)) * np.dtype(lay.dtype).itemsize
+        if declared > max(PLAUSIBLE_FLOOR, PLAUSIBLE_EXPANSION * f.size):
+            raise TiffReadError(
+                f"{source.url(f.name)}: its header declares an image of {lay.shape} "
+                f"{np.dtype(lay.dtype).name} ({declared:,} bytes) in a file of {f.size:,} "
+                "bytes. The header is corrupt, the file a decompression bomb, or it has "
+                "barely begun to be written; replace it or leave it out (exclude=...)."
+            )
+
+
 def check_truncated(m: Manifest, how: str = "validate=True") -> None:
     """Raise :class:`TiffReadError` naming the files whose header points past their end."""
     bad = m.truncated_files()

@@ -440,6 +440,16 @@ def _segments_of(pages: Sequence[Any], keyframe: tifffile.TiffPage, name: str) -
     image = (int(keyframe.imagelength), int(keyframe.imagewidth))
     samples = int(keyframe.samplesperpixel)
     planar = keyframe.planarconfig == 2 and samples > 1
+    if samples == 1:
+        expected: tuple[int, ...] = image
+    else:
+        expected = (samples, *image) if planar else (*image, samples)
+    if tuple(keyframe.shape) != expected:
+        # tifffile shapes the page otherwise (a corrupt or unusual header): let it decode.
+        logger.debug(
+            "%s: page shape %s is not %s; decoding through tifffile", name, keyframe.shape, expected
+        )
+        return None
     per_page = (samples if planar else 1) * math.prod(
         -(-i // s) for i, s in zip(image, segment, strict=True)
     )
@@ -454,11 +464,34 @@ def _segments_of(pages: Sequence[Any], keyframe: tifffile.TiffPage, name: str) -
                 "%s: page %d is stored unlike the first; decoding through tifffile", name, k
             )
             return None
-        if len(page.dataoffsets) != per_page:
+        if len(page.dataoffsets) != per_page or not _tables_complete(page, per_page):
             return None
+        if (
+            max(page.dataoffsets, default=0) >= _MAX_OFFSET
+            or max(page.databytecounts, default=0) >= _MAX_OFFSET
+        ):
+            _offset(max(*page.dataoffsets, *page.databytecounts), name)
         offsets[k] = page.dataoffsets
         bytecounts[k] = page.databytecounts
     return Segments(offsets, bytecounts, image, segment, samples, planar, codec)
+
+
+def _tables_complete(page: Any, per_page: int) -> bool:
+    """Whether a page's offset and byte count tags each list every strip or tile.
+
+    tifffile mends a short table (a corrupt header) as it reads; such a page is left
+    to tifffile, so that tiffstore reads what tifffile reads.
+    """
+    if not isinstance(page, tifffile.TiffPage):
+        return True
+    names = (
+        ("TileOffsets", "TileByteCounts") if page.is_tiled else ("StripOffsets", "StripByteCounts")
+    )
+    for name in names:
+        tag = page.tags.get(name)
+        if tag is None or tag.count != per_page:
+            return False
+    return True
 
 
 def _page_geometry(page: tifffile.TiffPage) -> tuple[Any, ...]:
@@ -488,6 +521,11 @@ def _layout_of(tif: tifffile.TiffFile, name: str) -> FileLayout:
         part = _ome_file_part(tif, keyframe, len(series.pages))
         if part is not None:
             axes, shape = part
+    if not shape or math.prod(shape) == 0 or series.dtype is None:
+        raise TiffReadError(
+            f"{name}: the TIFF's image holds no pixels (shape {shape}, dtype {series.dtype}): "
+            "its header is corrupt or incomplete."
+        )
     dims = _dim_names(axes)
     dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder).str
     page_shape = tuple(int(n) for n in keyframe.shape)
@@ -506,7 +544,7 @@ def _layout_of(tif: tifffile.TiffFile, name: str) -> FileLayout:
         )
 
     if series.dataoffset is not None:
-        return layout("contiguous", data_offset=int(series.dataoffset))
+        return layout("contiguous", data_offset=_offset(series.dataoffset, name))
     pages = list(series.pages)
     if len(pages) != n_pages or page_ndim != len(page_shape):
         return layout("tifffile")
@@ -519,7 +557,7 @@ def _layout_of(tif: tifffile.TiffFile, name: str) -> FileLayout:
             break
         if sum(int(n) for n in page.databytecounts) != page_nbytes:
             break
-        offsets.append(int(page.dataoffsets[0]))
+        offsets.append(_offset(page.dataoffsets[0], name))
     if len(offsets) == n_pages:
         return layout("pages", page_offsets=tuple(offsets))
     segments = _segments_of(pages, keyframe, name)
@@ -527,6 +565,20 @@ def _layout_of(tif: tifffile.TiffFile, name: str) -> FileLayout:
         return layout("segments", segments=segments)
     ifds = tuple(int(page.offset) for page in pages if page is not None)
     return layout("tifffile", page_ifds=ifds if len(ifds) == n_pages else None)
+
+
+#: No file holds a byte past this: a larger offset is a corrupt header.
+_MAX_OFFSET = 1 << 62
+
+
+def _offset(value: Any, name: str) -> int:
+    """A byte offset from the header, checked to be one a file can hold."""
+    offset = int(value)
+    if not 0 <= offset < _MAX_OFFSET:
+        raise TiffReadError(
+            f"{name}: the header points at byte {offset}, past any file: it is corrupt."
+        )
+    return offset
 
 
 def _open_tiff(fh: IO[bytes] | str) -> tifffile.TiffFile:
@@ -564,14 +616,19 @@ def read_layout(fh: IO[bytes] | str, name: str) -> FileLayout:
     except OSError as exc:
         # The storage failed (a network timeout, a permission): not the file's fault.
         raise TiffReadError(f"{name}: cannot read the file ({type(exc).__name__}: {exc}).") from exc
+    except (EOFError, struct.error) as exc:
+        raise TiffReadError(
+            f"{name}: the TIFF header is cut short ({exc}): the file is truncated or still "
+            "being written. Replace it, or leave it out (exclude=...)."
+        ) from exc
     except (
         tifffile.TiffFileError,
         ValueError,
-        EOFError,
         KeyError,
         IndexError,
-        struct.error,
     ) as exc:
+        if "header=b''" in str(exc):
+            raise TiffReadError(f"{name}: the file is empty (0 bytes), not a TIFF.") from exc
         raise TiffReadError(f"{name}: not a TIFF file tifffile can read ({exc}).") from exc
     except Exception as exc:
         raise TiffReadError(
@@ -596,11 +653,29 @@ def read_pages_with_tifffile(
                 whole = np.asarray(tif.series[0].asarray()).reshape((-1, *layout.page_shape))
                 return [whole[p] for p in pages]
             out = []
+            want = np.dtype(layout.dtype).newbyteorder("=")
+            first = tif.pages[0]
+            assert isinstance(first, tifffile.TiffPage)
+            kind = (first.compression, first.predictor, first.bitspersample)
             for p in pages:
                 tif.filehandle.seek(layout.page_ifds[p])
                 page = tifffile.TiffPage(tif, index=p)
+                if (
+                    page.dtype is None
+                    or np.dtype(page.dtype).newbyteorder("=") != want
+                    or (page.compression, page.predictor, page.bitspersample) != kind
+                ):
+                    # tifffile reads every page of a series as its first page says;
+                    # a page stored otherwise is a corrupt or mixed file: never guess.
+                    raise TiffReadError(
+                        f"{name}: page {p} is stored unlike the file's first page "
+                        f"({page.dtype}, {page.compression!s} vs {want}, "
+                        f"{first.compression!s}): the file is corrupt or mixes images."
+                    )
                 out.append(np.asarray(page.asarray()).reshape(layout.page_shape))
             return out
+    except TiffStoreError:
+        raise
     except Exception as exc:
         raise TiffReadError(
             f"{name}: could not decode pages {list(pages)[:8]} ({exc}). Check that the file "

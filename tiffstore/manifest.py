@@ -44,6 +44,10 @@ def json_value(v: Any) -> Any:
     return v
 
 
+def _same_optional(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return a is b if a is None or b is None else np.array_equal(a, b)
+
+
 def _frozen(a: np.ndarray) -> np.ndarray:
     a.setflags(write=False)
     return a
@@ -219,6 +223,11 @@ class Manifest:
     stitched
         ``(name axis, file dim)`` pairs: tile axes from the names placed side by side
         along the files' own dim (``tiles="stitch"``); they are not dims of the array.
+    file_mtimes
+        ``int64`` modification time (ns) of each file when it was listed, -1 where the
+        source does not say (remote files); ``None`` when not recorded. Local reads
+        check size and time, so a file changed after the open is an error, never
+        stale bytes.
     """
 
     source: FileSource
@@ -238,10 +247,25 @@ class Manifest:
     coords: tuple[Coordinate, ...] = ()
     template: str = ""
     stitched: tuple[tuple[int, int], ...] = ()
+    file_mtimes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for a in (self.file_sizes, self.file_index, self.file_layout, self.file_signature):
             _frozen(a)
+        if self.file_mtimes is not None:
+            _frozen(self.file_mtimes)
+
+    def file_stamps(self) -> dict[str, tuple[int, int]]:
+        """``name -> (size, mtime_ns)`` of the files whose time was recorded at listing."""
+        if self.file_mtimes is None:
+            return {}
+        return {
+            name: (size, mtime)
+            for name, size, mtime in zip(
+                self.files, self.file_sizes.tolist(), self.file_mtimes.tolist(), strict=True
+            )
+            if mtime >= 0
+        }
 
     # -- the array --------------------------------------------------------
 
@@ -371,6 +395,7 @@ class Manifest:
             and self.fill_value == other.fill_value
             and self.coords == other.coords
             and self.stitched == other.stitched
+            and _same_optional(self.file_mtimes, other.file_mtimes)
         )
 
     def __hash__(self) -> int:

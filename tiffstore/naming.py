@@ -1055,6 +1055,17 @@ def _check_unambiguous(axes: list[_Class], fields: list[NameField], names: Seque
             )
 
 
+def _same_cell(classes: Sequence[_Class], names: Sequence[str]) -> str:
+    """`` (such as a and b)``: two files no field tells apart (stack1 and stack01)."""
+    key = _combined([(c.codes, c.card) for c in classes], len(names))
+    first: dict[int, int] = {}
+    for i, k in enumerate(key.tolist()):
+        if k in first:
+            return f" (such as {names[first[k]]} and {names[i]})"
+        first[k] = i
+    return ""
+
+
 def _choose_axes(
     classes: list[_Class], fields: list[NameField], names: Sequence[str]
 ) -> list[_Class]:
@@ -1095,7 +1106,9 @@ def _choose_axes(
         if not everything or not is_key(everything):
             raise NamingError(
                 "Some files share every varying part of their names, so they cannot be told "
-                "apart:\n" + _fields_table(fields) + "\nGive pattern= with the fields that tell "
+                f"apart{_same_cell(everything, names)}:\n"
+                + _fields_table(fields)
+                + "\nGive pattern= with the fields that tell "
                 "them apart; start from:\n  " + _suggest_template(names)
             )
         # The smallest grid that still indexes the files, for the message (or, when

@@ -145,6 +145,8 @@ def dump_manifest(m: Manifest) -> bytes:
         "stitched": [list(p) for p in m.stitched],
     }
     arrays = {name: getattr(m, name) for name in _ARRAYS}
+    if m.file_mtimes is not None:
+        arrays["file_mtimes"] = m.file_mtimes
     arrays.update({f"tables_{name}": getattr(m.tables, name) for name in _TABLES})
     buf = io.BytesIO()
     np.savez_compressed(buf, manifest=np.frombuffer(json.dumps(doc).encode(), np.uint8), **arrays)
@@ -218,6 +220,7 @@ def load_manifest(
         ),
         template=doc["template"],
         stitched=tuple((int(k), int(d)) for k, d in doc["stitched"]),
+        file_mtimes=arrays.get("file_mtimes"),
     )
 
 

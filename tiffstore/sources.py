@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, ClassVar, cast
 from urllib.parse import quote, unquote
 
-from .errors import SourceError, TiffReadError, TiffStoreError
+from .errors import FileChangedError, SourceError, TiffReadError, TiffStoreError
 
 __all__ = [
     "TIFF_SUFFIXES",
@@ -48,10 +48,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SourceFile:
-    """A file of the acquisition: its name relative to the root, and its size."""
+    """A file of the acquisition: its name relative to the root, its size, and (local
+    files) its modification time in nanoseconds, as listed."""
 
     name: str
     size: int
+    mtime_ns: int | None = None
 
 
 def _is_tiff(name: str) -> bool:
@@ -125,7 +127,14 @@ class FileSource(ABC):
 
 @dataclass(frozen=True)
 class LocalSource(FileSource):
-    """Files on a local file system below ``root``."""
+    """Files on a local file system below ``root``.
+
+    Files whose size and modification time were recorded (:meth:`expect`) are
+    checked on every read with an ``fstat`` of the descriptor the bytes come
+    from: a file replaced, grown, cut or touched since it was listed raises
+    :class:`FileChangedError` rather than serving bytes its header no longer
+    describes.
+    """
 
     root: str
 
@@ -133,15 +142,51 @@ class LocalSource(FileSource):
         # os.path.join, not pathlib: this runs once per chunk read.
         return os.path.join(self.root, name)
 
+    def expect(self, stamps: dict[str, tuple[int, int]]) -> None:
+        """Record each file's ``(size, mtime_ns)`` as listed; reads check them from now on."""
+        # A frozen dataclass: process-local state beside the fields, never pickled
+        # (a manifest's reader records them again in each process).
+        self.__dict__.setdefault("_stamps", {}).update(stamps)
+
+    def _check_stamp(self, name: str, path: str, st: os.stat_result) -> None:
+        expected = self.__dict__.get("_stamps", {}).get(name)
+        if expected is None or (st.st_size, st.st_mtime_ns) == expected:
+            return
+        size = expected[0]
+        if st.st_size < size:
+            what = f"truncated: {st.st_size} bytes now, {size} at the open"
+        elif st.st_size > size:
+            what = f"grown: {st.st_size} bytes now, {size} at the open"
+        else:
+            what = "rewritten or replaced: same size, another modification time"
+        raise FileChangedError(
+            f"{path}: the file changed after the store was opened ({what}), so its header may "
+            "no longer describe its bytes. Open the source again (tiffstore.open) to read it "
+            "as it is now."
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"root": self.root}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     @contextmanager
     def _descriptor(self, name: str) -> Iterator[tuple[int, str]]:
         """An OS file descriptor for one call's reads, closed right after them."""
         path = self.url(name)
         try:
             fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError as exc:
+            if name in self.__dict__.get("_stamps", {}):
+                raise FileChangedError(
+                    f"{path}: the file was removed after the store was opened."
+                ) from exc
+            raise TiffReadError(f"{path}: cannot open ({exc.strerror}).") from exc
         except OSError as exc:
             raise TiffReadError(f"{path}: cannot open ({exc.strerror}).") from exc
         try:
+            self._check_stamp(name, path, os.fstat(fd))
             yield fd, path
         finally:
             os.close(fd)
@@ -178,9 +223,16 @@ class LocalSource(FileSource):
         path = self.url(name)
         try:
             fh = open(path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError as exc:
+            if name in self.__dict__.get("_stamps", {}):
+                raise FileChangedError(
+                    f"{path}: the file was removed after the store was opened."
+                ) from exc
+            raise TiffReadError(f"{path}: cannot open ({exc.strerror}).") from exc
         except OSError as exc:
             raise TiffReadError(f"{path}: cannot open ({exc.strerror}).") from exc
         with fh:
+            self._check_stamp(name, path, os.fstat(fh.fileno()))
             yield fh
 
 
@@ -514,19 +566,37 @@ def _walk_local(root: Path, recursive: bool = True) -> list[SourceFile]:
     found: list[SourceFile] = []
     append = found.append
     stack: list[tuple[str | Path, str]] = [(root, "")]
+    # Folders are followed through links, each once: a link to a parent ends.
+    seen: set[tuple[int, int]] = set()
     while stack:
         folder, prefix = stack.pop()
-        with os.scandir(folder) as it:
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                logger.debug("%s: already walked (a link to a folder seen before)", folder)
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            it = os.scandir(folder)
+        except OSError as exc:
+            raise SourceError(f"{folder}: cannot list the folder ({exc.strerror}).") from exc
+        with it:
             for entry in it:
                 name = entry.name
                 if name[0] == ".":
                     continue
-                # The suffix first: most entries are TIFF files, and a directory
-                # named like one is caught by is_file (from d_type: no syscall).
-                if name.lower().endswith(TIFF_SUFFIXES) and entry.is_file():
-                    append(SourceFile(prefix + name, entry.stat().st_size))
-                elif recursive and entry.is_dir():
-                    stack.append((entry.path, f"{prefix}{name}/"))
+                try:
+                    # The suffix first: most entries are TIFF files, and a directory
+                    # named like one is caught by is_file (from d_type: no syscall).
+                    if name.lower().endswith(TIFF_SUFFIXES) and entry.is_file():
+                        st = entry.stat()
+                        append(SourceFile(prefix + name, st.st_size, st.st_mtime_ns))
+                    elif recursive and entry.is_dir():
+                        stack.append((entry.path, f"{prefix}{name}/"))
+                    elif entry.is_symlink() and not os.path.exists(entry.path):
+                        logger.warning("%s: left out: a link to nothing", entry.path)
+                except OSError as exc:
+                    # A link loop, or a file removed while listing: not a file to read.
+                    logger.warning("%s: left out (%s)", entry.path, exc.strerror)
     return found
 
 
@@ -570,14 +640,16 @@ def _resolve_local(
                 raise SourceError("None of the files listed is a TIFF file (*.tif, *.tiff).")
         if absent:
             raise SourceError(
-                f"{absent[0]}: no such file"
+                f"{absent[0]}: "
+                + ("not a regular file" if os.path.lexists(absent[0]) else "no such file")
                 + (f" (and {len(absent) - 1} more)." if len(absent) > 1 else ".")
             )
     root = _common_root(paths)
-    files = [
-        SourceFile(PurePosixPath(Path(os.path.relpath(p, root))).as_posix(), os.path.getsize(p))
-        for p in paths
-    ]
+    files = []
+    for p in paths:
+        st = os.stat(p)
+        name = PurePosixPath(Path(os.path.relpath(p, root))).as_posix()
+        files.append(SourceFile(name, st.st_size, st.st_mtime_ns))
     return LocalSource(root), files
 
 

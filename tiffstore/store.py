@@ -620,6 +620,12 @@ class TiffMapping(Mapping[str, bytes]):
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.store.keys.exists(key)
 
+    def __setitem__(self, key: str, value: bytes) -> None:
+        raise self.store._refuse(f"set {key[:64]!r}")
+
+    def __delitem__(self, key: str) -> None:
+        raise self.store._refuse(f"delete {key[:64]!r}")
+
     def __iter__(self) -> Iterator[str]:
         return self.store.keys.all_keys()
 
