@@ -305,8 +305,9 @@ def test_ome_ngff_validates(make_sample, tmp_path, zarr_format):
     models = pytest.importorskip(f"ome_zarr_models.v0{4 if zarr_format == 2 else 5}")
     directory, ref = make_sample(channels=2, stacks=3, shape=(4, 40, 30))
     out = tmp_path / "ome.zarr"
+    store = tiffstore.open(directory, scale={"z": 2.0, "y": 0.5, "x": 0.5})
     summary = materialize(
-        directory,
+        store,
         out,
         zarr_format=zarr_format,
         ome=True,
@@ -323,6 +324,10 @@ def test_ome_ngff_validates(make_sample, tmp_path, zarr_format):
     assert [a.name for a in multiscale.axes] == ["stack", "ch", "z", "y", "x"]
     assert [a.type for a in multiscale.axes] == ["time", "channel", "space", "space", "space"]
     assert [d.path for d in multiscale.datasets] == ["0", "1", "2"]
+    # The voxel size carries over: micrometres along z, y, x, doubled in y, x per level.
+    assert [a.unit for a in multiscale.axes][2:] == ["micrometer"] * 3
+    scales = [d.coordinateTransformations[0].scale for d in multiscale.datasets]
+    assert scales == [[1, 1, 2, 0.5, 0.5], [1, 1, 2, 1, 1], [1, 1, 2, 2, 2]]
     # Level 0 is the source in OME order (time before channel); level 1 the 2 x 2 mean.
     np.testing.assert_array_equal(image(out, "0"), ref.transpose(1, 0, 2, 3, 4))
     level1 = image(out, "1")

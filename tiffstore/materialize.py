@@ -798,12 +798,17 @@ def _multiscales(
     arrays: Sequence[ArrayPlan],
     factors: Sequence[int],
     version: str | None,
+    sizes: Sequence[float] | None = None,
 ) -> dict[str, Any]:
+    sizes = sizes or [1.0] * len(factors)
     datasets = [
         {
             "path": a.path,
             "coordinateTransformations": [
-                {"type": "scale", "scale": [float(f**a.level) for f in factors]}
+                {
+                    "type": "scale",
+                    "scale": [float(s * f**a.level) for s, f in zip(sizes, factors, strict=True)],
+                }
             ],
         }
         for a in arrays
@@ -1115,11 +1120,15 @@ def _write_metadata(
         carr[...] = values
     if axes:
         factors = [2 if d in job.downsample_axes else 1 for d in range(len(dims))]
+        # The voxel size from the files (or open(scale=...)) as the base scale, in units.
+        scale = source.scale
+        sizes = [scale[a["name"]][0] if a["name"] in scale else 1.0 for a in axes]
+        axes = [dict(a, unit=scale[a["name"]][1]) if a["name"] in scale else a for a in axes]
         if zarr_format == 2:
-            ms = _multiscales("image", axes, job.arrays, factors, "0.4")
+            ms = _multiscales("image", axes, job.arrays, factors, "0.4", sizes)
             root.attrs.update({"multiscales": [ms]})
         else:
-            ms = _multiscales("image", axes, job.arrays, factors, None)
+            ms = _multiscales("image", axes, job.arrays, factors, None, sizes)
             root.attrs.update({"ome": {"version": "0.5", "multiscales": [ms]}})
     return root
 
