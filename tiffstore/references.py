@@ -311,7 +311,7 @@ def write_references(
         ``https://host/raw/``); by default where they are now.
     format
         ``"json"`` (kerchunk's format) or ``"parquet"`` (for millions of chunks; needs
-        pandas and fastparquet to write and to read).
+        pandas and fastparquet to write and to read, and kerchunk to write).
     version
         JSON only: 1 (default) writes the URL prefix once as a template; 0 writes
         plain ``{key: value}``.
@@ -384,10 +384,12 @@ def _write_parquet(
         raise OptionError("Parquet references need fsspec's LazyReferenceMapper.") from exc
     try:
         import fastparquet  # noqa: F401
+        import kerchunk.df  # noqa: F401
         import pandas  # noqa: F401
     except ImportError as exc:
         raise OptionError(
-            "Parquet references need pandas and fastparquet: pip install 'tiffstore[parquet]'."
+            "Parquet references need pandas, fastparquet and kerchunk: "
+            "pip install 'tiffstore[parquet]'."
         ) from exc
     if (m.file_index < 0).any() and m.layout.segments is None:
         # fsspec's Parquet reader takes a missing chunk's empty path for a URL under
