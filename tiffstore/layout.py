@@ -22,6 +22,7 @@ import os
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import IO, Any, Literal, NamedTuple
 from xml.etree import ElementTree
 
@@ -252,23 +253,23 @@ class FileLayout:
     page_ifds: tuple[int, ...] | None = None
     scale: VoxelSize | None = None
 
-    @property
+    @cached_property
     def leading_shape(self) -> tuple[int, ...]:
         return self.shape[: len(self.shape) - self.page_ndim]
 
-    @property
+    @cached_property
     def page_shape(self) -> tuple[int, ...]:
         return self.shape[len(self.shape) - self.page_ndim :]
 
-    @property
+    @cached_property
     def n_pages(self) -> int:
         return math.prod(self.leading_shape)
 
-    @property
+    @cached_property
     def page_nbytes(self) -> int:
         return math.prod(self.page_shape) * np.dtype(self.dtype).itemsize
 
-    @property
+    @cached_property
     def raw_pages(self) -> bool:
         """Whether every page is one uncompressed byte range (see :meth:`page_offset`)."""
         return self.storage in ("contiguous", "pages")

@@ -155,10 +155,14 @@ def _strides(shape: Sequence[int]) -> tuple[int, ...]:
 
 def _check_index(m: Manifest, index: Sequence[int]) -> tuple[int, ...]:
     grid = m.chunk_grid
-    index = tuple(int(i) for i in index)
-    if len(index) != len(grid) or any(not 0 <= i < g for i, g in zip(index, grid, strict=True)):
-        raise IndexError(f"chunk {index} is outside the chunk grid {grid}")
-    return index
+    index = tuple(map(int, index))
+    if len(index) == len(grid):
+        for i, g in zip(index, grid):  # noqa: B905 - lengths checked just above
+            if not 0 <= i < g:
+                break
+        else:
+            return index
+    raise IndexError(f"chunk {index} is outside the chunk grid {grid}")
 
 
 def plan_chunk(m: Manifest, index: Sequence[int], layout_of: LayoutOf | None = None) -> ChunkPlan:
@@ -318,27 +322,47 @@ def _page_run_geometry(m: Manifest) -> tuple[int, int] | None:
     return nn, nl
 
 
+@dataclass(frozen=True)
+class _PageRun:
+    """What the usual chunk's fast plan needs of a manifest, worked out once."""
+
+    name_dims: int
+    lead: tuple[int, ...]
+    sizes: tuple[int, ...]
+    strides: tuple[int, ...]
+    n_pages: int
+
+    @classmethod
+    def of(cls, m: Manifest) -> _PageRun | None:
+        geometry = _page_run_geometry(m)
+        if geometry is None:
+            return None
+        nn, nl = geometry
+        lead = m.chunks[nn : nn + nl]
+        sizes = m.layout.leading_shape
+        return cls(nn, lead, sizes, _strides(sizes), math.prod(lead))
+
+
 def _page_run_plan(m: Manifest, index: tuple[int, ...], layout_of: LayoutOf) -> ChunkPlan | None:
     """The plan of the usual chunk (whole pages of one file, back to back, inside the
     array) in a few integer operations; ``None`` for any other chunk."""
-    geometry = m.__dict__.get("_page_run_geometry", False)
-    if geometry is False:
-        geometry = _page_run_geometry(m)
-        m.__dict__["_page_run_geometry"] = geometry  # a cache: the manifest is immutable
-    if geometry is None:
+    run = m.__dict__.get("_page_run", False)
+    if run is False:
+        run = _PageRun.of(m)
+        m.__dict__["_page_run"] = run  # a cache: the manifest is immutable
+    if run is None:
         return None
-    nn, nl = geometry
+    nn, nl = run.name_dims, len(run.lead)
     file = int(m.file_index[index[:nn]]) if nn else 0
     if file < 0:
         return None
-    lead = m.chunks[nn : nn + nl]
-    sizes = m.layout.leading_shape
-    starts = [i * c for i, c in zip(index[nn : nn + nl], lead, strict=True)]
-    if any(s + c > n for s, c, n in zip(starts, lead, sizes, strict=True)):
-        return None  # an edge chunk: padded, so not one run
+    page = 0
+    for i, c, n, st in zip(index[nn : nn + nl], run.lead, run.sizes, run.strides):  # noqa: B905
+        if i * c + c > n:
+            return None  # an edge chunk: padded, so not one run
+        page += i * c * st
     layout = layout_of(file)
-    page = sum(s * st for s, st in zip(starts, _strides(sizes), strict=True))
-    n_pages = math.prod(lead)
+    n_pages = run.n_pages
     first = layout.page_offset(page)
     if first is None:
         return None
