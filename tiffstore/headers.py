@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -187,8 +188,12 @@ def check_plausible(
     source: FileSource, files: Sequence[SourceFile], layouts: Sequence[FileLayout]
 ) -> None:
     """Raise :class:`TiffReadError` naming a file whose header declares an absurd image."""
+    declared_of: dict[int, int] = {}  # files written alike share one layout: work it out once
     for f, lay in zip(files, layouts, strict=True):
-        declared = int(np.prod(lay.shape, dtype=np.float64)) * np.dtype(lay.dtype).itemsize
+        declared = declared_of.get(id(lay))
+        if declared is None:
+            declared = math.prod(lay.shape) * np.dtype(lay.dtype).itemsize
+            declared_of[id(lay)] = declared
         if declared > max(PLAUSIBLE_FLOOR, PLAUSIBLE_EXPANSION * f.size):
             raise TiffReadError(
                 f"{source.url(f.name)}: its header declares an image of {lay.shape} "
