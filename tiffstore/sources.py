@@ -171,20 +171,19 @@ class LocalSource(FileSource):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
+    def _cannot_open(self, name: str, path: str, exc: OSError) -> TiffReadError:
+        if isinstance(exc, FileNotFoundError) and name in self.__dict__.get("_stamps", {}):
+            return FileChangedError(f"{path}: the file was removed after the store was opened.")
+        return TiffReadError(f"{path}: cannot open ({exc.strerror}).")
+
     @contextmanager
     def _descriptor(self, name: str) -> Iterator[tuple[int, str]]:
         """An OS file descriptor for one call's reads, closed right after them."""
         path = self.url(name)
         try:
             fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError as exc:
-            if name in self.__dict__.get("_stamps", {}):
-                raise FileChangedError(
-                    f"{path}: the file was removed after the store was opened."
-                ) from exc
-            raise TiffReadError(f"{path}: cannot open ({exc.strerror}).") from exc
         except OSError as exc:
-            raise TiffReadError(f"{path}: cannot open ({exc.strerror}).") from exc
+            raise self._cannot_open(name, path, exc) from exc
         try:
             self._check_stamp(name, path, os.fstat(fd))
             yield fd, path
@@ -223,14 +222,8 @@ class LocalSource(FileSource):
         path = self.url(name)
         try:
             fh = open(path, "rb")  # noqa: SIM115 - closed below
-        except FileNotFoundError as exc:
-            if name in self.__dict__.get("_stamps", {}):
-                raise FileChangedError(
-                    f"{path}: the file was removed after the store was opened."
-                ) from exc
-            raise TiffReadError(f"{path}: cannot open ({exc.strerror}).") from exc
         except OSError as exc:
-            raise TiffReadError(f"{path}: cannot open ({exc.strerror}).") from exc
+            raise self._cannot_open(name, path, exc) from exc
         with fh:
             self._check_stamp(name, path, os.fstat(fh.fileno()))
             yield fh
