@@ -238,9 +238,10 @@ class FaultProxy:
     ``plan`` holds the faults for the next such requests, in order; ``always`` the
     fault for every one after. Faults: ``"503"``, ``"reset"`` (close without an
     answer), ``"cut"`` (send half the body, keeping the full Content-Length),
-    ``"short"`` (send half the body with a matching Content-Length), ``"404"``.
-    ``hide_sizes`` drops Content-Length from every answer about a TIFF file;
-    ``delay`` holds every such answer back that many seconds.
+    ``"short"`` (send half the body with a matching Content-Length), ``"404"``,
+    ``"hang"`` (read the request, never answer). ``hide_sizes`` drops Content-Length
+    from every answer about a TIFF file; ``delay`` holds every such answer back that
+    many seconds; ``hang_everything`` leaves every request unanswered (listings too).
     """
 
     upstream: int
@@ -249,6 +250,7 @@ class FaultProxy:
     always: str | None = None
     hide_sizes: bool = False
     delay: float = 0.0
+    hang_everything: bool = False
     faults_done: list[str] = field(default_factory=list)
 
     @property
@@ -271,7 +273,9 @@ class FaultProxy:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
-                fault = self.next_fault(head)
+                fault = "hang" if self.hang_everything else self.next_fault(head)
+                if fault == "hang":
+                    await asyncio.Event().wait()  # until the client gives up, or the test ends
                 if self.delay and b".tif " in head.split(b"\r\n", 1)[0]:
                     await asyncio.sleep(self.delay)
                 if fault == "reset":
@@ -392,6 +396,40 @@ def test_lasting_faults_raise_naming_the_url(fault, http_server, fault_proxy):
     # request again once when a kept-alive connection drops).
     tries = FsspecSource.retries + 1
     assert tries <= len(fault_proxy.faults_done) <= (2 * tries if fault == "reset" else tries)
+
+
+def test_a_server_that_never_answers_is_given_up_on_naming_the_url(
+    http_server, fault_proxy, monkeypatch
+):
+    store, _ = proxied_store(http_server, fault_proxy)
+    monkeypatch.setattr(FsspecSource, "timeout", 0.5)
+    monkeypatch.setattr(FsspecSource, "retries", 2)
+    fault_proxy.always = "hang"
+    started = time.monotonic()
+    with pytest.raises(
+        TiffReadError,
+        match=r"http://127\.0\.0\.1:\d+/acq-\w+/raw/ex6-2_.*\.tif: cannot read bytes "
+        r"\d+-\d+ after 3 tries \(\w*TimeoutError",
+    ):
+        store.get_sync("0.1.0.0.0")
+    # Three tries of half a second each, and the waits between them: not forever.
+    assert time.monotonic() - started < 10
+    assert fault_proxy.faults_done == ["hang"] * 3
+
+
+def test_opening_a_server_that_never_answers_is_given_up_on(http_server, fault_proxy, monkeypatch):
+    folder, _ = http_folder(http_server)
+    write_case(folder / "raw", "raw")
+    monkeypatch.setattr(FsspecSource, "timeout", 0.5)
+    fault_proxy.hang_everything = True
+    started = time.monotonic()
+    with pytest.raises(SourceError, match=rf"{fault_proxy.url}{folder.name}/raw/: cannot list"):
+        tiffstore.open(f"{fault_proxy.url}{folder.name}/raw/")
+    assert time.monotonic() - started < 10
+    urls = [f"{fault_proxy.url}{folder.name}/raw/{sample_name(0, s)}" for s in (1, 2)]
+    with pytest.raises(SourceError, match=r"raw/ex6-2_.*\.tif: cannot get its size \(\w*Timeout"):
+        tiffstore.open(urls)
+    assert time.monotonic() - started < 20
 
 
 def test_truncated_body_never_becomes_data(http_server, fault_proxy):

@@ -58,6 +58,10 @@ class ChunkReader:
         if expect is not None:
             # Local files: every read checks the file's size and time against the listing.
             expect(manifest.file_stamps())
+        expect_versions = getattr(manifest.source, "expect_versions", None)
+        if expect_versions is not None:
+            # Remote files: reads are conditional on the version listed (ETag, time).
+            expect_versions(manifest.file_version_map())
 
     def layout_of(self, file: int) -> FileLayout:
         """The layout to read ``file`` with, its header checked on first use in this process."""

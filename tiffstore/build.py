@@ -230,6 +230,13 @@ def _mtimes(files: Sequence[SourceFile]) -> np.ndarray | None:
     return np.array([-1 if f.mtime_ns is None else f.mtime_ns for f in files], np.int64)
 
 
+def _versions(files: Sequence[SourceFile]) -> tuple[str, ...]:
+    """Each file's listed version (``""`` unknown), or ``()`` if none is known."""
+    if all(f.version is None for f in files):
+        return ()
+    return tuple(f.version or "" for f in files)
+
+
 def build_manifest(
     source: FileSource,
     files: Sequence[SourceFile],
@@ -307,6 +314,7 @@ def build_manifest(
         template=grid.template,
         stitched=stitched,
         file_mtimes=_mtimes(files),
+        file_versions=_versions(files),
     )
     if validate:
         check_truncated(manifest)

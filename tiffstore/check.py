@@ -1,7 +1,8 @@
 """``tiffstore check``: which files no longer match what a store or reference file was made from.
 
 Reference files written by tiffstore record what they were made from (the root,
-each file's name and size, and for local files its modification time) in their
+each file's name and size, and its modification time (local files) or ETag
+(remote files)) in their
 attributes, ``tiffstore.made_from``; :func:`check_references` compares those with
 the files as they are now. A source folder, glob or URL has no such record:
 :func:`check_source` reads every file's header and names each file that cannot be
@@ -19,7 +20,7 @@ from typing import Any
 
 from .errors import SourceError, TiffStoreError
 from .layout import FileLayout, read_layout
-from .sources import resolve_source
+from .sources import FsspecSource, call_bounded, resolve_source, version_of
 
 __all__ = ["FileProblem", "check", "check_references", "check_source", "is_reference_file"]
 
@@ -98,6 +99,7 @@ def check_references(
     made = _made_from(target, storage_options)
     root, files, sizes = str(made["root"]), list(made["files"]), list(made["sizes"])
     mtimes: Sequence[int | None] = made.get("mtimes_ns") or [None] * len(files)
+    versions: Sequence[str] = made.get("versions") or [""] * len(files)
     remote = "://" in root and not root.startswith("file://")
     urls = [root.rstrip("/") + "/" + name for name in files]
     problems: list[FileProblem] = []
@@ -105,30 +107,42 @@ def check_references(
         import fsspec
 
         fs, _ = fsspec.core.url_to_fs(root, **(storage_options or {}))
-        now: list[tuple[int, int | None] | None] = []
-        for url in urls:
+
+        def info(url: str) -> tuple[int, int | None, str | None] | None:
             try:
-                now.append((int(fs.info(url)["size"]), None))
+                found = call_bounded(fs, "info", url, timeout=FsspecSource.timeout)
             except FileNotFoundError:
-                now.append(None)
+                return None
+            return int(found["size"]), None, version_of(found)
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            now = list(pool.map(info, urls))
     else:
 
-        def stat(path: str) -> tuple[int, int | None] | None:
+        def stat(path: str) -> tuple[int, int | None, str | None] | None:
             try:
                 st = os.stat(path.removeprefix("file://"))
             except FileNotFoundError:
                 return None
-            return st.st_size, st.st_mtime_ns
+            return st.st_size, st.st_mtime_ns, None
 
         with ThreadPoolExecutor(max_workers=16) as pool:
             now = list(pool.map(stat, urls))
-    for url, size, mtime, found in zip(urls, sizes, mtimes, now, strict=True):
+    for url, size, mtime, version, found in zip(urls, sizes, mtimes, versions, now, strict=True):
         if found is None:
             problems.append(FileProblem(url, "missing"))
         elif found[0] != size:
             problems.append(FileProblem(url, f"{found[0]} bytes now, {size} when referenced"))
         elif mtime is not None and mtime >= 0 and found[1] is not None and found[1] != mtime:
             problems.append(FileProblem(url, "modified since it was referenced (same size)"))
+        elif version and found[2] is not None and found[2] != version:
+            problems.append(
+                FileProblem(
+                    url,
+                    f"replaced since it was referenced (same size; version {version} then, "
+                    f"{found[2]} now)",
+                )
+            )
     return len(files), problems
 
 

@@ -232,6 +232,11 @@ class Manifest:
         source does not say (remote files); ``None`` when not recorded. Local reads
         check size and time, so a file changed after the open is an error, never
         stale bytes.
+    file_versions
+        Each remote file's version when it was listed: its ETag, or ``"modified:"``
+        and its last-modified time; ``""`` where the file system says neither; empty
+        when not recorded. Remote reads are conditional on them, so a file replaced
+        after the open is an error, never its new bytes.
     """
 
     source: FileSource
@@ -252,6 +257,7 @@ class Manifest:
     template: str = ""
     stitched: tuple[tuple[int, int], ...] = ()
     file_mtimes: np.ndarray | None = None
+    file_versions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for a in (self.file_sizes, self.file_index, self.file_layout, self.file_signature):
@@ -270,6 +276,10 @@ class Manifest:
             )
             if mtime >= 0
         }
+
+    def file_version_map(self) -> dict[str, str]:
+        """``name -> version`` of the files whose version was recorded at listing."""
+        return {name: v for name, v in zip(self.files, self.file_versions, strict=False) if v}
 
     # -- the array --------------------------------------------------------
 
@@ -403,6 +413,7 @@ class Manifest:
             and self.coords == other.coords
             and self.stitched == other.stitched
             and _same_optional(self.file_mtimes, other.file_mtimes)
+            and self.file_versions == other.file_versions
         )
 
     def __hash__(self) -> int:

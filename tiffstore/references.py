@@ -243,6 +243,8 @@ def references(
     }
     if m.file_mtimes is not None:
         attrs["tiffstore"]["made_from"]["mtimes_ns"] = m.file_mtimes.tolist()
+    if m.file_versions:
+        attrs["tiffstore"]["made_from"]["versions"] = list(m.file_versions)
     attrs["tiffstore"]["references"] = {"version": __version__, "image": image, "url": url}
     # The whole manifest, so that tiffstore.open(this file) needs no listing or header.
     attrs["tiffstore"]["manifest"] = base64.b64encode(dump_manifest(m)).decode()

@@ -143,6 +143,7 @@ def dump_manifest(m: Manifest) -> bytes:
         ],
         "template": m.template,
         "stitched": [list(p) for p in m.stitched],
+        "file_versions": list(m.file_versions),
     }
     arrays = {name: getattr(m, name) for name in _ARRAYS}
     if m.file_mtimes is not None:
@@ -221,6 +222,7 @@ def load_manifest(
         template=doc["template"],
         stitched=tuple((int(k), int(d)) for k, d in doc["stitched"]),
         file_mtimes=arrays.get("file_mtimes"),
+        file_versions=tuple(doc.get("file_versions", ())),
     )
 
 

@@ -9,10 +9,13 @@ Other protocols go through fsspec.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import fnmatch
 import glob as globmod
 import io
 import logging
+import math
 import os
 import random
 import threading
@@ -48,12 +51,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SourceFile:
-    """A file of the acquisition: its name relative to the root, its size, and (local
-    files) its modification time in nanoseconds, as listed."""
+    """A file of the acquisition: its name relative to the root, its size, and what
+    says which version of it was listed: the modification time in nanoseconds (local
+    files), or the ETag or last-modified time the server gave (remote files)."""
 
     name: str
     size: int
     mtime_ns: int | None = None
+    version: str | None = None
 
 
 def _is_tiff(name: str) -> bool:
@@ -238,7 +243,16 @@ class FsspecSource(FileSource):
     ``cat_ranges`` call, nearby ranges merged; transient failures (connection
     errors, timeouts, 5xx, short bodies) are retried a few times with backoff,
     then raise :class:`TiffReadError` naming the URL. A short body is never
-    accepted as data.
+    accepted as data, and no request waits forever: each batch of ranges has
+    :attr:`timeout` seconds, plus one per :attr:`min_rate` bytes, before it counts
+    as failed (and is retried).
+
+    Files whose version was recorded at listing (:meth:`expect_versions`: the ETag,
+    else the last-modified time) are read with conditional requests on HTTP and S3
+    (``If-Match``, ``If-Unmodified-Since``), so a file replaced after the open, even
+    at the same size, raises :class:`FileChangedError` at no extra request; on other
+    protocols the version is compared before a file's reads, once every
+    :attr:`version_recheck` seconds.
     """
 
     root: str
@@ -249,6 +263,14 @@ class FsspecSource(FileSource):
     #: Transient failures are retried this many times, waiting ``retry_wait * 2**attempt`` s.
     retries: ClassVar[int] = 4
     retry_wait: ClassVar[float] = 0.05
+    #: Seconds a request batch (or a listing, or a size) may take, plus one second per
+    #: ``min_rate`` bytes it reads, before it is abandoned as failed: a server that
+    #: accepts a connection and never answers costs ``(retries + 1) * timeout`` s, not a hang.
+    timeout: ClassVar[float] = 30.0
+    min_rate: ClassVar[float] = float(1 << 20)
+    #: Where no conditional read exists, a file's version is compared again by an
+    #: ``info`` request before a read when the last comparison is this many seconds old.
+    version_recheck: ClassVar[float] = 5.0
     #: Ranges of one read closer than this are fetched as one: a round trip costs
     #: more than this many bytes on any link worth reading TIFFs over.
     merge_gap: ClassVar[int] = 1 << 18
@@ -291,8 +313,57 @@ class FsspecSource(FileSource):
         return state
 
     def remember_sizes(self, files: Sequence[SourceFile]) -> None:
-        """Keep the sizes found by listing, so parsing a header does not ask for them again."""
+        """Keep the sizes found by listing, so parsing a header does not ask for them again.
+
+        Versions listed are expected from now on (:meth:`expect_versions`).
+        """
         self._local.sizes.update((f.name, f.size) for f in files)
+        self.expect_versions({f.name: f.version for f in files if f.version})
+
+    def expect_versions(self, versions: dict[str, str]) -> None:
+        """Record each file's version (ETag, or ``modified:`` time) as listed.
+
+        Reads check them from now on: a file replaced since raises
+        :class:`FileChangedError` naming it, never serves its new bytes.
+        """
+        # Beside the fields, never pickled (a manifest's reader records them again in
+        # each process), and kept across a fork.
+        self.__dict__.setdefault("_versions", {}).update(versions)
+
+    def _version_check(self, name: str) -> dict[str, Any] | None:
+        """The request conditions that make reads of ``name`` fail if it was replaced.
+
+        ``None`` when none are needed, or none exist for this protocol (then the
+        file's version is compared once, here).
+        """
+        version = self.__dict__.get("_versions", {}).get(name)
+        if version is None:
+            return None
+        etag = None if version.startswith(_MODIFIED) else version
+        if self.protocol in _WEB:
+            if etag is not None and not etag.startswith("W/"):
+                return {"headers": {"If-Match": etag}}
+            if etag is None:
+                return {"headers": {"If-Unmodified-Since": version[len(_MODIFIED) :]}}
+        elif self.protocol in _S3 and etag is not None and hasattr(self.fs, "_call_s3"):
+            return {"IfMatch": etag}
+        checked: dict[str, float] = self.__dict__.setdefault("_versions_checked", {})
+        when = time.monotonic()
+        if when - checked.get(name, -math.inf) > self.version_recheck:
+            url = self.url(name)
+            self.fs.invalidate_cache(self.fs._strip_protocol(url))
+            now = version_of(self._bounded("info", url, nbytes=0))
+            if now is not None and now != version:
+                raise _replaced(url, version, now)
+            checked[name] = when
+        return None
+
+    def _bounded(self, method: str, *args: Any, nbytes: int, **kwargs: Any) -> Any:
+        """``fs.<method>(*args, **kwargs)``, given :attr:`timeout` (and time for
+        ``nbytes``) where the file system is async; raises ``TimeoutError`` after."""
+        return call_bounded(
+            self.fs, method, *args, timeout=self.timeout + nbytes / self.min_rate, **kwargs
+        )
 
     def url(self, name: str) -> str:
         if self.protocol in _WEB:
@@ -319,22 +390,27 @@ class FsspecSource(FileSource):
         while pending:
             problem: BaseException | str = ""
             try:
-                results = self.fs.cat_ranges(
-                    [url] * len(pending),
+                conditions = self._version_check(name)
+                results = self._cat_ranges(
+                    url,
                     [ranges[i][0] for i in pending],
                     [ranges[i][0] + ranges[i][1] for i in pending],
-                    on_error="return",
+                    conditions,
                 )
+            except TiffStoreError:
+                raise
             except Exception as exc:
                 results = [exc] * len(pending)
             failed = []
             for i, data in zip(pending, results, strict=True):
                 offset, length = ranges[i]
                 if isinstance(data, BaseException):
+                    if _precondition_failed(data):
+                        version = self.__dict__.get("_versions", {}).get(name, "")
+                        raise _replaced(url, version, None) from data
                     if not _is_transient(data):
                         raise TiffReadError(
-                            f"{url}: cannot read bytes {offset}-{offset + length} "
-                            f"({type(data).__name__}: {data})."
+                            f"{url}: cannot read bytes {offset}-{offset + length} ({_why(data)})."
                         ) from data
                     problem = data
                     failed.append(i)
@@ -350,11 +426,7 @@ class FsspecSource(FileSource):
             pending = failed
             if pending:
                 if attempt >= self.retries:
-                    reason = (
-                        problem
-                        if isinstance(problem, str)
-                        else f"{type(problem).__name__}: {problem}"
-                    )
+                    reason = problem if isinstance(problem, str) else _why(problem)
                     raise TiffReadError(
                         f"{url}: cannot read bytes {ranges[pending[0]][0]}-"
                         f"{sum(ranges[pending[0]])} after {attempt + 1} tries ({reason})."
@@ -370,6 +442,42 @@ class FsspecSource(FileSource):
                 time.sleep(wait)
                 attempt += 1
         return out  # type: ignore[return-value]
+
+    def _cat_ranges(
+        self,
+        url: str,
+        starts: list[int],
+        stops: list[int],
+        conditions: dict[str, Any] | None,
+    ) -> list[Any]:
+        """One batch of ranged reads of ``url``, under ``conditions``, bounded in time;
+        failures are returned in place of their bytes."""
+        nbytes = sum(stops) - sum(starts)
+        if conditions is not None and self.protocol in _S3:
+            fs = self.fs
+            from fsspec.asyn import sync
+
+            return cast(
+                list[Any],
+                sync(
+                    fs.loop,
+                    _within,
+                    self.timeout + nbytes / self.min_rate,
+                    _s3_get_ranges(fs, url, starts, stops, conditions),
+                ),
+            )
+        return cast(
+            list[Any],
+            self._bounded(
+                "cat_ranges",
+                [url] * len(starts),
+                starts,
+                stops,
+                on_error="return",
+                nbytes=nbytes,
+                **(conditions or {}),
+            ),
+        )
 
     def read_bytes(self, name: str, offset: int, length: int) -> bytes:
         # fsspec returns bytes already: hand them on rather than copy them twice.
@@ -426,13 +534,11 @@ class FsspecSource(FileSource):
         url = self.url(name)
         for attempt in range(self.retries + 1):
             try:
-                info = self.fs.info(url)
+                info = self._bounded("info", url, nbytes=0)
                 break
             except Exception as exc:
                 if not _is_transient(exc) or attempt == self.retries:
-                    raise TiffReadError(
-                        f"{url}: cannot open ({type(exc).__name__}: {exc})."
-                    ) from exc
+                    raise TiffReadError(f"{url}: cannot open ({_why(exc)}).") from exc
                 time.sleep(self.retry_wait * 2**attempt)
         size = info.get("size")
         if size is None:
@@ -537,6 +643,115 @@ class _RangedFile(io.RawIOBase):
             done += len(piece)
         self._pos += done
         return done
+
+
+#: Prefix of a version that is a last-modified time rather than an ETag.
+_MODIFIED = "modified:"
+
+#: Protocols served by s3fs.
+_S3 = ("s3", "s3a")
+
+
+def version_of(info: dict[str, Any]) -> str | None:
+    """What says which version of a file ``info`` describes: its ETag (quoted, as
+    HTTP sends it), else ``"modified:"`` and its last-modified time; ``None`` when the
+    file system says neither."""
+    for key in ("ETag", "etag", "Etag"):
+        etag = info.get(key)
+        if etag:
+            etag = str(etag)
+            return etag if etag.startswith(('"', 'W/"')) else f'"{etag}"'
+    for key in ("Last-Modified", "LastModified", "last_modified", "updated", "mtime"):
+        modified = info.get(key)
+        if modified:
+            return f"{_MODIFIED}{modified}"
+    return None
+
+
+def _replaced(url: str, version: str, now: str | None) -> FileChangedError:
+    said = (
+        f"its last-modified time was {version[len(_MODIFIED) :]}"
+        if version.startswith(_MODIFIED)
+        else f"its ETag was {version}"
+    )
+    if now is not None:
+        said += f", now {now.removeprefix(_MODIFIED)}"
+    return FileChangedError(
+        f"{url}: the file was replaced after the store was opened ({said}), so its header "
+        "may no longer describe its bytes. Open the source again (tiffstore.open) to read "
+        "it as it is now."
+    )
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """Whether a request failed because its ``If-Match``/``If-Unmodified-Since`` did not hold."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if getattr(seen, "status", None) == 412:
+            return True
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            error = response.get("Error", {})
+            meta = response.get("ResponseMetadata", {})
+            if error.get("Code") == "PreconditionFailed" or meta.get("HTTPStatusCode") == 412:
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+async def _within(timeout: float, coro: Any) -> Any:
+    return await asyncio.wait_for(coro, timeout)
+
+
+def call_bounded(fs: Any, method: str, *args: Any, timeout: float, **kwargs: Any) -> Any:
+    """``fs.<method>(*args, **kwargs)``; on an async file system, cancelled after
+    ``timeout`` seconds with ``TimeoutError`` (a server that never answers)."""
+    if getattr(fs, "async_impl", False) and not getattr(fs, "asynchronous", False):
+        from fsspec.asyn import sync
+
+        return sync(fs.loop, _within, timeout, getattr(fs, f"_{method}")(*args, **kwargs))
+    return getattr(fs, method)(*args, **kwargs)
+
+
+async def _s3_get_ranges(
+    fs: Any, url: str, starts: list[int], stops: list[int], conditions: dict[str, Any]
+) -> list[Any]:
+    """Ranged GETs of one S3 object under ``conditions`` (``IfMatch``), which s3fs's
+    own ``cat_ranges`` cannot send; failures are returned in place of their bytes."""
+    bucket, key, version_id = fs.split_path(url)
+    extra = {"VersionId": version_id} if version_id else {}
+
+    async def get(start: int, stop: int) -> bytes:
+        resp = await fs._call_s3(
+            "get_object",
+            Bucket=bucket,
+            Key=key,
+            Range=f"bytes={start}-{stop - 1}",
+            **extra,
+            **conditions,
+        )
+        try:
+            return cast(bytes, await resp["Body"].read())
+        finally:
+            resp["Body"].close()
+
+    return list(
+        await asyncio.gather(
+            *(get(a, b) for a, b in zip(starts, stops, strict=True)), return_exceptions=True
+        )
+    )
+
+
+def _why(exc: BaseException) -> str:
+    """A failed request's reason, in words."""
+    if isinstance(exc, TimeoutError):
+        return (
+            f"{type(exc).__name__}: no answer within {FsspecSource.timeout:g} s and more for "
+            "large reads (FsspecSource.timeout)"
+        )
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -668,10 +883,11 @@ def _infos(fs: Any, paths: Sequence[str]) -> list[dict[str, Any] | BaseException
     if getattr(fs, "async_impl", False) and not getattr(fs, "asynchronous", False):
         from fsspec.asyn import _run_coros_in_chunks, sync
 
+        timeout = FsspecSource.timeout
         results: list[Any] = sync(
             fs.loop,
             _run_coros_in_chunks,
-            [fs._info(p) for p in paths],
+            [_within(timeout, fs._info(p)) for p in paths],
             nofiles=True,
             return_exceptions=True,
         )
@@ -696,44 +912,50 @@ _WEB = ("http", "https")
 _LIST_PARENT_FROM = 16
 
 
-def _sizes(fs: Any, known: dict[str, int | None], listed: bool) -> dict[str, int]:
-    """The size of every path of ``known``: from ``known`` itself, a listing of their
-    folder (unless ``listed``: they come from one), or ``info`` requests made
-    concurrently. A size nobody reports is an error, never 0."""
-    sizes = {p: s for p, s in known.items() if s is not None}
-    wanted = [p for p in known if p not in sizes]
+def _sizes(
+    fs: Any, known: dict[str, dict[str, Any]], listed: bool
+) -> dict[str, tuple[int, str | None]]:
+    """The size and version of every path of ``known`` (path -> what is known of it):
+    from ``known`` itself, a listing of their folder (unless ``listed``: they come
+    from one), or ``info`` requests made concurrently. A size nobody reports is an
+    error, never 0."""
+    found = {
+        p: (int(info["size"]), version_of(info))
+        for p, info in known.items()
+        if info.get("size") is not None
+    }
+    wanted = [p for p in known if p not in found]
     by_parent: dict[str, list[str]] = {}
     for p in wanted:
         by_parent.setdefault(_parent(p), []).append(p)
+    timeout = FsspecSource.timeout
     for parent, members in by_parent.items():
         if listed or len(members) < _LIST_PARENT_FROM:
             continue
         try:
-            entries = fs.ls(parent, detail=True)
+            entries = call_bounded(fs, "ls", parent, detail=True, timeout=timeout)
         except Exception as exc:  # only a shortcut: the requests below say what is wrong
             logger.debug("%s: cannot list (%s); asking for each file's size", parent, exc)
             continue
-        names = {fs._strip_protocol(e["name"]).rstrip("/"): e.get("size") for e in entries}
+        infos = {fs._strip_protocol(e["name"]).rstrip("/"): e for e in entries}
         for p in members:
-            size = names.get(fs._strip_protocol(p).rstrip("/"))
-            if size is not None:
-                sizes[p] = int(size)
-    wanted = [p for p in wanted if p not in sizes]
+            info = infos.get(fs._strip_protocol(p).rstrip("/"))
+            if info is not None and info.get("size") is not None:
+                found[p] = (int(info["size"]), version_of(info))
+    wanted = [p for p in wanted if p not in found]
     for p, info in zip(wanted, _infos(fs, wanted), strict=True):
         url = fs.unstrip_protocol(p)
         if isinstance(info, FileNotFoundError):
             raise SourceError(f"{url}: no such file.") from info
         if isinstance(info, BaseException):
-            raise SourceError(
-                f"{url}: cannot get its size ({type(info).__name__}: {info})."
-            ) from info
+            raise SourceError(f"{url}: cannot get its size ({_why(info)}).") from info
         if info.get("size") is None:
             raise SourceError(
                 f"{url}: the server does not say how large the file is (no Content-Length), "
                 "so it cannot be read by ranges."
             )
-        sizes[p] = int(info["size"])
-    return sizes
+        found[p] = (int(info["size"]), version_of(info))
+    return found
 
 
 def _resolve_fsspec(
@@ -744,45 +966,60 @@ def _resolve_fsspec(
     urls = [source] if isinstance(source, str) else list(source)
     fs, _ = fsspec.core.url_to_fs(urls[0], **storage_options)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    found: dict[str, int | None] = {}
+    timeout = FsspecSource.timeout
+    found: dict[str, dict[str, Any]] = {}
     root: str | None = None
     if len(urls) == 1 and not globmod.has_magic(fs._strip_protocol(urls[0])):
         # A folder (or one file): one recursive listing, not a request per entry.
         path = fs._strip_protocol(urls[0])
         try:
-            listed = fs.find(path, detail=True, maxdepth=None if recursive else 1)
+            listed = call_bounded(
+                fs,
+                "find",
+                path,
+                detail=True,
+                maxdepth=None if recursive else 1,
+                timeout=timeout,
+            )
         except FileNotFoundError:
             listed = {}
         except Exception as exc:
-            raise SourceError(f"{urls[0]}: cannot list ({type(exc).__name__}: {exc}).") from exc
+            raise SourceError(f"{urls[0]}: cannot list ({_why(exc)}).") from exc
         listed = {p: e for p, e in listed.items() if p.rstrip("/") != path.rstrip("/")}
         if listed:
             root = path.rstrip("/")
             for p, info in listed.items():
                 if info.get("type", "file") == "file" and _is_tiff(p):
-                    found[p] = info.get("size")
+                    found[p] = info
         elif _is_tiff(path):
-            found[path] = None
+            found[path] = {}
         else:
             raise SourceError(f"{urls[0]}: no such folder, or it holds no files.")
     else:
         for url in urls:
             path = fs._strip_protocol(url)
             if globmod.has_magic(path):
-                for p, info in fs.glob(path, detail=True).items():
+                try:
+                    matched = call_bounded(fs, "glob", path, detail=True, timeout=timeout)
+                except Exception as exc:
+                    raise SourceError(f"{url}: cannot list ({_why(exc)}).") from exc
+                for p, info in matched.items():
                     if info.get("type", "file") == "file" and _is_tiff(p):
-                        found[p] = info.get("size")
+                        found[p] = info
             else:
-                found[path] = None
+                found[path] = {}
     if not found:
         raise SourceError(f"{source}: no TIFF files found there.")
     sizes = _sizes(fs, found, listed=root is not None)
     if root is None:
         root = _common_parent(list(sizes))
-    files = [SourceFile(p[len(root) :].lstrip("/"), size) for p, size in sizes.items()]
+    files = [
+        SourceFile(p[len(root) :].lstrip("/"), size, version=version)
+        for p, (size, version) in sizes.items()
+    ]
     if protocol in _WEB:
         # Index pages link to quoted names ("run%201.tif"): read the names as they are.
-        files = [SourceFile(unquote(f.name), f.size) for f in files]
+        files = [dataclasses.replace(f, name=unquote(f.name)) for f in files]
     reader = FsspecSource(fs.unstrip_protocol(root), protocol, dict(storage_options))
     reader.remember_sizes(files)
     return reader, files
