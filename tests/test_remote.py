@@ -1,15 +1,11 @@
 """Remote TIFFs: ``tiffstore.open`` on s3:// and http:// sources, against real servers on
-loopback (moto, nginx), with a fault-injecting proxy for retries."""
+loopback (moto, nginx). Faults (a proxy that breaks requests) are in
+``tests/reliability/test_remote_faults.py``."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import threading
-import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +15,8 @@ import tifffile
 import zarr
 
 import tiffstore
-from tests.conftest import HttpServer, free_port, stack_files
-from tiffstore.errors import SourceError, TiffReadError, TiffStoreError
+from tests.conftest import HttpServer, stack_files
+from tiffstore.errors import SourceError
 from tiffstore.sample import sample_name, write_sample
 from tiffstore.sources import FsspecSource
 
@@ -228,239 +224,6 @@ def test_chunk_of_tiles_is_one_request_batch(http_server):
     assert len(reads) == 1, reads
 
 
-# -- failures: a proxy in front of nginx ---------------------------------------
-
-
-@dataclass
-class FaultProxy:
-    """An HTTP proxy on loopback that breaks ranged GETs of TIFF files on request.
-
-    ``plan`` holds the faults for the next such requests, in order; ``always`` the
-    fault for every one after. Faults: ``"503"``, ``"reset"`` (close without an
-    answer), ``"cut"`` (send half the body, keeping the full Content-Length),
-    ``"short"`` (send half the body with a matching Content-Length), ``"404"``,
-    ``"hang"`` (read the request, never answer). ``hide_sizes`` drops Content-Length
-    from every answer about a TIFF file; ``delay`` holds every such answer back that
-    many seconds; ``hang_everything`` leaves every request unanswered (listings too).
-    """
-
-    upstream: int
-    port: int = 0
-    plan: list[str] = field(default_factory=list)
-    always: str | None = None
-    hide_sizes: bool = False
-    delay: float = 0.0
-    hang_everything: bool = False
-    faults_done: list[str] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def next_fault(self, head: bytes) -> str | None:
-        line = head.split(b"\r\n", 1)[0].decode()
-        if not (line.startswith("GET ") and ".tif " in line and b"\r\nrange:" in head.lower()):
-            return None
-        fault = self.plan.pop(0) if self.plan else self.always
-        if fault:
-            self.faults_done.append(fault)
-        return fault
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                fault = "hang" if self.hang_everything else self.next_fault(head)
-                if fault == "hang":
-                    await asyncio.Event().wait()  # until the client gives up, or the test ends
-                if self.delay and b".tif " in head.split(b"\r\n", 1)[0]:
-                    await asyncio.sleep(self.delay)
-                if fault == "reset":
-                    writer.transport.abort()
-                    return
-                if fault in ("503", "404"):
-                    reason = "Service Unavailable" if fault == "503" else "Not Found"
-                    writer.write(f"HTTP/1.1 {fault} {reason}\r\nContent-Length: 0\r\n\r\n".encode())
-                    await writer.drain()
-                    continue
-                status, headers, body = await self.forward(head)
-                if fault == "cut":
-                    writer.write(status + headers + body[: len(body) // 2])
-                    await writer.drain()
-                    writer.transport.abort()
-                    return
-                if self.hide_sizes and b".tif " in head.split(b"\r\n", 1)[0]:
-                    writer.write(status + _without_length(headers) + body)
-                    await writer.drain()
-                    return  # no length: the body ends when the connection does
-                if fault == "short":
-                    body = body[: len(body) // 2]
-                    headers = _without_length(headers, len(body))
-                writer.write(status + headers + body)
-                await writer.drain()
-        except asyncio.CancelledError:
-            return  # stopped by the fixture, clients still connected
-        finally:
-            writer.close()
-
-    async def forward(self, head: bytes) -> tuple[bytes, bytes, bytes]:
-        """Send the request to nginx; return its status line, headers and body."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.upstream)
-        lines = [h for h in head.split(b"\r\n") if h and not h.lower().startswith(b"connection:")]
-        writer.write(b"\r\n".join([*lines, b"Connection: close", b"", b""]))
-        await writer.drain()
-        response = await reader.read()
-        writer.close()
-        top, _, body = response.partition(b"\r\n\r\n")
-        status, _, headers = top.partition(b"\r\n")
-        headers = b"\r\n".join(
-            h for h in headers.split(b"\r\n") if not h.lower().startswith(b"connection:")
-        )
-        if head.startswith(b"HEAD "):
-            body = b""
-        return status + b"\r\n", headers + b"\r\n\r\n", body
-
-
-def _without_length(headers: bytes, length: int | None = None) -> bytes:
-    """Response headers without Content-Length, or with ``length`` as it."""
-    lines = [
-        h for h in headers.split(b"\r\n") if h and not h.lower().startswith(b"content-length:")
-    ]
-    if length is not None:
-        lines.append(b"Content-Length: %d" % length)
-    return b"\r\n".join([*lines, b"", b""])
-
-
-@pytest.fixture
-def fault_proxy(http_server: HttpServer) -> Iterator[FaultProxy]:
-    port = int(http_server.url.rsplit(":", 1)[1].strip("/"))
-    proxy = FaultProxy(upstream=port, port=free_port())
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    server: list[asyncio.AbstractServer] = []
-
-    async def serve() -> None:
-        server.append(await asyncio.start_server(proxy.handle, "127.0.0.1", proxy.port))
-        started.set()
-
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(serve(), loop)
-    assert started.wait(10)
-    yield proxy
-
-    async def stop() -> None:
-        server[0].close()
-        # Clients keep connections alive: end their handlers too.
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
-
-
-def proxied_store(http_server: HttpServer, proxy: FaultProxy, **kwargs: Any) -> tuple[Any, Any]:
-    folder, _ = http_folder(http_server)
-    # Files larger than a header block, so chunk reads go to the server.
-    ref = write_case(folder / "raw", "raw", shape=(4, 96, 128))
-    # One chunk per file (small files are grouped by default): a fault hits one file.
-    kwargs.setdefault("chunks", "file")
-    store = tiffstore.open(f"{proxy.url}{folder.name}/raw/", **kwargs)
-    return store, ref
-
-
-@pytest.mark.parametrize(
-    "faults", [["503", "503"], ["reset"], ["cut"], ["short"], ["503", "reset", "cut", "short"]]
-)
-def test_transient_faults_are_retried(faults, http_server, fault_proxy):
-    store, ref = proxied_store(http_server, fault_proxy)
-    fault_proxy.plan = list(faults)
-    np.testing.assert_array_equal(read_all(store), ref)
-    assert fault_proxy.faults_done == faults
-
-
-@pytest.mark.parametrize("fault", ["503", "cut", "short", "reset"])
-def test_lasting_faults_raise_naming_the_url(fault, http_server, fault_proxy):
-    store, _ = proxied_store(http_server, fault_proxy)
-    fault_proxy.always = fault
-    with pytest.raises(TiffReadError, match=r"http://127\.0\.0\.1:\d+/acq-\w+/raw/ex6-2_.*\.tif"):
-        store.get_sync("0.1.0.0.0")
-    # Bounded: the first try and the retries, then the error (aiohttp itself tries a
-    # request again once when a kept-alive connection drops).
-    tries = FsspecSource.retries + 1
-    assert tries <= len(fault_proxy.faults_done) <= (2 * tries if fault == "reset" else tries)
-
-
-def test_a_server_that_never_answers_is_given_up_on_naming_the_url(
-    http_server, fault_proxy, monkeypatch
-):
-    store, _ = proxied_store(http_server, fault_proxy)
-    monkeypatch.setattr(FsspecSource, "timeout", 0.5)
-    monkeypatch.setattr(FsspecSource, "retries", 2)
-    fault_proxy.always = "hang"
-    started = time.monotonic()
-    with pytest.raises(
-        TiffReadError,
-        match=r"http://127\.0\.0\.1:\d+/acq-\w+/raw/ex6-2_.*\.tif: cannot read bytes "
-        r"\d+-\d+ after 3 tries \(\w*TimeoutError",
-    ):
-        store.get_sync("0.1.0.0.0")
-    # Three tries of half a second each, and the waits between them: not forever.
-    assert time.monotonic() - started < 10
-    assert fault_proxy.faults_done == ["hang"] * 3
-
-
-def test_opening_a_server_that_never_answers_is_given_up_on(http_server, fault_proxy, monkeypatch):
-    folder, _ = http_folder(http_server)
-    write_case(folder / "raw", "raw")
-    monkeypatch.setattr(FsspecSource, "timeout", 0.5)
-    fault_proxy.hang_everything = True
-    started = time.monotonic()
-    with pytest.raises(SourceError, match=rf"{fault_proxy.url}{folder.name}/raw/: cannot list"):
-        tiffstore.open(f"{fault_proxy.url}{folder.name}/raw/")
-    assert time.monotonic() - started < 10
-    urls = [f"{fault_proxy.url}{folder.name}/raw/{sample_name(0, s)}" for s in (1, 2)]
-    with pytest.raises(SourceError, match=r"raw/ex6-2_.*\.tif: cannot get its size \(\w*Timeout"):
-        tiffstore.open(urls)
-    assert time.monotonic() - started < 20
-
-
-def test_truncated_body_never_becomes_data(http_server, fault_proxy):
-    """Through zarr and dask too, a short body is an error, not zeros or garbage."""
-    store, _ = proxied_store(http_server, fault_proxy)
-    fault_proxy.always = "short"
-    with pytest.raises(
-        TiffStoreError, match=r"\.tif: cannot read .* \(wanted (\d+) bytes at \d+, got \d+"
-    ):
-        read_all(store)
-    with pytest.raises(TiffStoreError, match="truncated"):
-        store.to_dask().compute()
-
-
-def test_not_found_is_not_retried(http_server, fault_proxy):
-    store, _ = proxied_store(http_server, fault_proxy)
-    fault_proxy.always = "404"
-    with pytest.raises(TiffReadError, match=r"FileNotFoundError"):
-        store.get_sync("0.1.0.0.0")
-    assert fault_proxy.faults_done == ["404"]
-
-
-def test_unknown_size_is_an_error_not_zero(http_server, fault_proxy):
-    folder, _ = http_folder(http_server)
-    write_case(folder / "raw", "raw")
-    fault_proxy.hide_sizes = True
-    url = f"{fault_proxy.url}{folder.name}/raw/{sample_name(0, 1)}"
-    with pytest.raises(SourceError, match=f"{url}: the server does not say how large"):
-        tiffstore.open([url])
-
-
 def test_s3_list_of_urls_sizes_from_one_listing(tmp_path, s3_server, s3_bucket, upload):
     url, options = s3_bucket
     write_sample(tmp_path / "raw", channels=4, stacks=5, shape=SHAPE)
@@ -472,29 +235,6 @@ def test_s3_list_of_urls_sizes_from_one_listing(tmp_path, s3_server, s3_bucket, 
     assert store.shape == (4, 5, *SHAPE)
     assert not [r for r in requests if r.method == "HEAD"], requests
     assert len([r for r in requests if ".tif" not in r.path]) == 1, requests
-
-
-def test_chunks_in_flight_at_once(http_server, fault_proxy):
-    """Remote chunks are read off zarr's event loop, many at a time: with every answer
-    held back, reading 6 files takes about one round of requests, not six."""
-    store, ref = proxied_store(http_server, fault_proxy)
-    fault_proxy.delay = delay = 0.25
-    t0 = time.perf_counter()
-    np.testing.assert_array_equal(read_all(store), ref)
-    # Each file costs a header check then its chunk: 12 answers, 2 rounds at once.
-    assert time.perf_counter() - t0 < 6 * delay
-
-
-def test_sizes_of_a_list_of_urls_are_asked_at_once(http_server, fault_proxy):
-    folder, _ = http_folder(http_server)
-    write_sample(folder / "raw", channels=4, stacks=3, shape=SHAPE)
-    urls = [f"{fault_proxy.url}{folder.name}/raw/{p.name}" for p in (folder / "raw").iterdir()]
-    fault_proxy.delay = delay = 0.25
-    t0 = time.perf_counter()
-    store = tiffstore.open(urls)
-    # 12 HEADs at once, then a header parse and two signature reads.
-    assert time.perf_counter() - t0 < 8 * delay
-    assert store.shape == (4, 3, *SHAPE)
 
 
 @pytest.mark.slow

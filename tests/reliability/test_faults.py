@@ -10,6 +10,7 @@ bodies), and materialize killed with SIGKILL five times then resumed
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import os
 import random
@@ -26,6 +27,8 @@ import psutil
 import pytest
 
 import tiffstore
+from tests.test_materialize import image
+from tiffstore.materialize import JOURNAL
 from tiffstore.store import TiffStore
 
 from .corpus import bounded, read_everything, stacks
@@ -169,3 +172,42 @@ def test_100000_files_under_ulimit_256(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("ok (256, 256)")
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume(make_sample, tmp_path):
+    directory, ref = make_sample(channels=2, stacks=6, shape=(32, 96, 96), compression="zlib")
+    out = tmp_path / "out.zarr"
+    base = [sys.executable, "-m", "tiffstore", "materialize", str(directory), str(out)]
+    base += ["--chunks", "1,1,4,32,32", "--workers", "2", "--quiet"]
+    rng = random.Random(11)
+    journal = out / JOURNAL / "image"
+    killed = 0
+    for attempt in range(5):
+        proc = subprocess.Popen(base + (["--resume"] if attempt else []), cwd=ROOT)
+        # Kill after a random number of finished tasks (0: during start-up or metadata).
+        target = rng.randint(0, 10)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            done = len(os.listdir(journal)) if journal.is_dir() else 0
+            if done >= target and (target or rng.random() < 0.02):
+                break
+            time.sleep(0.005)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed += 1
+        proc.wait(timeout=30)
+    assert killed >= 3
+    status = tiffstore.materialize_status(out)
+    assert status is None or status["complete"] is False
+    result = subprocess.run(
+        [*base, "--resume", "--verify", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["verified"] is True and summary["complete"] is True
+    np.testing.assert_array_equal(image(out), ref)
