@@ -187,6 +187,9 @@ def load_manifest(
         )
     src = doc["source"]
     where = root if root is not None else src["root"]
+    # Times and ETags describe the files the manifest was made from: copies elsewhere
+    # (references written with ``url=``) have their own, and are not checked by them.
+    same_files = where.rstrip("/") == str(src["root"]).rstrip("/")
     source: FileSource
     if "://" in where and not where.startswith("file://"):
         import fsspec
@@ -221,8 +224,8 @@ def load_manifest(
         ),
         template=doc["template"],
         stitched=tuple((int(k), int(d)) for k, d in doc["stitched"]),
-        file_mtimes=arrays.get("file_mtimes"),
-        file_versions=tuple(doc.get("file_versions", ())),
+        file_mtimes=arrays.get("file_mtimes") if same_files else None,
+        file_versions=tuple(doc.get("file_versions", ())) if same_files else (),
     )
 
 

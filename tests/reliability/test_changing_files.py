@@ -254,3 +254,25 @@ def test_check_references_of_remote_files(
     found = {p.file.rsplit("/", 1)[-1]: p.problem for p in problems}
     assert found == {"img_t0.tif": "missing", "img_t1.tif": found["img_t1.tif"]}
     assert "5 bytes now" in found["img_t1.tif"]
+
+
+def test_references_pointing_at_copies_do_not_check_the_originals_times(tmp_path: Path) -> None:
+    """A reference file written with ``url=`` reads copies of the files, whose times
+    differ from the originals': they are read, not refused as changed."""
+    import shutil
+
+    ref = stacks(tmp_path / "raw", n=3)
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for path in sorted((tmp_path / "raw").iterdir()):
+        shutil.copyfile(path, copies / path.name)  # new modification times
+        os.utime(copies / path.name, ns=(0, path.stat().st_mtime_ns + 5_000_000_000))
+    refs = str(tmp_path / "raw.json")
+    write_references(tiffstore.open(tmp_path / "raw", chunks="file"), refs, url=str(copies))
+    np.testing.assert_array_equal(tiffstore.open(refs).to_dask().compute(), ref)
+    # Without url=, the originals are read and their times checked.
+    plain = str(tmp_path / "plain.json")
+    write_references(tiffstore.open(tmp_path / "raw", chunks="file"), plain)
+    os.utime(tmp_path / "raw" / "img_t1.tif", ns=(0, 1))
+    with pytest.raises(FileChangedError, match=r"img_t1\.tif"):
+        tiffstore.open(plain).to_dask().compute()
