@@ -333,8 +333,9 @@ class FsspecSource(FileSource):
     def _version_check(self, name: str) -> dict[str, Any] | None:
         """The request conditions that make reads of ``name`` fail if it was replaced.
 
-        ``None`` when none are needed, or none exist for this protocol (then the
-        file's version is compared once, here).
+        ``None`` when none are needed, or none exist for this protocol: then the
+        file's version is compared here, by an ``info`` request, when the last
+        comparison is older than :attr:`version_recheck`.
         """
         version = self.__dict__.get("_versions", {}).get(name)
         if version is None:
