@@ -32,7 +32,7 @@ from .layout import FileLayout
 from .sources import FileSource
 
 if TYPE_CHECKING:
-    from .plans import ChunkPlan
+    from .plans import ChunkPlan, PageRun
 
 __all__ = ["FileTables", "Manifest", "columnize", "geometry_of"]
 
@@ -287,6 +287,14 @@ class Manifest:
     def layout(self) -> FileLayout:
         """The geometry of the first file (all files share its shape, dtype and dims)."""
         return self.layouts[0]
+
+    @cached_property
+    def page_run(self) -> PageRun | None:
+        """What planning the usual chunk (whole pages of one file, back to back) needs,
+        worked out once; ``None`` when chunks are not such runs of pages."""
+        from .plans import PageRun
+
+        return PageRun.of(self)
 
     @cached_property
     def array_axes(self) -> tuple[Axis, ...]:

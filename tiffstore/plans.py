@@ -323,7 +323,7 @@ def _page_run_geometry(m: Manifest) -> tuple[int, int] | None:
 
 
 @dataclass(frozen=True)
-class _PageRun:
+class PageRun:
     """What the usual chunk's fast plan needs of a manifest, worked out once."""
 
     name_dims: int
@@ -333,7 +333,7 @@ class _PageRun:
     n_pages: int
 
     @classmethod
-    def of(cls, m: Manifest) -> _PageRun | None:
+    def of(cls, m: Manifest) -> PageRun | None:
         geometry = _page_run_geometry(m)
         if geometry is None:
             return None
@@ -346,10 +346,7 @@ class _PageRun:
 def _page_run_plan(m: Manifest, index: tuple[int, ...], layout_of: LayoutOf) -> ChunkPlan | None:
     """The plan of the usual chunk (whole pages of one file, back to back, inside the
     array) in a few integer operations; ``None`` for any other chunk."""
-    run = m.__dict__.get("_page_run", False)
-    if run is False:
-        run = _PageRun.of(m)
-        m.__dict__["_page_run"] = run  # a cache: the manifest is immutable
+    run = m.page_run
     if run is None:
         return None
     nn, nl = run.name_dims, len(run.lead)
