@@ -4,6 +4,7 @@ loopback (moto, nginx). Faults (a proxy that breaks requests) are in
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -205,6 +206,53 @@ def test_http_open_costs_listing_sizes_and_three_header_reads(http_server):
     assert all(r.status == 206 and r.range for r in reads), requests
     page_end = max(int(r.range.rsplit("-", 1)[1]) for r in reads)
     assert page_end < FsspecSource.header_block
+
+
+def test_first_read_of_a_file_checks_its_header_in_the_same_request(http_server):
+    """A file trusted at open on its group's header is checked on its first read: the
+    header and the chunk go out together (one GET where they lie close)."""
+    folder, url = http_folder(http_server)
+    ref = write_case(folder / "raw", "raw", shape=(4, 96, 128))
+    store = tiffstore.open(f"{url}raw/", chunks="file")
+    m = store.manifest
+    trusted = [i for i in range(len(m.files)) if not m.verified[i]]
+    assert len(trusted) >= 2
+    for file, how in zip(trusted, ("store", "reader"), strict=False):
+        c, s = (int(v) for v in np.argwhere(m.file_index == file)[0])
+        http_server.clear()
+        if how == "store":
+            got = store.get_sync(f"{c}.{s}.0.0.0")
+            assert got is not None
+            data = got.to_bytes()
+        else:
+            data = store.reader.read_chunk((c, s, 0, 0, 0)).tobytes()
+        np.testing.assert_array_equal(
+            np.frombuffer(data, ref.dtype).reshape(ref.shape[2:]), ref[c, s]
+        )
+        reads = file_requests(http_server.requests)
+        assert len(reads) == 1 and reads[0].range.startswith("bytes=0-"), reads
+
+
+def test_first_read_of_a_file_whose_header_differs_parses_it(http_server):
+    folder, url = http_folder(http_server)
+    ref = write_case(folder / "raw", "raw", shape=(4, 96, 128))
+    store = tiffstore.open(f"{url}raw/", chunks="file")
+    m = store.manifest
+    file = next(i for i in range(len(m.files)) if not m.verified[i])
+    c, s = (int(v) for v in np.argwhere(m.file_index == file)[0])
+    # Same size, same pixels, another header byte: the signature check fails.
+    path = folder / "raw" / m.files[file]
+    data = path.read_bytes()
+    at = data.index(b"tifffile.py")
+    st = path.stat()
+    path.write_bytes(data[:at] + b"tifffile.pz" + data[at + 11 :])
+    # The same time as listed: nginx's ETag (time and size) says it is the same file.
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    got = store.reader.read_chunk((c, s, 0, 0, 0))
+    assert got is not None
+    np.testing.assert_array_equal(got[0, 0], ref[c, s])
+    # Read by its own header, parsed on this read, not by its group's.
+    assert store.reader.layout_of(file) is not m.file_layout_of(file)
 
 
 def test_chunk_of_tiles_is_one_request_batch(http_server):
