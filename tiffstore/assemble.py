@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from operator import attrgetter
 from typing import NamedTuple
 
@@ -73,6 +75,14 @@ class ChunkReader:
             self._layouts[file] = layout
         return layout
 
+    def _checked_head(self, file: int, head: memoryview) -> None:
+        """Record ``file`` as checked if ``head`` is its group's signature, else raise."""
+        m = self.manifest
+        if head != m.signatures[int(m.file_signature[file])]:
+            raise _HeaderDiffers(file)
+        with self._lock:
+            self._layouts.setdefault(file, m.file_layout_of(file))
+
     def plan(self, index: Sequence[int]) -> ChunkPlan:
         """The plan of chunk ``index``, with every file's header checked.
 
@@ -99,46 +109,8 @@ class ChunkReader:
         out
             Optional C-contiguous array of the chunk's shape and dtype to fill.
         """
-        first = self._first_read(index)
-        if first is not None:
-            plan, data = first
-            chunk = np.frombuffer(data, self.manifest.dtype).reshape(plan.shape)
-            if out is None:
-                return chunk.reshape(self.manifest.chunks).copy()
-            out.reshape(plan.shape)[...] = chunk
-            return out.reshape(self.manifest.chunks)
-        return self.execute(self.plan(index), out)
-
-    def _first_read(self, index: Sequence[int]) -> tuple[ChunkPlan, memoryview] | None:
-        """A remote chunk of one byte range, read together with its file's header check.
-
-        The first read of a file whose header is trusted from its group's sends the
-        header comparison and the chunk's range in one request batch (one request,
-        where they lie close), not one after the other. ``None`` when that does not
-        apply (local files, files checked already, chunks of more than one range) or
-        the header differs: the caller then takes the usual way, which parses it.
-        """
-        m = self.manifest
-        if not m.source.remote:
-            return None
-        plan = plan_chunk(m, index, m.file_layout_of)
-        piece = plan.one_range()
-        if piece is None:
-            return None
-        file = piece.file
-        k = int(m.file_signature[file])
-        if file in self._layouts or m.verified[file] or k < 0:
-            return None
-        check_plan_bounds(m, plan)
-        signature = m.signatures[k]
-        head, data = m.source.read_ranges(
-            m.files[file], [(0, len(signature)), (piece.offset, piece.nbytes)]
-        )
-        if head != signature:
-            return None
-        with self._lock:
-            self._layouts[file] = m.file_layout_of(file)
-        return plan, data
+        plan, heads = self._draft(index)
+        return self._execute_checking(index, plan, heads, out)
 
     def read_chunk_bytes(
         self, index: Sequence[int], part: tuple[int, int] | None = None
@@ -151,26 +123,70 @@ class ChunkReader:
         other chunk is assembled and ``part`` cut from it.
         """
         m = self.manifest
-        first = self._first_read(index)
-        if first is not None:
-            data = first[1]
-            return data if part is None else data[part[0] : part[1]]
-        plan = self.plan(index)
+        plan, heads = self._draft(index)
         piece = plan.one_range()
-        if piece is not None:
+        if piece is not None and not heads:
             start, stop = (0, piece.nbytes) if part is None else part
             start, stop = min(start, piece.nbytes), min(stop, piece.nbytes)
             if stop <= start:
                 return b""
             return m.source.read_bytes(m.files[piece.file], piece.offset + start, stop - start)
-        chunk = self.execute(plan)
+        chunk = self._execute_checking(index, plan, heads)
         if chunk is None:
             return None
         data = chunk.reshape(-1).view(np.uint8).data
         return data if part is None else data[part[0] : part[1]]
 
-    def execute(self, plan: ChunkPlan, out: np.ndarray | None = None) -> np.ndarray | None:
+    def _draft(self, index: Sequence[int]) -> tuple[ChunkPlan, frozenset[int]]:
+        """The plan of chunk ``index``, and the files whose header its reads must check.
+
+        Local files: the checked plan (:meth:`plan`), nothing left to check. Remote
+        files trusted at open on their group's header are not checked one request
+        before the chunk's: the plan takes the group's layout, and the header
+        comparison goes out with the chunk's own ranges (:meth:`execute`'s ``heads``).
+        """
+        m = self.manifest
+        if not m.source.remote:
+            return self.plan(index), frozenset()
+        plan = plan_chunk(m, index, self._known_layout)
+        heads = frozenset(p.file for p in plan.pieces if self._unchecked(p.file))
+        if any(p.kind == "tifffile" and p.file in heads for p in plan.pieces):
+            return self.plan(index), frozenset()  # decoded by tifffile: parsed anyway
+        check_plan_bounds(m, plan)
+        return plan, heads
+
+    def _known_layout(self, file: int) -> FileLayout:
+        """The layout ``file`` is read with: its own if checked, else its group's."""
+        return self._layouts.get(file) or self.manifest.file_layout_of(file)
+
+    def _unchecked(self, file: int) -> bool:
+        m = self.manifest
+        return file not in self._layouts and not m.verified[file] and m.file_signature[file] >= 0
+
+    def _execute_checking(
+        self,
+        index: Sequence[int],
+        plan: ChunkPlan,
+        heads: frozenset[int],
+        out: np.ndarray | None = None,
+    ) -> np.ndarray | None:
+        """:meth:`execute`, checking ``heads``; a header that differs from its group's
+        is parsed and the chunk planned and read again by it."""
+        if heads:
+            try:
+                return self.execute(plan, out, heads=heads)
+            except _HeaderDiffers:
+                plan = self.plan(index)
+        return self.execute(plan, out)
+
+    def execute(
+        self, plan: ChunkPlan, out: np.ndarray | None = None, *, heads: frozenset[int] = frozenset()
+    ) -> np.ndarray | None:
         """Fill a chunk as ``plan`` says; ``None`` for an empty plan.
+
+        Remote files are read concurrently, each in one request batch. ``heads``:
+        files whose header bytes are compared with their group's signature in the
+        same batch as their pixels (raising ``_HeaderDiffers`` when they differ).
 
         Raises
         ------
@@ -185,11 +201,15 @@ class ChunkReader:
         if not plan.complete:
             out.fill(m.fill_value)
         flat = out.reshape(-1).view(np.uint8)
-        for file, group in itertools.groupby(plan.pieces, key=attrgetter("file")):
-            pieces = list(group)
+        groups = [
+            (file, list(group))
+            for file, group in itertools.groupby(plan.pieces, key=attrgetter("file"))
+        ]
+
+        def fill(file: int, pieces: list[Piece]) -> None:
             try:
-                self._fill(file, pieces, out, flat)
-            except TiffStoreError:
+                self._fill(file, pieces, out, flat, file in heads)
+            except (TiffStoreError, _HeaderDiffers):
                 raise
             except Exception as exc:
                 # A bug of ours or a dependency's failure: name the file, never hide it.
@@ -197,15 +217,30 @@ class ChunkReader:
                     f"{m.url(file)}: reading chunk {plan.index} failed "
                     f"({type(exc).__name__}: {exc})."
                 ) from exc
+
+        if m.source.remote and len(groups) > 1:
+            # Each file is a round trip: wait for them together, not one after another.
+            futures = [_file_pool().submit(fill, f, pieces) for f, pieces in groups]
+            # Every file done before any error is raised: none may write into ``out``
+            # after this returns (it may be read again, by the file's own header).
+            wait(futures)
+            for future in futures:
+                future.result()
+        else:
+            for file, pieces in groups:
+                fill(file, pieces)
         return out.reshape(m.chunks)
 
-    def _fill(self, file: int, pieces: list[Piece], out: np.ndarray, flat: np.ndarray) -> None:
+    def _fill(
+        self, file: int, pieces: list[Piece], out: np.ndarray, flat: np.ndarray, head: bool = False
+    ) -> None:
         m = self.manifest
         name = m.files[file]
         requests: list[tuple[int, memoryview]] = []
         ranges: list[tuple[int, int]] = []
         places: list[tuple[int, _Place]] = []
         pages: list[Piece] = []
+        layout = self._known_layout(file)
         for p in pieces:
             if p.kind == "copy":
                 requests.append((p.offset, flat[p.dest[0]].data))
@@ -217,19 +252,30 @@ class ChunkReader:
                 runs = _box_runs(p.shape, p.select, out.itemsize)
                 if max(o + n for o, n in runs.ranges) > p.nbytes:
                     raise TiffReadError(
-                        f"{_where(m.url(file), p, self.layout_of(file))} holds {p.nbytes} bytes, too few for its "
+                        f"{_where(m.url(file), p, layout)} holds {p.nbytes} bytes, too few for its "
                         "pixels. The file is corrupt; rewrite it."
                     )
                 ranges += [(p.offset + o, n) for o, n in runs.ranges]
                 places.append((len(runs.ranges), _place_raw(out[p.dest], m.layout.dtype, runs)))
             else:
                 ranges.append((p.offset, p.nbytes))
-                where = _where(m.url(file), p, self.layout_of(file))
+                where = _where(m.url(file), p, layout)
                 places.append((1, _place_decoded(out[p.dest], p, m.dtype, where)))
+        signature = m.signatures[int(m.file_signature[file])] if head else b""
         if requests:
+            if head:
+                # The header comparison rides along with the pixels' ranges.
+                requests.append((0, memoryview(bytearray(len(signature)))))
             m.source.read_many_into(name, requests)
+            if head:
+                self._checked_head(file, requests.pop()[1])
+        elif head:
+            ranges.insert(0, (0, len(signature)))
         if ranges:
             views = m.source.read_ranges(name, ranges)
+            if head and not requests:
+                self._checked_head(file, views[0])
+                views = views[1:]
             k = 0
             for n, place in places:
                 place(views[k : k + n])
@@ -240,6 +286,27 @@ class ChunkReader:
                 decoded = read_pages_with_tifffile(fh, layout, [p.page for p in pages], m.url(file))
             for p, pixels in zip(pages, decoded, strict=True):
                 out[p.dest] = pixels[p.select].reshape(out[p.dest].shape)
+
+
+class _HeaderDiffers(Exception):
+    """A file's header differs from its group's: it must be parsed, and read by its own."""
+
+
+def _file_pool() -> ThreadPoolExecutor:
+    """Threads that read the files of one remote chunk at once (they never submit more
+    work, so chunk reads waiting on them cannot starve them); a new pool after a fork."""
+    global _file_executor
+    with _POOL_LOCK:
+        if _file_executor is None or _file_executor[0] != os.getpid():
+            pool = ThreadPoolExecutor(REMOTE_FILE_THREADS, thread_name_prefix="tiffstore-files")
+            _file_executor = (os.getpid(), pool)
+        return _file_executor[1]
+
+
+#: Files of remote chunks read at once, across all chunks in flight.
+REMOTE_FILE_THREADS = 32
+_file_executor: tuple[int, ThreadPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
 
 
 #: The pixels a chunk decodes from a file may take at most this many times the

@@ -496,8 +496,9 @@ class FsspecSource(FileSource):
         out[:] = self.fetch(name, [(offset, out.nbytes)])[0]
 
     def read_many_into(self, name: str, requests: Sequence[tuple[int, memoryview]]) -> None:
-        datas = self.fetch(name, [(offset, out.nbytes) for offset, out in requests])
-        for (_, out), data in zip(requests, datas, strict=True):
+        # Merged like read_ranges: a header check beside a chunk's pages is one request.
+        views = self.read_ranges(name, [(offset, out.nbytes) for offset, out in requests])
+        for (_, out), data in zip(requests, views, strict=True):
             out[:] = data
 
     def read_ranges(self, name: str, ranges: Sequence[tuple[int, int]]) -> list[memoryview]:
