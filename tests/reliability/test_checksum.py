@@ -165,6 +165,32 @@ def test_header_bytes_rewritten_are_refused_on_the_first_read(tmp_path: Path) ->
         store.get_bytes_sync(".".join(map(str, last_page)))
 
 
+def test_device_reads_take_the_checked_host_path(tmp_path: Path) -> None:
+    """GPU reads of raw ranges go straight to the device (KvikIO) only from a plain local
+    source: with checksums they are read into host memory, checked, then copied."""
+    from tiffstore import gpu
+
+    from ..test_gpu import MARKED, DirectStaging, MarkedBuffer
+
+    ref = stacks(tmp_path, shape=(2, 64, 64))
+    plain = tiffstore.open(tmp_path, chunks="file")
+    store = tiffstore.open(tmp_path, chunks="file", checksum=True)
+    direct = DirectStaging()
+    gpu.register_staging(MarkedBuffer, direct)
+    try:
+        assert plain.get_sync("0.0.0.0", prototype=MARKED) is not None
+        assert len(direct.direct) == 1  # the plain store's read went straight to the device
+        value = store.get_sync("0.0.0.0", prototype=MARKED)
+        assert value is not None and value.to_bytes() == ref[0].tobytes()
+        assert len(direct.direct) == 1 and direct.copies == [ref[0].nbytes]
+        victim = tmp_path / "img_t1.tif"
+        _rewrite_keeping_stamp(victim, _pixel_offset(victim))
+        with pytest.raises(FileChangedError, match=r"img_t1\.tif: bytes"):
+            store.get_sync("1.0.0.0", prototype=MARKED)
+    finally:
+        gpu.unregister_staging(MarkedBuffer)
+
+
 def _read_pickled(path: str) -> str:
     """Run in a new process: unpickle a store and read every chunk."""
     code = (
