@@ -216,62 +216,75 @@ class ChecksummedSource(FileSource):
 
     # -- reading ------------------------------------------------------------
 
+    def _groups(
+        self, name: str, ranges: Sequence[tuple[int, int]]
+    ) -> list[tuple[int, int, list[int]]]:
+        """``(start, stop, members)``: the ranges (not empty) widened to whole blocks, those
+        that touch or overlap merged, with the indices of the ranges each one holds."""
+        spans = sorted(
+            (self._span(name, offset, length)[1:], j)
+            for j, (offset, length) in enumerate(ranges)
+            if length > 0
+        )
+        groups: list[tuple[int, int, list[int]]] = []
+        for (lo, hi), j in spans:
+            if groups and lo <= groups[-1][1]:
+                groups[-1] = (groups[-1][0], max(groups[-1][1], hi), [*groups[-1][2], j])
+            else:
+                groups.append((lo, hi, [j]))
+        return groups
+
     def read_ranges(self, name: str, ranges: Sequence[tuple[int, int]]) -> list[memoryview]:
         """Read ``(offset, length)`` ranges of one file, checked; return their bytes in order.
 
         Each range is widened to whole blocks; widened ranges that touch or overlap
         are read as one, all in one call of :attr:`inner`.
         """
-        spans = sorted(
-            (self._span(name, offset, length)[1:], j)
-            for j, (offset, length) in enumerate(ranges)
-            if length > 0
-        )
-        merged: list[list[int]] = []
-        members: list[list[int]] = []
-        for (lo, hi), j in spans:
-            if merged and lo <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], hi)
-                members[-1].append(j)
-            else:
-                merged.append([lo, hi])
-                members.append([j])
         views = [memoryview(b"")] * len(ranges)
-        if not merged:
+        groups = self._groups(name, ranges)
+        if not groups:
             return views
         i = self._file(name)
-        requests = [(lo, memoryview(bytearray(hi - lo))) for lo, hi in merged]
+        requests = [(lo, memoryview(bytearray(hi - lo))) for lo, hi, _ in groups]
         self.inner.read_many_into(name, requests)
-        for (lo, buf), idx in zip(requests, members, strict=True):
+        for (lo, buf), (_, _, members) in zip(requests, groups, strict=True):
             self._verify(name, i, [(lo, buf)])
-            for j in idx:
+            for j in members:
                 offset, length = ranges[j]
                 views[j] = buf[offset - lo : offset - lo + length]
         return views
 
     def read_many_into(self, name: str, requests: Sequence[tuple[int, memoryview]]) -> None:
-        requests = [(offset, out) for offset, out in requests if out.nbytes]
-        if not requests:
+        outs = [
+            out if out.format == "B" and out.ndim == 1 else out.cast("B") for _, out in requests
+        ]
+        groups = self._groups(name, [(offset, out.nbytes) for offset, out in requests])
+        if not groups:
             return
-        if self.inner.remote:
-            # One widened range per request (a round trip costs more than a copy).
-            views = self.read_ranges(name, [(offset, out.nbytes) for offset, out in requests])
-            for (_, out), view in zip(requests, views, strict=True):
-                out[:] = view
-            return
-        # Local: read straight into the caller's buffers, and only the rest of the
-        # first and last blocks beside them.
         i = self._file(name)
         plans: list[list[tuple[int, memoryview]]] = []
         reads: list[tuple[int, memoryview]] = []
-        for offset, out in requests:
-            _, lo, hi = self._span(name, offset, out.nbytes)
-            pieces = self._edges(lo, offset, out, hi)
+        copies: list[tuple[int, memoryview, list[int]]] = []
+        for lo, hi, members in groups:
+            if len(members) == 1 and not self.inner.remote:
+                # Straight into the caller's buffer, and only the rest of the first and
+                # last blocks beside it.
+                pieces = self._edges(lo, requests[members[0]][0], outs[members[0]], hi)
+            else:
+                # Remote (a round trip costs more than a copy), or requests sharing
+                # blocks: their blocks once, then copied out.
+                buf = memoryview(bytearray(hi - lo))
+                pieces = [(lo, buf)]
+                copies.append((lo, buf, members))
             plans.append(pieces)
             reads += pieces
         self.inner.read_many_into(name, reads)
         for pieces in plans:
             self._verify(name, i, pieces)
+        for lo, buf, members in copies:
+            for j in members:
+                offset, out = requests[j][0], outs[j]
+                out[:] = buf[offset - lo : offset - lo + out.nbytes]
 
     @staticmethod
     def _edges(lo: int, offset: int, view: memoryview, hi: int) -> list[tuple[int, memoryview]]:

@@ -25,7 +25,7 @@ import tiffstore
 from tiffstore.check import check_references
 from tiffstore.checksums import BLOCK, ChecksummedSource, compute_checksums
 from tiffstore.cli import main
-from tiffstore.errors import FileChangedError, OptionError
+from tiffstore.errors import FileChangedError, OptionError, TiffReadError
 from tiffstore.references import write_references
 from tiffstore.store import TiffStore
 
@@ -144,6 +144,84 @@ def test_a_change_is_refused_only_where_it_is_read(
         z[1, 7]
     lo = (start + 7 * page + 100) // BLOCK * BLOCK
     assert f"bytes {lo}-{lo + BLOCK}" in str(info.value)
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
+def test_every_read_gives_the_files_bytes_and_checks_only_its_blocks(
+    remote: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random ranges (unaligned, overlapping, touching, empty) through every read method,
+    over blocks of 64 bytes; then one changed byte fails exactly the reads of its block."""
+    from tiffstore.sources import LocalSource
+
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    (tmp_path / "a.bin").write_bytes(data)
+    (tmp_path / "empty.bin").write_bytes(b"")
+    inner = LocalSource(str(tmp_path))
+    monkeypatch.setattr(LocalSource, "remote", remote)  # the remote path: widened, copied
+    source = compute_checksums(inner, ["a.bin", "empty.bin"], [5000, 0], block=64)
+    assert source.remote is remote and len(source.crcs) == -(-5000 // 64)
+
+    def ranges() -> list[tuple[int, int]]:
+        starts = rng.integers(0, 5000, rng.integers(1, 6))
+        return [(int(a), int(rng.integers(0, min(300, 5000 - a) + 1))) for a in starts]
+
+    for _ in range(100):
+        wanted = ranges()
+        views = source.read_ranges("a.bin", wanted)
+        assert [bytes(v) for v in views] == [data[a : a + n] for a, n in wanted]
+        # Buffers of 2-byte items too: a read takes any buffer of the right size.
+        outs: list[np.ndarray] = [
+            np.zeros(n // 2, np.uint16) if n % 2 == 0 else np.zeros(n, np.uint8) for _, n in wanted
+        ]
+        requests = [(a, memoryview(o.data)) for (a, _), o in zip(wanted, outs, strict=True)]
+        source.read_many_into("a.bin", requests)
+        assert [o.tobytes() for o in outs] == [data[a : a + n] for a, n in wanted]
+        a, n = wanted[0]
+        assert source.read_bytes("a.bin", a, n) == data[a : a + n]
+    assert source.read_header("a.bin", 10) == data[:10]
+    assert source.read_bytes("empty.bin", 0, 0) == b""
+    with source.open("a.bin") as fh:
+        fh.seek(4990)
+        assert fh.read(100) == data[4990:]
+        fh.seek(100)
+        assert fh.read(1000) == data[100:1100] and fh.tell() == 1100
+    with pytest.raises(TiffReadError, match="past the end"):
+        source.read_bytes("a.bin", 4990, 20)
+
+    changed = bytearray(data)
+    changed[1000] ^= 1  # block 15: bytes 960-1024
+    (tmp_path / "a.bin").write_bytes(bytes(changed))
+    assert source.read_bytes("a.bin", 0, 960) == data[:960]
+    assert source.read_bytes("a.bin", 1024, 100) == data[1024:1124]
+    for read in (
+        lambda: source.read_bytes("a.bin", 1001, 1),
+        lambda: source.read_ranges("a.bin", [(0, 10), (959, 2)]),
+        lambda: source.read_many_into("a.bin", [(990, memoryview(bytearray(40)))]),
+    ):
+        with pytest.raises(FileChangedError, match=r"a\.bin: bytes 960-1024 differ"):
+            read()
+    assert source.changed() == {"a.bin": (960, 1024)}
+
+
+def test_a_chunk_of_many_small_pages_reads_their_block_once(
+    tmp_path: Path, local_reads: list[tuple[str, int, int]]
+) -> None:
+    """Pages written one by one (an IFD between each) are one request each: requests that
+    share blocks are read and checked once together."""
+    ref = np.random.default_rng(3).integers(0, 4000, (5, 40, 50), dtype=np.uint16)
+    with tifffile.TiffWriter(tmp_path / "one.tif") as tif:
+        for k, page in enumerate(ref):
+            # (A description per page keeps tifffile from writing them as one block.)
+            tif.write(page, contiguous=False, metadata=None, description="p" * (k + 1))
+    store = tiffstore.open(tmp_path, chunks="file", checksum=True)
+    assert store.manifest.layout.storage == "pages"
+    assert [p.kind for p in store.manifest.chunk_plan((0, 0, 0)).pieces] == ["copy"] * 5
+    local_reads.clear()
+    np.testing.assert_array_equal(store.to_dask().compute(), ref)
+    size = (tmp_path / "one.tif").stat().st_size
+    assert sum(n for _, _, n in local_reads) <= size
 
 
 def test_header_bytes_rewritten_are_refused_on_the_first_read(tmp_path: Path) -> None:
