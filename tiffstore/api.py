@@ -147,14 +147,15 @@ def open(
         chunks. ``False`` serves plain chunks. Ignored in format 2.
     checksum
         Read every byte of every file now and keep a CRC-32 of each block of 256 KiB
-        (4 bytes per block); from then on every read is widened to whole blocks and
-        checked, and bytes that differ raise :class:`~tiffstore.FileChangedError`
-        naming the file and the bytes. This catches what the size-and-time check of
-        local reads misses (a file rewritten at the same size within the file
-        system's clock tick) and remote files replaced at the same size. It costs one
-        read of all the data at the open, a read of at least one block per chunk, and
-        the CRC of what is read (a few GB/s per core). A reference file written from
-        such a store keeps the checksums: opening it checks reads the same way.
+        (4 bytes per block), before the headers, which are then read through them;
+        from then on every read is widened to whole blocks and checked, and bytes
+        that differ raise :class:`~tiffstore.FileChangedError` naming the file and
+        the bytes. This catches what the size-and-time check of local reads misses
+        (a file rewritten at the same size within the file system's clock tick) and
+        remote files replaced at the same size. It costs one read of all the data at
+        the open, a read of at least one block per chunk, and the CRC of what is read
+        (a few GB/s per core). A reference file written from such a store keeps the
+        checksums: opening it checks reads the same way.
     progress
         Called as ``progress(step, done, total)`` when each step of the open starts
         (``"listing"``, ``"names"``, ``"headers"``, and ``"checksums"`` with
