@@ -203,6 +203,10 @@ def test_every_read_gives_the_files_bytes_and_checks_only_its_blocks(
         with pytest.raises(FileChangedError, match=r"a\.bin: bytes 960-1024 differ"):
             read()
     assert source.changed() == {"a.bin": (960, 1024)}
+    os.truncate(tmp_path / "a.bin", 4000)
+    assert "truncated" in str(source.changed(["a.bin"])["a.bin"])
+    with pytest.raises(TiffReadError, match="truncated"):
+        compute_checksums(inner, ["a.bin"], [5000])
 
 
 def test_a_chunk_of_many_small_pages_reads_their_block_once(
@@ -298,6 +302,25 @@ def _read_pickled(path: str) -> str:
     return done.stdout
 
 
+def test_a_file_changed_between_listing_and_checksums_is_refused_at_the_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tiffstore.api
+
+    stacks(tmp_path)
+    real = tiffstore.api.resolve_source
+
+    def listed_then_changed(*args: Any, **kwargs: Any) -> Any:
+        found = real(*args, **kwargs)
+        victim = tmp_path / "img_t1.tif"
+        victim.write_bytes(victim.read_bytes() + bytes(8))  # after the listing
+        return found
+
+    monkeypatch.setattr(tiffstore.api, "resolve_source", listed_then_changed)
+    with pytest.raises(FileChangedError, match=r"img_t1\.tif: the file changed after"):
+        tiffstore.open(tmp_path, checksum=True)
+
+
 def test_a_pickled_store_checks_in_another_process(tmp_path: Path) -> None:
     folder = tmp_path / "raw"
     stacks(folder, shape=(2, 64, 64))
@@ -355,6 +378,16 @@ def test_reference_files_keep_the_checksums(
     assert [Path(p["file"]).name for p in doc["problems"]] == ["img_t1.tif"]
     problem = doc["problems"][0]["problem"]
     assert problem.startswith("content differs from when referenced (checksum), first in bytes 0-")
+
+    # Touched, content unchanged: the cheap check names it, the content check clears it.
+    os.utime(folder / "img_t2.tif", ns=(1, 2))
+    assert main(["check", refs, "--checksum", "--json"]) == 1
+    found = {
+        Path(p["file"]).name: p["problem"] for p in json.loads(capsys.readouterr().out)["problems"]
+    }
+    assert found["img_t2.tif"].endswith("its content is unchanged (checksum)")
+    assert main(["check", str(folder), "--checksum"]) == 1  # a source has no checksums
+    assert "--checksum compares files with the checksums a reference" in capsys.readouterr().err
 
     plain_refs = str(tmp_path / "plain.json")
     write_references(tiffstore.open(folder), plain_refs)
