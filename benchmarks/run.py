@@ -7,6 +7,7 @@ Usage::
     python benchmarks/run.py --only limits,tiffstore --size 0.5
     python benchmarks/run.py --many 1000,10000 --docs docs/benchmarks.md
     python benchmarks/run.py --only materialize   # optional: writes Zarr copies (minutes)
+    python benchmarks/run.py --only checksum --size 0.5   # what checksum=True costs
 
 Prints one table (figure, ratio to the limit, ratio to the best peer) and the
 targets, and writes everything as JSON (``--out``). Data are written into a
@@ -32,6 +33,7 @@ if __package__ in (None, ""):
     sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import (
+    checksum,
     compressed,
     limits,
     open_many,
@@ -63,6 +65,7 @@ GROUPS: dict[str, ModuleType] = {
     "scaling": scaling,
     "small": small_files,
     "references": references,
+    "checksum": checksum,
     "materialize": materialize_bench,
 }
 #: Groups that run only when asked for with ``--only``.

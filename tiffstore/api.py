@@ -9,12 +9,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .build import ChunkSpec, build_manifest, rechunk
+from .checksums import ChecksummedSource, compute_checksums
 from .errors import OptionError
 from .manifest import Manifest
 from .naming import understand_names
 from .saved import is_reference_file, manifest_of_references
 from .scale import VoxelSize, unit_name
-from .sources import resolve_source
+from .sources import FileSource, resolve_source
 from .store import TiffStore
 
 __all__ = ["open"]
@@ -46,6 +47,33 @@ def _with_scale(manifest: Manifest, scale: ScaleSpec) -> Manifest:
     return dataclasses.replace(manifest, layouts=layouts)
 
 
+def _checksummed(
+    reader: FileSource,
+    names: Sequence[str],
+    sizes: Sequence[int],
+    stamps: dict[str, tuple[int, int]],
+    progress: Callable[[str, int, int | None], None] | None = None,
+) -> ChecksummedSource:
+    """``reader`` checking every read against checksums of the files taken now.
+
+    ``stamps`` are the files' ``(size, mtime_ns)`` as listed: a local file changed
+    since is refused here, not checksummed as it is now.
+    """
+    n = len(names)
+    logger.info("reading all %.3g GB of %d files for checksums", sum(sizes) / 1e9, n)
+    if progress is not None:
+        progress("checksums", 0, n)
+    expect = getattr(reader, "expect", None)
+    if expect is not None:
+        expect(stamps)
+    return compute_checksums(
+        reader,
+        names,
+        sizes,
+        progress=None if progress is None else lambda done: progress("checksums", done, n),
+    )
+
+
 def open(
     source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
@@ -62,6 +90,7 @@ def open(
     progress: Callable[[str, int, int | None], None] | None = None,
     zarr_format: int = 2,
     sharded: bool = True,
+    checksum: bool = False,
 ) -> TiffStore:
     """Open TIFF files as one virtual, read-only Zarr array.
 
@@ -116,10 +145,22 @@ def open(
         serve it as a shard whose inner chunks are the pages, so that
         ``zarr.open_array(store)[c, s, z]`` reads one page while dask keeps the large
         chunks. ``False`` serves plain chunks. Ignored in format 2.
+    checksum
+        Read every byte of every file now and keep a CRC-32 of each block of 256 KiB
+        (4 bytes per block), before the headers, which are then read through them;
+        from then on every read is widened to whole blocks and checked, and bytes
+        that differ raise :class:`~tiffstore.FileChangedError` naming the file and
+        the bytes. This catches what the size-and-time check of local reads misses
+        (a file rewritten at the same size within the file system's clock tick) and
+        remote files replaced at the same size. It costs one read of all the data at
+        the open, a read of at least one block per chunk, and the CRC of what is read
+        (a few GB/s per core). A reference file written from such a store keeps the
+        checksums: opening it checks reads the same way.
     progress
         Called as ``progress(step, done, total)`` when each step of the open starts
-        (``"listing"``, ``"names"``, ``"headers"``; ``done`` is 0, ``total`` the number
-        of files, ``None`` while unknown), for a progress display. The library itself
+        (``"listing"``, ``"names"``, ``"headers"``, and ``"checksums"`` with
+        ``checksum=True``; ``done`` is 0, ``total`` the number of files, ``None`` while
+        unknown) and as files are done, for a progress display. The library itself
         only logs.
 
     Notes
@@ -147,6 +188,16 @@ def open(
         manifest = manifest_of_references(source, storage_options)
         if chunks is not None:
             manifest = rechunk(manifest, chunks)
+        if checksum and not isinstance(manifest.source, ChecksummedSource):
+            # (Saved checksums are kept: they describe the files as referenced.)
+            checked = _checksummed(
+                manifest.source,
+                manifest.files,
+                manifest.file_sizes.tolist(),
+                manifest.file_stamps(),
+                progress,
+            )
+            manifest = dataclasses.replace(manifest, source=checked)
         return TiffStore(manifest)
 
     def step(name: str, total: int | None, message: str) -> None:
@@ -168,6 +219,18 @@ def open(
         if left_out:
             out = set(left_out)
             files = [f for f in files if f.name not in out]
+    if checksum:
+        # Every byte is read before the headers, and the headers through the checksums:
+        # what is parsed is what the checksums describe, local or remote. (A naming
+        # problem first: it needs no read.)
+        understand_names([f.name for f in files], pattern)
+        reader = _checksummed(
+            reader,
+            [f.name for f in files],
+            [f.size for f in files],
+            {f.name: (f.size, f.mtime_ns) for f in files if f.mtime_ns is not None},
+            progress,
+        )
     what = "every header" if validate else "the headers"
     step("headers", len(files), f"reading {what} of {len(files):,} files")
     manifest = build_manifest(

@@ -4,13 +4,16 @@ Reference files written by tiffstore record what they were made from (the root,
 each file's name and size, and its modification time (local files) or ETag
 (remote files)) in their
 attributes, ``tiffstore.made_from``; :func:`check_references` compares those with
-the files as they are now. A source folder, glob or URL has no such record:
+the files as they are now; with ``checksum=True``, reference files written from a
+store opened with ``checksum=True`` also have every file read again and compared
+with the checksums they carry. A source folder, glob or URL has no such record:
 :func:`check_source` reads every file's header and names each file that cannot be
 read, is shorter than its header says, or holds another array than the rest.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections.abc import Sequence
@@ -18,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import SourceError, TiffStoreError
+from .errors import OptionError, SourceError, TiffStoreError
 from .layout import FileLayout, read_layout
 from .sources import FsspecSource, call_bounded, resolve_source, version_of
 
@@ -47,7 +50,8 @@ def is_reference_file(target: str, storage_options: dict[str, Any] | None = None
 
 
 def _made_from(target: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``tiffstore.made_from`` record of a reference file (JSON or Parquet folder)."""
+    """The ``tiffstore`` attributes of a reference file (JSON or Parquet folder) that hold
+    a ``made_from`` record."""
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(target, **(storage_options or {}))
@@ -61,7 +65,8 @@ def _made_from(target: str, storage_options: dict[str, Any] | None) -> dict[str,
             refs = doc.get("refs", doc)
             attrs = refs[".zattrs"]
             attrs = json.loads(attrs) if isinstance(attrs, str) else attrs
-        made = attrs["tiffstore"]["made_from"]
+        info = attrs["tiffstore"]
+        info["made_from"]["root"]
     except FileNotFoundError as exc:
         raise SourceError(f"{target}: no such reference file.") from exc
     except (KeyError, TypeError, ValueError) as exc:
@@ -69,11 +74,39 @@ def _made_from(target: str, storage_options: dict[str, Any] | None) -> dict[str,
             f"{target}: not a reference file written by tiffstore (no tiffstore.made_from "
             f"in its attributes: {type(exc).__name__}: {exc})."
         ) from exc
-    return dict(made)
+    return dict(info)
+
+
+def _content_changes(
+    target: str,
+    info: dict[str, Any],
+    names: Sequence[str],
+    storage_options: dict[str, Any] | None,
+) -> dict[str, tuple[int, int] | str]:
+    """Which of ``names`` differ from the checksums saved in a reference file's manifest."""
+    from .checksums import ChecksummedSource
+    from .saved import load_manifest
+
+    saved = info.get("manifest")
+    m = (
+        None
+        if not saved
+        else load_manifest(
+            base64.b64decode(saved), storage_options, root=str(info["made_from"]["root"])
+        )
+    )
+    if m is None or not isinstance(m.source, ChecksummedSource):
+        raise OptionError(
+            f"{target}: the references carry no checksums (they were written from a store "
+            "opened without checksum=True), so the files' contents cannot be compared. "
+            "Check without checksum=True, or write them again from "
+            "tiffstore.open(..., checksum=True)."
+        )
+    return m.source.changed(names)
 
 
 def check_references(
-    target: str, storage_options: dict[str, Any] | None = None
+    target: str, storage_options: dict[str, Any] | None = None, checksum: bool = False
 ) -> tuple[int, list[FileProblem]]:
     """Compare the files a reference file was made from with the files now.
 
@@ -83,12 +116,22 @@ def check_references(
         A JSON reference file or a Parquet reference folder written by tiffstore.
     storage_options
         fsspec options to read ``target`` and, for remote roots, the files.
+    checksum
+        Also read every file whole and compare it with the checksums the reference
+        file carries (written from a store opened with ``checksum=True``): names files
+        rewritten at the same size, whatever their modification time says. Costs a
+        read of all the data.
 
     Returns
     -------
     (int, list of FileProblem)
-        How many files were checked, and those that are missing, of another size, or
-        (local files) modified since.
+        How many files were checked, and those that are missing, of another size,
+        (local files) modified since, or (``checksum=True``) of other content.
+
+    Raises
+    ------
+    OptionError
+        With ``checksum=True``, when the reference file carries no checksums.
 
     Examples
     --------
@@ -96,7 +139,8 @@ def check_references(
     >>> [p.file for p in problems]  # doctest: +SKIP
     ['/data/raw/stack0003.tif']
     """
-    made = _made_from(target, storage_options)
+    info = _made_from(target, storage_options)
+    made = info["made_from"]
     root, files, sizes = str(made["root"]), list(made["files"]), list(made["sizes"])
     mtimes: Sequence[int | None] = made.get("mtimes_ns") or [None] * len(files)
     versions: Sequence[str] = made.get("versions") or [""] * len(files)
@@ -128,19 +172,38 @@ def check_references(
 
         with ThreadPoolExecutor(max_workers=16) as pool:
             now = list(pool.map(stat, urls))
-    for url, size, mtime, version, found in zip(urls, sizes, mtimes, versions, now, strict=True):
+    changed: dict[str, tuple[int, int] | str] = {}
+    if checksum:
+        same_size = [f for f, s, n in zip(files, sizes, now, strict=True) if n and n[0] == s]
+        changed = _content_changes(target, info, same_size, storage_options)
+    for name, url, size, mtime, version, found in zip(
+        files, urls, sizes, mtimes, versions, now, strict=True
+    ):
         if found is None:
             problems.append(FileProblem(url, "missing"))
         elif found[0] != size:
             problems.append(FileProblem(url, f"{found[0]} bytes now, {size} when referenced"))
+        elif name in changed:
+            what = changed[name]
+            problems.append(
+                FileProblem(
+                    url,
+                    f"cannot be read: {what}"
+                    if isinstance(what, str)
+                    else "content differs from when referenced (checksum), first in bytes "
+                    f"{what[0]}-{what[1]}",
+                )
+            )
         elif mtime is not None and mtime >= 0 and found[1] is not None and found[1] != mtime:
-            problems.append(FileProblem(url, "modified since it was referenced (same size)"))
+            same = "; its content is unchanged (checksum)" if checksum else ""
+            problems.append(FileProblem(url, f"modified since it was referenced (same size){same}"))
         elif version and found[2] is not None and found[2] != version:
+            same = "; its content is unchanged (checksum)" if checksum else ""
             problems.append(
                 FileProblem(
                     url,
                     f"replaced since it was referenced (same size; version {version} then, "
-                    f"{found[2]} now)",
+                    f"{found[2]} now){same}",
                 )
             )
     return len(files), problems
@@ -206,11 +269,13 @@ def check_source(
 
 
 def check(
-    target: str, storage_options: dict[str, Any] | None = None
+    target: str, storage_options: dict[str, Any] | None = None, checksum: bool = False
 ) -> tuple[str, int, list[FileProblem]]:
     """:func:`check_references` for a reference file, else :func:`check_source`.
 
     Returns ``(kind, files checked, problems)`` with kind ``"references"`` or ``"source"``.
+    ``checksum=True`` compares contents with a reference file's checksums (a source has
+    none: an :class:`~tiffstore.errors.OptionError`).
 
     Examples
     --------
@@ -219,5 +284,10 @@ def check(
     ('references', 1200, [])
     """
     if is_reference_file(target, storage_options):
-        return ("references", *check_references(target, storage_options))
+        return ("references", *check_references(target, storage_options, checksum))
+    if checksum:
+        raise OptionError(
+            f"{target}: checksum=True compares files with the checksums a reference file "
+            "carries; a source folder, glob or URL has none (its headers are checked)."
+        )
     return ("source", *check_source(target, storage_options))

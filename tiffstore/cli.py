@@ -32,6 +32,7 @@ from rich.text import Text
 
 from . import __version__
 from .build import ChunkSpec, describe_chunks
+from .checksums import ChecksummedSource
 from .documents import array_attributes
 from .errors import ServeError, TiffStoreError
 from .manifest import Manifest
@@ -125,6 +126,7 @@ _CLI_WORDS = (
     (re.compile(r"(?:include|exclude)=\[[^\]]*\] \((--[^)]*)\)"), r"\1"),
     (re.compile(r"recursive=False \((--no-recursive)\)"), r"\1"),
     (re.compile(r"\bvalidate=True\b"), "--validate"),
+    (re.compile(r"\bchecksum=True\b"), "--checksum"),
     (re.compile(r"\btiles='(keep|stitch)'"), r"--tiles \1"),
     (re.compile(r"\bpattern=(?= |$|;|,|\.)"), "--pattern"),
     (re.compile(r"\bchunks=(?=[(\[\'\d])"), "--chunks "),
@@ -194,6 +196,9 @@ def inspect_report(store: TiffStore) -> dict[str, Any]:
             {"storage": lay.storage, "shape": list(lay.shape), "dtype": lay.dtype}
             for lay in m.layouts
         ],
+        "checksums": None
+        if not isinstance(m.source, ChecksummedSource)
+        else {"block_bytes": m.source.block, "blocks": len(m.source.crcs)},
     }
 
 
@@ -213,6 +218,12 @@ def print_inspect(console: Console, store: TiffStore, show_files: bool = False) 
         f"{r['chunk_count']:,} in all"
     )
     console.print(f"          {r['chunks_why']}", highlight=False)
+    if r["checksums"]:
+        console.print(
+            f"[bold]Checksums[/bold] {r['checksums']['blocks']:,} blocks of "
+            f"{_size(r['checksums']['block_bytes'])}: every read is checked against them",
+            highlight=False,
+        )
     if r["scale"]:
         scale = ", ".join(f"{d}={v['size']:g} {v['units']}" for d, v in r["scale"].items())
         console.print(f"[bold]Pixel[/bold]   {scale}")
@@ -313,6 +324,7 @@ _STEP_TEXT = {
     "listing": "Listing the files",
     "names": "Reading the file names",
     "headers": "Reading the TIFF headers",
+    "checksums": "Reading every byte for checksums",
 }
 
 
@@ -345,6 +357,7 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
             chunks=args.chunks,
             fill_value=args.fill_value,
             validate=args.validate,
+            checksum=args.checksum,
             tiles=args.tiles,
             recursive=args.recursive,
             include=args.include,
@@ -607,6 +620,7 @@ def _cmd_refs(args: argparse.Namespace, console: Console) -> int:
         storage_options=json.loads(args.storage_options) if args.storage_options else None,
         include=args.include,
         exclude=args.exclude,
+        checksum=args.checksum,
     )
     target = write_references(
         store,
@@ -675,7 +689,7 @@ def _cmd_check(args: argparse.Namespace, console: Console) -> int:
     from .check import check
 
     options = json.loads(args.storage_options) if args.storage_options else None
-    kind, n, problems = check(args.target, options)
+    kind, n, problems = check(args.target, options, checksum=args.checksum)
     if args.json:
         print(
             json.dumps(
@@ -709,7 +723,9 @@ def _cmd_serve(args: argparse.Namespace, console: Console) -> int:
             f'tiffstore serve needs Starlette and uvicorn ({exc}): pip install "tiffstore[serve]"'
         ) from exc
 
-    store = open_store(args.source, pattern=args.pattern, chunks=args.chunks)
+    store = open_store(
+        args.source, pattern=args.pattern, chunks=args.chunks, checksum=args.checksum
+    )
     sock = open_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
@@ -726,6 +742,13 @@ def _cmd_serve(args: argparse.Namespace, console: Console) -> int:
     except KeyboardInterrupt:  # uvicorn shuts down cleanly, then re-raises Ctrl-C
         print("Stopped.", flush=True)
     return 0
+
+
+#: The help of ``--checksum`` where it opens a store.
+CHECKSUM_HELP = (
+    "read every byte now and keep block checksums; each read is then checked, and bytes "
+    "changed since are an error (catches same-size rewrites the size+time check misses)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -785,6 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="parse every file's header now and check each holds all its pixel data",
     )
+    p.add_argument("--checksum", action="store_true", help=CHECKSUM_HELP)
     p.add_argument(
         "--tiles",
         choices=("keep", "stitch"),
@@ -899,6 +923,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--exclude", action="append", help="leave out names matching this glob")
     r.add_argument("--storage-options", help="fsspec options for SOURCE, as JSON")
     r.add_argument("--overwrite", action="store_true", help="replace an existing TARGET")
+    r.add_argument(
+        "--checksum",
+        action="store_true",
+        help="read every byte now and save block checksums in TARGET: opening it checks "
+        "every read, and `tiffstore check --checksum` compares the files' contents",
+    )
     r.add_argument("--json", action="store_true", help="print a summary as JSON")
     r.set_defaults(func=_cmd_refs)
 
@@ -955,13 +985,20 @@ def build_parser() -> argparse.ArgumentParser:
         "which of the files it was made from are missing, of another size or modified since. "
         "For a source folder, glob or URL: which files cannot be read, are cut short, or hold "
         "another array than the rest. Exit status 1 when any file is listed.",
-        epilog="examples:\n  tiffstore check raw.json\n  tiffstore check raw/ --json",
+        epilog="examples:\n  tiffstore check raw.json\n  tiffstore check raw.json --checksum"
+        "\n  tiffstore check raw/ --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
     c.add_argument("target", help="reference file (.json or Parquet folder), or source")
     c.add_argument("--storage-options", help="fsspec options, as JSON")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.add_argument(
+        "--checksum",
+        action="store_true",
+        help="reference file written with --checksum: also read every file and compare its "
+        "content with the checksums it carries (reads all the data)",
+    )
     c.set_defaults(func=_cmd_check)
 
     v = sub.add_parser(
@@ -987,6 +1024,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to listen on (default 127.0.0.1: this machine only)",
     )
     v.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    v.add_argument("--checksum", action="store_true", help=CHECKSUM_HELP)
     v.set_defaults(func=_cmd_serve)
     return parser
 

@@ -8,7 +8,9 @@ saved; whoever loads a manifest gives their own.
 Reference files carry their manifest in the group's attributes
 (``tiffstore.manifest``, base64), so :func:`tiffstore.open` on a reference file
 restores the whole store (dims, coordinates, missing cells, chunks, ``inspect``)
-without listing the files or reading a header.
+without listing the files or reading a header. A manifest over a
+:class:`~tiffstore.checksums.ChecksummedSource` keeps its checksums (two arrays and
+the block size), so the restored store checks its reads the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .axes import Axis, Coordinate
+from .checksums import ChecksummedSource
 from .codecs import SegmentCodec
 from .errors import SourceError
 from .layout import FileLayout, Segments
@@ -39,6 +42,9 @@ _TABLES = ("data_offset", "start", "offsets", "bytecounts")
 
 
 def _source_record(source: FileSource) -> dict[str, Any]:
+    if isinstance(source, ChecksummedSource):
+        # The reader's record, and the checksums' block size (their table is arrays).
+        return {**_source_record(source.inner), "checksum": {"block": source.block}}
     if isinstance(source, LocalSource):
         return {"kind": "local", "root": source.root}
     if isinstance(source, FsspecSource):
@@ -148,6 +154,12 @@ def dump_manifest(m: Manifest) -> bytes:
     arrays = {name: getattr(m, name) for name in _ARRAYS}
     if m.file_mtimes is not None:
         arrays["file_mtimes"] = m.file_mtimes
+    if isinstance(m.source, ChecksummedSource):
+        checked = m.source
+        if checked.names != m.files or not np.array_equal(checked.sizes, m.file_sizes):
+            raise ValueError("the checksums describe other files than the manifest's")
+        arrays["checksum_starts"] = checked.starts
+        arrays["checksum_crcs"] = checked.crcs
     arrays.update({f"tables_{name}": getattr(m.tables, name) for name in _TABLES})
     buf = io.BytesIO()
     np.savez_compressed(buf, manifest=np.frombuffer(json.dumps(doc).encode(), np.uint8), **arrays)
@@ -200,9 +212,24 @@ def load_manifest(
     else:
         source = LocalSource(where.removeprefix("file://"))
     tables = FileTables(*(arrays[f"tables_{name}"] for name in _TABLES))
+    files = tuple(doc["files"])
+    checksum = src.get("checksum")
+    if checksum is not None:
+        # Saved from a store opened with checksum=True: its reads stay checked.
+        try:
+            source = ChecksummedSource(
+                source,
+                files,
+                arrays["file_sizes"].astype(np.int64),
+                arrays["checksum_starts"].astype(np.int64),
+                arrays["checksum_crcs"].astype(np.uint32),
+                int(checksum["block"]),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise SourceError(f"the saved manifest's checksums are damaged ({exc}).") from exc
     return Manifest(
         source=source,
-        files=tuple(doc["files"]),
+        files=files,
         file_sizes=arrays["file_sizes"],
         file_index=arrays["file_index"],
         file_layout=arrays["file_layout"],
