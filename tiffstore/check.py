@@ -152,7 +152,7 @@ def check_references(
 
         fs, _ = fsspec.core.url_to_fs(root, **(storage_options or {}))
 
-        def info(url: str) -> tuple[int, int | None, str | None] | None:
+        def stat_remote(url: str) -> tuple[int, int | None, str | None] | None:
             try:
                 found = call_bounded(fs, "info", url, timeout=FsspecSource.timeout)
             except FileNotFoundError:
@@ -160,7 +160,7 @@ def check_references(
             return int(found["size"]), None, version_of(found)
 
         with ThreadPoolExecutor(max_workers=16) as pool:
-            now = list(pool.map(info, urls))
+            now = list(pool.map(stat_remote, urls))
     else:
 
         def stat(path: str) -> tuple[int, int | None, str | None] | None:
