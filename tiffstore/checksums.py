@@ -105,6 +105,12 @@ class ChecksummedSource(FileSource):
         if expect is not None:
             expect(stamps)
 
+    def expect_versions(self, versions: dict[str, str]) -> None:
+        """Pass the files' listed versions (ETags) on to :attr:`inner` where it checks them."""
+        expect = getattr(self.inner, "expect_versions", None)
+        if expect is not None:
+            expect(versions)
+
     # -- equality, hashing, pickling ------------------------------------------
 
     def _digest(self) -> str:
