@@ -2,7 +2,8 @@
 
 The stamp check of local reads (size and modification time, see
 :class:`~tiffstore.sources.LocalSource`) misses a file rewritten at the same size
-within the file system's clock tick, and remote files have no stamp at all. With
+within the file system's clock tick, and a remote file's ETag may not change with a
+same-size rewrite (a web server's that holds the time in whole seconds). With
 ``tiffstore.open(..., checksum=True)`` every byte is read once at the open and the
 CRC-32 of each aligned block of :data:`BLOCK` bytes is kept (4 bytes per block); a
 :class:`ChecksummedSource` then widens every read to whole blocks, checks them, and
