@@ -271,6 +271,24 @@ def test_chunks_in_flight_at_once(http_server, fault_proxy):
     assert time.perf_counter() - t0 < 6 * delay
 
 
+def test_files_of_one_chunk_are_read_at_once(http_server, fault_proxy):
+    """Small files grouped into one chunk are fetched together: with every answer held
+    back, a chunk of 6 files (its first read, header checks included) takes about one
+    round, not six."""
+    folder, _ = http_folder(http_server)
+    ref = write_case(folder / "raw", "raw")
+    store = tiffstore.open(f"{fault_proxy.url}{folder.name}/raw/")
+    index = (0,) * len(store.shape)
+    files = {p.file for p in store.manifest.chunk_plan(index).pieces}
+    assert len(files) == 6
+    fault_proxy.delay = delay = 0.4
+    t0 = time.perf_counter()
+    got = store.reader.read_chunk(index)
+    assert time.perf_counter() - t0 < 3 * delay
+    assert got is not None
+    np.testing.assert_array_equal(got[: ref.shape[0], : ref.shape[1]], ref)
+
+
 def test_sizes_of_a_list_of_urls_are_asked_at_once(http_server, fault_proxy):
     folder, _ = http_folder(http_server)
     write_sample(folder / "raw", channels=4, stacks=3, shape=SHAPE)
