@@ -13,11 +13,9 @@ refuses bytes that differ with :class:`~tiffstore.errors.FileChangedError`.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import threading
 import zlib
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -27,7 +25,7 @@ from typing import IO, Any, cast
 import numpy as np
 
 from .errors import FileChangedError, TiffReadError, TiffStoreError
-from .sources import FileSource
+from .sources import BlockFile, FileSource
 
 __all__ = ["BLOCK", "ChecksummedSource", "compute_checksums"]
 
@@ -330,7 +328,8 @@ class ChecksummedSource(FileSource):
     @contextmanager
     def open(self, name: str) -> Iterator[IO[bytes]]:
         """A seekable file object whose reads are checked as :meth:`read_ranges`'s are."""
-        with _CheckedFile(self, name) as fh:
+        size = int(self.sizes[self._file(name)])
+        with BlockFile(self, name, size, self.block, kept=_KEPT_BLOCKS) as fh:
             yield cast(IO[bytes], fh)
 
     # -- checking whole files -------------------------------------------------
@@ -362,73 +361,6 @@ class ChecksummedSource(FileSource):
                 start = int(differ[0]) * self.block
                 found[name] = (start, min(start + self.block, sizes[k]))
         return found
-
-
-class _CheckedFile(io.RawIOBase):
-    """A seekable read-only file over a :class:`ChecksummedSource`, for tifffile.
-
-    Small reads (a header's) are served from whole blocks, read and checked once and
-    kept; large reads (pixel data) go straight to the source, checked too.
-    """
-
-    mode = "rb"
-
-    def __init__(self, source: ChecksummedSource, name: str) -> None:
-        super().__init__()
-        self.source = source
-        self.name = source.url(name)
-        self._file = name
-        self._size = int(source.sizes[source._file(name)])
-        self._pos = 0
-        self._blocks: OrderedDict[int, memoryview] = OrderedDict()
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def close(self) -> None:
-        self._blocks.clear()
-        super().close()
-
-    def readinto(self, buffer: Any) -> int:
-        out = memoryview(buffer).cast("B")
-        n = min(out.nbytes, self._size - self._pos)
-        if n <= 0:
-            return 0
-        block = self.source.block
-        if n > 4 * block:
-            self.source.read_into(self._file, self._pos, out[:n])
-            self._pos += n
-            return n
-        first, last = self._pos // block, (self._pos + n - 1) // block
-        missing = [k for k in range(first, last + 1) if k not in self._blocks]
-        if missing:
-            lo, hi = missing[0] * block, min((missing[-1] + 1) * block, self._size)
-            data = self.source.read_ranges(self._file, [(lo, hi - lo)])[0]
-            for k in range(missing[0], missing[-1] + 1):
-                self._blocks[k] = data[(k - missing[0]) * block : (k - missing[0] + 1) * block]
-            while len(self._blocks) > _KEPT_BLOCKS:
-                self._blocks.popitem(last=False)
-        done = 0
-        for k in range(first, last + 1):
-            data = self._blocks[k]
-            self._blocks.move_to_end(k)
-            start = self._pos + done - k * block
-            piece = data[start : start + n - done]
-            out[done : done + len(piece)] = piece
-            done += len(piece)
-        self._pos += done
-        return done
 
 
 class _Table:

@@ -22,7 +22,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -553,7 +553,12 @@ class FsspecSource(FileSource):
         # Ranged reads of header_block bytes, with the retries above: a file
         # object from fs.open would read its default block (5 to 50 MiB, often
         # whole files) and retry nothing.
-        with _RangedFile(self, name, self.size(name)) as fh:
+        local = self._local
+
+        def keep(head: bytes) -> None:
+            local.keep_head(name, head, self.kept_heads)
+
+        with BlockFile(self, name, self.size(name), self.header_block, on_head=keep) as fh:
             yield cast(IO[bytes], fh)
 
 
@@ -580,24 +585,36 @@ class _ProcessLocal:
                 self.heads.popitem(last=False)
 
 
-class _RangedFile(io.RawIOBase):
-    """A seekable read-only file over a remote file's ranged reads, for tifffile.
+class BlockFile(io.RawIOBase):
+    """A seekable read-only file over a source's ranged reads, for tifffile.
 
-    Reads whole blocks of :attr:`FsspecSource.header_block` bytes and keeps them,
-    so tifffile's many small reads of a header cost a request or two.
+    Small reads (a header's) are served from whole blocks of ``block`` bytes, each
+    read once and kept (the ``kept`` most recent), so tifffile's many small reads of a
+    header cost a read or two; large reads (pixel data) go straight to the source.
+    ``on_head`` is given the file's first block when it is read.
     """
 
     mode = "rb"
 
-    def __init__(self, source: FsspecSource, name: str, size: int) -> None:
+    def __init__(
+        self,
+        source: FileSource,
+        name: str,
+        size: int,
+        block: int,
+        kept: int = 256,
+        on_head: Callable[[bytes], None] | None = None,
+    ) -> None:
         super().__init__()
         self.source = source
         self.name = source.url(name)
         self._file = name
         self._size = size
         self._pos = 0
-        self._block = source.header_block
-        self._blocks: OrderedDict[int, bytes] = OrderedDict()
+        self._block = block
+        self._kept = kept
+        self._on_head = on_head
+        self._blocks: OrderedDict[int, memoryview] = OrderedDict()
 
     def readable(self) -> bool:
         return True
@@ -613,6 +630,10 @@ class _RangedFile(io.RawIOBase):
         self._pos = max(0, base + offset)
         return self._pos
 
+    def close(self) -> None:
+        self._blocks.clear()
+        super().close()
+
     def readinto(self, buffer: Any) -> int:
         out = memoryview(buffer).cast("B")
         n = min(out.nbytes, self._size - self._pos)
@@ -621,19 +642,19 @@ class _RangedFile(io.RawIOBase):
         block = self._block
         if n > 4 * block:
             # Pixel data (read through tifffile), not header bytes: read it straight.
-            out[:n] = self.source.read_bytes(self._file, self._pos, n)
+            self.source.read_into(self._file, self._pos, out[:n])
             self._pos += n
             return n
         first, last = self._pos // block, (self._pos + n - 1) // block
         missing = [k for k in range(first, last + 1) if k not in self._blocks]
         if missing:
             lo, hi = missing[0] * block, min((missing[-1] + 1) * block, self._size)
-            data = self.source.read_bytes(self._file, lo, hi - lo)
+            data = self.source.read_ranges(self._file, [(lo, hi - lo)])[0]
             for k in range(missing[0], missing[-1] + 1):
                 self._blocks[k] = data[(k - missing[0]) * block : (k - missing[0] + 1) * block]
-            if missing[0] == 0:
-                self.source._local.keep_head(self._file, self._blocks[0], self.source.kept_heads)
-            while len(self._blocks) > 256:
+            if missing[0] == 0 and self._on_head is not None:
+                self._on_head(bytes(self._blocks[0]))
+            while len(self._blocks) > self._kept:
                 self._blocks.popitem(last=False)
         done = 0
         for k in range(first, last + 1):
