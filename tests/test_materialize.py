@@ -192,35 +192,6 @@ def test_refuses_non_empty_output(sample_dir, tmp_path):
         materialize(directory, out, chunks=(1, 1, 2, 8, 8), resume=True)
 
 
-def test_overwrite_removes_only_what_it_wrote(sample_dir, tmp_path):
-    directory, ref = sample_dir
-    out = tmp_path / "out.zarr"
-    materialize(directory, out, chunks=(1, 1, 2, 8, 8))
-    (out / "README.txt").write_text("kept")
-    (out / "image" / "extra").mkdir()
-    summary = materialize(directory, out, overwrite=True, zarr_format=3)
-    assert summary.complete
-    assert (out / "README.txt").read_text() == "kept"
-    assert not (out / ".zarray").exists() and not (out / ".zgroup").exists()
-    np.testing.assert_array_equal(image(out), ref)
-
-
-def test_symlinked_output_is_refused(sample_dir, tmp_path):
-    directory, _ = sample_dir
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    link = tmp_path / "link.zarr"
-    link.symlink_to(elsewhere)
-    with pytest.raises(MaterializeError, match="symbolic link"):
-        materialize(directory, link)
-    out = tmp_path / "out.zarr"
-    materialize(directory, out)
-    (out / "image" / "escape").symlink_to(elsewhere)
-    with pytest.raises(MaterializeError, match="symbolic link inside"):
-        materialize(directory, out, overwrite=True)
-    assert not any(elsewhere.iterdir())
-
-
 def test_interrupted_run_is_marked_incomplete_and_resumes(make_sample, tmp_path, capsys):
     directory, ref = make_sample(channels=2, stacks=4, shape=(8, 32, 32))
     out = tmp_path / "out.zarr"

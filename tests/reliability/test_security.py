@@ -27,9 +27,10 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 import tiffstore
+from tests.test_materialize import image
 from tiffstore.cli import build_parser
 from tiffstore.errors import ReadOnlyError
-from tiffstore.materialize import materialize
+from tiffstore.materialize import MaterializeError, materialize
 from tiffstore.references import write_references
 from tiffstore.store import TiffStore
 
@@ -275,3 +276,32 @@ def test_materialize_never_follows_a_link_out_on_resume(tmp_path: Path) -> None:
 def test_serve_binds_loopback_by_default() -> None:
     args = build_parser().parse_args(["serve", "raw/"])
     assert args.host == "127.0.0.1"
+
+
+def test_overwrite_removes_only_what_it_wrote(sample_dir, tmp_path):
+    directory, ref = sample_dir
+    out = tmp_path / "out.zarr"
+    materialize(directory, out, chunks=(1, 1, 2, 8, 8))
+    (out / "README.txt").write_text("kept")
+    (out / "image" / "extra").mkdir()
+    summary = materialize(directory, out, overwrite=True, zarr_format=3)
+    assert summary.complete
+    assert (out / "README.txt").read_text() == "kept"
+    assert not (out / ".zarray").exists() and not (out / ".zgroup").exists()
+    np.testing.assert_array_equal(image(out), ref)
+
+
+def test_symlinked_output_is_refused(sample_dir, tmp_path):
+    directory, _ = sample_dir
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = tmp_path / "link.zarr"
+    link.symlink_to(elsewhere)
+    with pytest.raises(MaterializeError, match="symbolic link"):
+        materialize(directory, link)
+    out = tmp_path / "out.zarr"
+    materialize(directory, out)
+    (out / "image" / "escape").symlink_to(elsewhere)
+    with pytest.raises(MaterializeError, match="symbolic link inside"):
+        materialize(directory, out, overwrite=True)
+    assert not any(elsewhere.iterdir())
