@@ -579,7 +579,14 @@ def _cmd_materialize(args: argparse.Namespace, console: Console) -> int:
                 verify=args.verify,
                 progress=progress if show else None,
                 storage_options=args.storage_options,
-                open_options={"pattern": args.pattern, "tiles": args.tiles},
+                open_options={
+                    "pattern": args.pattern,
+                    "tiles": args.tiles,
+                    "include": args.include,
+                    "exclude": args.exclude,
+                    "validate": args.validate,
+                    "checksum": args.checksum,
+                },
             )
     except KeyboardInterrupt:
         Console(stderr=True).print(
@@ -879,6 +886,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--storage-options", type=_json_arg, help="fsspec options for OUT, as JSON")
     w.add_argument("--pattern", help="template or regex for the file names (default: inferred)")
     w.add_argument("--tiles", choices=("keep", "stitch"), default="keep")
+    w.add_argument("--include", action="append", help="keep only names matching this glob")
+    w.add_argument("--exclude", action="append", help="leave out names matching this glob")
+    w.add_argument(
+        "--validate",
+        action="store_true",
+        help="parse every file's header first and check each holds all its pixel data",
+    )
+    w.add_argument("--checksum", action="store_true", help=CHECKSUM_HELP)
     w.add_argument("--quiet", action="store_true", help="print nothing but errors")
     w.add_argument("--json", action="store_true", help="print the summary as JSON")
     w.set_defaults(func=_cmd_materialize)

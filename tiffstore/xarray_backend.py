@@ -81,6 +81,7 @@ class TiffStoreBackendEntrypoint(BackendEntrypoint):
         "fill_value",
         "storage_options",
         "validate",
+        "checksum",
         "tiles",
     )
 
@@ -100,6 +101,7 @@ class TiffStoreBackendEntrypoint(BackendEntrypoint):
         fill_value: int | float | None = None,
         storage_options: dict[str, Any] | None = None,
         validate: bool = False,
+        checksum: bool = False,
         tiles: str = "keep",
     ) -> Any:
         """Open ``filename_or_obj`` as a Dataset.
@@ -111,7 +113,7 @@ class TiffStoreBackendEntrypoint(BackendEntrypoint):
             takes), a :class:`TiffStore`, or a reference file tiffstore wrote.
         drop_variables, mask_and_scale, decode_times, concat_characters, decode_coords, use_cftime, decode_timedelta
             As for xarray's Zarr backend.
-        pattern, fill_value, storage_options, validate, tiles
+        pattern, fill_value, storage_options, validate, checksum, tiles
             As for :func:`tiffstore.open`.
         store_chunks
             The store's chunks, :func:`tiffstore.open`'s ``chunks`` (``"page"``,
@@ -149,6 +151,7 @@ class TiffStoreBackendEntrypoint(BackendEntrypoint):
                 fill_value=fill_value,
                 storage_options=storage_options,
                 validate=validate,
+                checksum=checksum,
                 tiles=tiles,
             )
         if isinstance(store, TiffStore) and store.zarr_format == 3:

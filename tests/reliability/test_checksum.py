@@ -466,3 +466,42 @@ def test_a_remote_file_replaced_on_s3_is_refused_with_or_without_checksums(
     for candidate in (plain, store):
         with pytest.raises(FileChangedError, match=r"raw/img_t1\.tif: "):
             read_everything(candidate)
+
+
+def test_xarray_backend_takes_checksum(tmp_path: Path) -> None:
+    xr = pytest.importorskip("xarray")
+    ref = stacks(tmp_path / "raw", shape=(2, 64, 64))
+    ds = xr.open_dataset(tmp_path / "raw", engine="tiffstore", checksum=True, chunks={})
+    plain = xr.open_dataset(tmp_path / "raw", engine="tiffstore", chunks={})
+    np.testing.assert_array_equal(ds["image"].values, ref)
+    local = tmp_path / "raw" / "img_t2.tif"
+    _rewrite_keeping_stamp(local, _pixel_offset(local))
+    assert not np.array_equal(plain["image"].values[2], ref[2])  # served as it is now
+    with pytest.raises(FileChangedError, match=r"img_t2\.tif: bytes"):
+        ds["image"].values  # noqa: B018 - the read is the test
+
+
+def test_materialize_command_takes_the_open_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tiffstore.api
+
+    ref = stacks(tmp_path / "raw", n=4, shape=(2, 64, 64))
+    (tmp_path / "raw" / "img_t3.tif").rename(tmp_path / "raw" / "skip_t3.tif")
+    opened: list[TiffStore] = []
+    real_open = tiffstore.api.open
+
+    def recording_open(*args: Any, **kwargs: Any) -> TiffStore:
+        opened.append(real_open(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(tiffstore.api, "open", recording_open)
+    out = tmp_path / "out.zarr"
+    argv = ["materialize", str(tmp_path / "raw"), str(out), "--quiet", "--checksum"]
+    argv += ["--validate", "--exclude", "skip_*"]
+    assert main(argv) == 0
+    (store,) = opened
+    assert isinstance(store.manifest.source, ChecksummedSource)
+    assert bool(store.manifest.verified.all())
+    assert store.shape[0] == 3
+    np.testing.assert_array_equal(zarr.open_group(out, mode="r")["image"][...], ref[:3])
