@@ -67,3 +67,24 @@ def test_fsspec_listing_obeys_recursive_and_globs(with_mips):
         np.testing.assert_array_equal(store.to_dask().compute(), ref)
     finally:
         fs.rm(root, recursive=True)
+
+
+def test_block_file_keeps_every_block_a_read_needs(tmp_path):
+    """A read spanning a kept block (the least recently used) and a missing one: the
+    kept one must not be dropped to make room before the read is served."""
+    from tiffstore.sources import BlockFile, LocalSource
+
+    data = bytes(range(256)) * 4
+    (tmp_path / "f.bin").write_bytes(data)
+    source = LocalSource(str(tmp_path))
+    with BlockFile(source, "f.bin", len(data), block=16, kept=2) as fh:
+        fh.seek(0)
+        assert fh.read(16) == data[:16]  # block 0
+        fh.seek(16)
+        assert fh.read(16) == data[16:32]  # block 1
+        fh.seek(0)
+        assert fh.read(1) == data[:1]  # block 0 again: block 1 is now the oldest
+        fh.seek(20)
+        assert fh.read(30) == data[20:50]  # block 1 (kept, oldest) and blocks 2, 3
+        fh.seek(900)
+        assert fh.read() == data[900:]

@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import OptionError, SourceError, TiffStoreError
 from .layout import FileLayout, read_layout
-from .sources import FsspecSource, call_bounded, resolve_source, version_of
+from .sources import FsspecSource, call_bounded, resolve_source, version_of, with_read_timeouts
 
 __all__ = ["FileProblem", "check", "check_references", "check_source", "is_reference_file"]
 
@@ -150,7 +150,10 @@ def check_references(
     if remote:
         import fsspec
 
-        fs, _ = fsspec.core.url_to_fs(root, **(storage_options or {}))
+        protocol = fsspec.core.split_protocol(root)[0] or "file"
+        options = with_read_timeouts(protocol, storage_options or {}, FsspecSource.timeout)
+        fs, _ = fsspec.core.url_to_fs(root, **options)
+        fs.invalidate_cache()  # the files as they are now, not as an earlier listing saw them
 
         def stat_remote(url: str) -> tuple[int, int | None, str | None] | None:
             try:

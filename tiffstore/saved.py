@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import zipfile
 from typing import Any
 
@@ -201,7 +202,7 @@ def load_manifest(
     where = root if root is not None else src["root"]
     # Times and ETags describe the files the manifest was made from: copies elsewhere
     # (references written with ``url=``) have their own, and are not checked by them.
-    same_files = where.rstrip("/") == str(src["root"]).rstrip("/")
+    same_files = _location(where) == _location(str(src["root"]))
     source: FileSource
     if "://" in where and not where.startswith("file://"):
         import fsspec
@@ -254,6 +255,14 @@ def load_manifest(
         file_mtimes=arrays.get("file_mtimes") if same_files else None,
         file_versions=tuple(doc.get("file_versions", ())) if same_files else (),
     )
+
+
+def _location(root: str) -> str:
+    """A root as one spelling: ``file://`` dropped, local paths resolved, no final slash."""
+    path = root.removeprefix("file://")
+    if "://" not in path:
+        path = os.path.realpath(path)
+    return path.rstrip("/")
 
 
 def is_reference_file(source: Any) -> bool:

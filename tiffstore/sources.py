@@ -243,14 +243,16 @@ class FsspecSource(FileSource):
     ``cat_ranges`` call, nearby ranges merged; transient failures (connection
     errors, timeouts, 5xx, short bodies) are retried a few times with backoff,
     then raise :class:`TiffReadError` naming the URL. A short body is never
-    accepted as data, and no request waits forever: each batch of ranges has
-    :attr:`timeout` seconds, plus one per :attr:`min_rate` bytes, before it counts
-    as failed (and is retried).
+    accepted as data, and no request waits forever: a connection silent for
+    :attr:`timeout` seconds fails its request (see :func:`with_read_timeouts`), and
+    a batch of ranges has :attr:`timeout` seconds plus one per :attr:`min_rate`
+    bytes before it is cancelled; either counts as a failure (and is retried).
 
     Files whose version was recorded at listing (:meth:`expect_versions`: the ETag,
     else the last-modified time) are read with conditional requests on HTTP and S3
     (``If-Match``, ``If-Unmodified-Since``), so a file replaced after the open, even
-    at the same size, raises :class:`FileChangedError` at no extra request; on other
+    at the same size, raises :class:`FileChangedError` at no extra request (from
+    servers that honour the conditions: one that ignores them is trusted); on other
     protocols the version is compared before a file's reads, once every
     :attr:`version_recheck` seconds.
     """
@@ -263,9 +265,10 @@ class FsspecSource(FileSource):
     #: Transient failures are retried this many times, waiting ``retry_wait * 2**attempt`` s.
     retries: ClassVar[int] = 4
     retry_wait: ClassVar[float] = 0.05
-    #: Seconds a request batch (or a listing, or a size) may take, plus one second per
-    #: ``min_rate`` bytes it reads, before it is abandoned as failed: a server that
-    #: accepts a connection and never answers costs ``(retries + 1) * timeout`` s, not a hang.
+    #: Seconds a connection may stay silent, and a request batch (or a size) may take
+    #: plus one second per ``min_rate`` bytes it reads, before it is abandoned as
+    #: failed: a server that accepts a connection and never answers costs about
+    #: ``(retries + 1) * timeout`` s, not a hang.
     timeout: ClassVar[float] = 30.0
     min_rate: ClassVar[float] = float(1 << 20)
     #: Where no conditional read exists, a file's version is compared again by an
@@ -299,7 +302,8 @@ class FsspecSource(FileSource):
         if cached is None or cached[0] != pid:
             import fsspec
 
-            cached = (pid, fsspec.filesystem(self.protocol, **self.storage_options))
+            options = with_read_timeouts(self.protocol, self.storage_options, self.timeout)
+            cached = (pid, fsspec.filesystem(self.protocol, **options))
             # A frozen dataclass: set the process-local cache beside the fields.
             self.__dict__["_fs"] = cached
         return cached[1]
@@ -342,10 +346,12 @@ class FsspecSource(FileSource):
             return None
         etag = None if version.startswith(_MODIFIED) else version
         if self.protocol in _WEB:
+            # Beside the user's own headers (a token...), which fsspec would otherwise drop.
+            headers = dict(getattr(self.fs, "kwargs", {}).get("headers") or {})
             if etag is not None and not etag.startswith("W/"):
-                return {"headers": {"If-Match": etag}}
+                return {"headers": {**headers, "If-Match": etag}}
             if etag is None:
-                return {"headers": {"If-Unmodified-Since": version[len(_MODIFIED) :]}}
+                return {"headers": {**headers, "If-Unmodified-Since": version[len(_MODIFIED) :]}}
         elif self.protocol in _S3 and etag is not None and hasattr(self.fs, "_call_s3"):
             return {"IfMatch": etag}
         checked: dict[str, float] = self.__dict__.setdefault("_versions_checked", {})
@@ -453,32 +459,22 @@ class FsspecSource(FileSource):
     ) -> list[Any]:
         """One batch of ranged reads of ``url``, under ``conditions``, bounded in time;
         failures are returned in place of their bytes."""
-        nbytes = sum(stops) - sum(starts)
-        if conditions is not None and self.protocol in _S3:
-            fs = self.fs
-            from fsspec.asyn import sync
-
-            return cast(
-                list[Any],
-                sync(
-                    fs.loop,
-                    _within,
-                    self.timeout + nbytes / self.min_rate,
-                    _s3_get_ranges(fs, url, starts, stops, conditions),
-                ),
+        fs = self.fs
+        if not (getattr(fs, "async_impl", False) and not getattr(fs, "asynchronous", False)):
+            found: list[Any] = fs.cat_ranges(
+                [url] * len(starts), starts, stops, on_error="return", **(conditions or {})
             )
-        return cast(
-            list[Any],
-            self._bounded(
-                "cat_ranges",
-                [url] * len(starts),
-                starts,
-                stops,
-                on_error="return",
-                nbytes=nbytes,
-                **(conditions or {}),
-            ),
-        )
+            return found
+        from fsspec.asyn import sync
+
+        if conditions is not None and self.protocol in _S3:
+            batch = _s3_get_ranges(fs, url, starts, stops, conditions)
+        else:
+            batch = _get_ranges(fs, url, starts, stops, conditions or {})
+        # Our own gather, not fs._cat_ranges: cancelled at the deadline, it cancels
+        # every request it started, so none is left holding a connection.
+        deadline = self.timeout + (sum(stops) - sum(starts)) / self.min_rate
+        return cast(list[Any], sync(fs.loop, _within, deadline, batch))
 
     def read_bytes(self, name: str, offset: int, length: int) -> bytes:
         # fsspec returns bytes already: hand them on rather than copy them twice.
@@ -654,8 +650,6 @@ class BlockFile(io.RawIOBase):
                 self._blocks[k] = data[(k - missing[0]) * block : (k - missing[0] + 1) * block]
             if missing[0] == 0 and self._on_head is not None:
                 self._on_head(bytes(self._blocks[0]))
-            while len(self._blocks) > self._kept:
-                self._blocks.popitem(last=False)
         done = 0
         for k in range(first, last + 1):
             data = self._blocks[k]
@@ -664,6 +658,9 @@ class BlockFile(io.RawIOBase):
             piece = data[start : start + n - done]
             out[done : done + len(piece)] = piece
             done += len(piece)
+        # Only now: the blocks this read needed were all still there.
+        while len(self._blocks) > self._kept:
+            self._blocks.popitem(last=False)
         self._pos += done
         return done
 
@@ -724,6 +721,31 @@ def _precondition_failed(exc: BaseException) -> bool:
     return False
 
 
+def with_read_timeouts(
+    protocol: str, storage_options: dict[str, Any], seconds: float
+) -> dict[str, Any]:
+    """``storage_options`` with a limit on how long one connection may stay silent, where
+    the user set none: a server that stops answering mid-listing or mid-read fails
+    the request after ``seconds`` (and it is retried) rather than holding it for
+    minutes. However long a request takes while bytes flow is not limited."""
+    options = dict(storage_options)
+    if protocol in _WEB:
+        client = dict(options.get("client_kwargs") or {})
+        if "timeout" not in client:
+            import aiohttp
+
+            client["timeout"] = aiohttp.ClientTimeout(
+                total=None, sock_connect=seconds, sock_read=seconds
+            )
+            options["client_kwargs"] = client
+    elif protocol in _S3:
+        config = dict(options.get("config_kwargs") or {})
+        config.setdefault("connect_timeout", seconds)
+        config.setdefault("read_timeout", seconds)
+        options["config_kwargs"] = config
+    return options
+
+
 async def _within(timeout: float, coro: Any) -> Any:
     return await asyncio.wait_for(coro, timeout)
 
@@ -736,6 +758,21 @@ def call_bounded(fs: Any, method: str, *args: Any, timeout: float, **kwargs: Any
 
         return sync(fs.loop, _within, timeout, getattr(fs, f"_{method}")(*args, **kwargs))
     return getattr(fs, method)(*args, **kwargs)
+
+
+async def _get_ranges(
+    fs: Any, url: str, starts: list[int], stops: list[int], kwargs: dict[str, Any]
+) -> list[Any]:
+    """Ranged reads of one file on an async file system; failures in place of bytes."""
+    return list(
+        await asyncio.gather(
+            *(
+                fs._cat_file(url, start=a, end=b, **kwargs)
+                for a, b in zip(starts, stops, strict=True)
+            ),
+            return_exceptions=True,
+        )
+    )
 
 
 async def _s3_get_ranges(
@@ -951,12 +988,11 @@ def _sizes(
     by_parent: dict[str, list[str]] = {}
     for p in wanted:
         by_parent.setdefault(_parent(p), []).append(p)
-    timeout = FsspecSource.timeout
     for parent, members in by_parent.items():
         if listed or len(members) < _LIST_PARENT_FROM:
             continue
         try:
-            entries = call_bounded(fs, "ls", parent, detail=True, timeout=timeout)
+            entries = fs.ls(parent, detail=True)
         except Exception as exc:  # only a shortcut: the requests below say what is wrong
             logger.debug("%s: cannot list (%s); asking for each file's size", parent, exc)
             continue
@@ -987,22 +1023,21 @@ def _resolve_fsspec(
     import fsspec
 
     urls = [source] if isinstance(source, str) else list(source)
-    fs, _ = fsspec.core.url_to_fs(urls[0], **storage_options)
+    protocol = fsspec.core.split_protocol(urls[0])[0] or "file"
+    fs, _ = fsspec.core.url_to_fs(
+        urls[0], **with_read_timeouts(protocol, storage_options, FsspecSource.timeout)
+    )
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    timeout = FsspecSource.timeout
+    # A new open sees the files as they are now, not a listing cached by an earlier one.
+    fs.invalidate_cache()
     found: dict[str, dict[str, Any]] = {}
     root: str | None = None
     if len(urls) == 1 and not globmod.has_magic(fs._strip_protocol(urls[0])):
         # A folder (or one file): one recursive listing, not a request per entry.
         path = fs._strip_protocol(urls[0])
         try:
-            listed = call_bounded(
-                fs,
-                "find",
-                path,
-                detail=True,
-                maxdepth=None if recursive else 1,
-                timeout=timeout,
+            listed = fs.find(
+                path, detail=True, maxdepth=None if recursive else 1, **_walk_raises(fs)
             )
         except FileNotFoundError:
             listed = {}
@@ -1023,7 +1058,7 @@ def _resolve_fsspec(
             path = fs._strip_protocol(url)
             if globmod.has_magic(path):
                 try:
-                    matched = call_bounded(fs, "glob", path, detail=True, timeout=timeout)
+                    matched = fs.glob(path, detail=True)
                 except Exception as exc:
                     raise SourceError(f"{url}: cannot list ({_why(exc)}).") from exc
                 for p, info in matched.items():
@@ -1046,6 +1081,21 @@ def _resolve_fsspec(
     reader = FsspecSource(fs.unstrip_protocol(root), protocol, dict(storage_options))
     reader.remember_sizes(files)
     return reader, files
+
+
+def _walk_raises(fs: Any) -> dict[str, Any]:
+    """``find``'s keywords that make a folder it fails to list an error: fsspec's own
+    walk otherwise drops it (a timeout, a 500) and the open would miss its files
+    unsaid. File systems with a ``find`` of their own (s3fs: one listing) take none."""
+    from fsspec import AbstractFileSystem
+    from fsspec.asyn import AsyncFileSystem
+
+    generic = (
+        type(fs)._find is AsyncFileSystem._find
+        if isinstance(fs, AsyncFileSystem)
+        else type(fs).find is AbstractFileSystem.find
+    )
+    return {"on_error": "raise"} if generic else {}
 
 
 def _strip_file_scheme(path: str | os.PathLike[str]) -> str | os.PathLike[str]:

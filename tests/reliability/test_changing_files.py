@@ -276,3 +276,17 @@ def test_references_pointing_at_copies_do_not_check_the_originals_times(tmp_path
     os.utime(tmp_path / "raw" / "img_t1.tif", ns=(0, 1))
     with pytest.raises(FileChangedError, match=r"img_t1\.tif"):
         tiffstore.open(plain).to_dask().compute()
+
+
+def test_references_to_the_same_folder_spelled_otherwise_still_check_times(
+    tmp_path: Path,
+) -> None:
+    """``url=file://...`` of the very folder the files are in: the same files, so their
+    recorded times still apply."""
+    stacks(tmp_path / "raw", n=3)
+    refs = str(tmp_path / "raw.json")
+    url = f"file://{tmp_path / 'raw'}/"
+    write_references(tiffstore.open(tmp_path / "raw", chunks="file"), refs, url=url)
+    os.utime(tmp_path / "raw" / "img_t1.tif", ns=(0, 1))
+    with pytest.raises(FileChangedError, match=r"img_t1\.tif"):
+        tiffstore.open(refs).to_dask().compute()

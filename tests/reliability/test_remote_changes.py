@@ -162,3 +162,28 @@ def test_http_without_etag_uses_the_modification_time(http_server, monkeypatch):
     _replace_in_place(folder / "img_t0.tif")
     with pytest.raises(FileChangedError, match=r"img_t0\.tif: .*last-modified time was"):
         store.reader.read_chunk((0, 0, 0, 0))
+
+
+def test_a_new_open_sees_a_file_replaced_behind_fsspecs_cache(s3_acquisition):
+    """Replaced by another client, the file system's cached listing is stale: a new open
+    lists afresh, and reads the file as it is now."""
+    import io
+
+    import boto3
+    import tifffile
+
+    url, options, ref, local = s3_acquisition
+    tiffstore.open(url, storage_options=options, chunks="file")  # fills the listing cache
+    new = _same_size_other_pixels(local / "img_t1.tif")
+    client = boto3.client(
+        "s3",
+        aws_access_key_id=options["key"],
+        aws_secret_access_key=options["secret"],
+        **options["client_kwargs"],
+    )
+    bucket, prefix = url.removeprefix("s3://").split("/", 1)
+    client.put_object(Bucket=bucket, Key=f"{prefix}/img_t1.tif", Body=new)
+    urls = [f"{url}/img_t{i}.tif" for i in range(3)]
+    got = tiffstore.open(urls, storage_options=options, chunks="file").to_dask().compute()
+    np.testing.assert_array_equal(got[1], tifffile.imread(io.BytesIO(new)))
+    np.testing.assert_array_equal(got[[0, 2]], ref[[0, 2]])

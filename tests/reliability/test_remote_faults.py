@@ -36,7 +36,9 @@ class FaultProxy:
     ``"short"`` (send half the body with a matching Content-Length), ``"500"``, ``"404"``,
     ``"hang"`` (read the request, never answer). ``hide_sizes`` drops Content-Length
     from every answer about a TIFF file; ``delay`` holds every such answer back that
-    many seconds; ``hang_everything`` leaves every request unanswered (listings too).
+    many seconds, ``delay_pages`` every other answer (index pages); ``hang_everything``
+    leaves every request unanswered (listings too). ``token``: requests without the
+    header ``Authorization: Bearer <token>`` are answered 401.
     """
 
     upstream: int
@@ -46,6 +48,8 @@ class FaultProxy:
     hide_sizes: bool = False
     delay: float = 0.0
     hang_everything: bool = False
+    delay_pages: float = 0.0
+    token: str | None = None
     faults_done: list[str] = field(default_factory=list)
 
     @property
@@ -73,6 +77,15 @@ class FaultProxy:
                     await asyncio.Event().wait()  # until the client gives up, or the test ends
                 if self.delay and b".tif " in head.split(b"\r\n", 1)[0]:
                     await asyncio.sleep(self.delay)
+                if self.delay_pages and b".tif " not in head.split(b"\r\n", 1)[0]:
+                    await asyncio.sleep(self.delay_pages)
+                if (
+                    self.token
+                    and f"authorization: bearer {self.token}".encode() not in head.lower()
+                ):
+                    writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+                    await writer.drain()
+                    continue
                 if fault == "reset":
                     writer.transport.abort()
                     return
@@ -269,6 +282,61 @@ def test_chunks_in_flight_at_once(http_server, fault_proxy):
     np.testing.assert_array_equal(read_all(store), ref)
     # Each file costs a header check then its chunk: 12 answers, 2 rounds at once.
     assert time.perf_counter() - t0 < 6 * delay
+
+
+def test_a_timed_out_read_leaves_no_request_behind(http_server, fault_proxy, monkeypatch):
+    """The deadline cancels every request of the batch: none is left holding a
+    connection (the file system's own socket timeout is set long here, so only the
+    deadline can end them)."""
+    import aiohttp
+
+    folder, _ = http_folder(http_server)
+    write_case(folder / "raw", "raw", shape=(4, 96, 128))
+    options = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_read=60)}}
+    store = tiffstore.open(
+        f"{fault_proxy.url}{folder.name}/raw/", chunks="file", storage_options=options
+    )
+    monkeypatch.setattr(FsspecSource, "timeout", 0.3)
+    monkeypatch.setattr(FsspecSource, "retries", 1)
+    fault_proxy.always = "hang"
+    with pytest.raises(TiffReadError, match="TimeoutError"):
+        store.get_sync("0.1.0.0.0")
+    loop = store.manifest.source.fs.loop
+
+    async def requests_left() -> list[str]:
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        requests = ("_cat_file", "_get_ranges", "_run_coros_in_chunks")
+        return [repr(t) for t in tasks if any(r in repr(t) for r in requests)]
+
+    assert asyncio.run_coroutine_threadsafe(requests_left(), loop).result(10) == []
+    assert fault_proxy.faults_done == ["hang"] * 2
+
+
+def test_a_listing_slower_than_the_timeout_in_all_is_fine(http_server, fault_proxy, monkeypatch):
+    """The time limit is per request: a listing of many index pages, each answered in
+    time, may take longer than it in all."""
+    folder, _ = http_folder(http_server)
+    for sub in ("a", "b", "c"):
+        write_sample(folder / "raw" / sub, channels=1, stacks=2, shape=SHAPE)
+    monkeypatch.setattr(FsspecSource, "timeout", 0.5)
+    fault_proxy.delay_pages = 0.3
+    started = time.monotonic()
+    store = tiffstore.open(f"{fault_proxy.url}{folder.name}/raw/")
+    assert time.monotonic() - started > 1.0  # 4 index pages, one after another
+    assert len(store.manifest.files) == 6
+
+
+def test_the_users_headers_go_with_every_request(http_server, fault_proxy):
+    """A server that wants a token: the conditional reads add If-Match beside it."""
+    folder, _ = http_folder(http_server)
+    ref = write_case(folder / "raw", "raw")
+    fault_proxy.token = "secret"
+    options = {"headers": {"Authorization": "Bearer secret"}}
+    store = tiffstore.open(f"{fault_proxy.url}{folder.name}/raw/", storage_options=options)
+    assert all(v.startswith('"') for v in store.manifest.file_versions)
+    np.testing.assert_array_equal(read_all(store), ref)
+    with pytest.raises(SourceError, match="401"):
+        tiffstore.open(f"{fault_proxy.url}{folder.name}/raw/")
 
 
 def test_files_of_one_chunk_are_read_at_once(http_server, fault_proxy):
