@@ -504,4 +504,4 @@ def test_materialize_command_takes_the_open_options(
     assert isinstance(store.manifest.source, ChecksummedSource)
     assert bool(store.manifest.verified.all())
     assert store.shape[0] == 3
-    np.testing.assert_array_equal(zarr.open_group(out, mode="r")["image"][...], ref[:3])
+    np.testing.assert_array_equal(zarr.open_array(str(out), path="image", mode="r")[...], ref[:3])
