@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import OptionError, SourceError, TiffStoreError
 from .layout import FileLayout, read_layout
-from .sources import FsspecSource, call_bounded, resolve_source, version_of, with_read_timeouts
+from .sources import FsspecSource, info_within, open_filesystem, resolve_source, version_of
 
 __all__ = ["FileProblem", "check", "check_references", "check_source", "is_reference_file"]
 
@@ -148,16 +148,11 @@ def check_references(
     urls = [root.rstrip("/") + "/" + name for name in files]
     problems: list[FileProblem] = []
     if remote:
-        import fsspec
-
-        protocol = fsspec.core.split_protocol(root)[0] or "file"
-        options = with_read_timeouts(protocol, storage_options or {}, FsspecSource.timeout)
-        fs, _ = fsspec.core.url_to_fs(root, **options)
-        fs.invalidate_cache()  # the files as they are now, not as an earlier listing saw them
+        fs, _ = open_filesystem(root, storage_options or {})
 
         def stat_remote(url: str) -> tuple[int, int | None, str | None] | None:
             try:
-                found = call_bounded(fs, "info", url, timeout=FsspecSource.timeout)
+                found = info_within(fs, url, FsspecSource.timeout)
             except FileNotFoundError:
                 return None
             return int(found["size"]), None, version_of(found)
@@ -179,6 +174,8 @@ def check_references(
     if checksum:
         same_size = [f for f, s, n in zip(files, sizes, now, strict=True) if n and n[0] == s]
         changed = _content_changes(target, info, same_size, storage_options)
+    # A file whose stamp changed but whose checksums hold.
+    same = "; its content is unchanged (checksum)" if checksum else ""
     for name, url, size, mtime, version, found in zip(
         files, urls, sizes, mtimes, versions, now, strict=True
     ):
@@ -198,10 +195,8 @@ def check_references(
                 )
             )
         elif mtime is not None and mtime >= 0 and found[1] is not None and found[1] != mtime:
-            same = "; its content is unchanged (checksum)" if checksum else ""
             problems.append(FileProblem(url, f"modified since it was referenced (same size){same}"))
         elif version and found[2] is not None and found[2] != version:
-            same = "; its content is unchanged (checksum)" if checksum else ""
             problems.append(
                 FileProblem(
                     url,

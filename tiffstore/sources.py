@@ -359,18 +359,11 @@ class FsspecSource(FileSource):
         if when - checked.get(name, -math.inf) > self.version_recheck:
             url = self.url(name)
             self.fs.invalidate_cache(self.fs._strip_protocol(url))
-            now = version_of(self._bounded("info", url, nbytes=0))
+            now = version_of(info_within(self.fs, url, self.timeout))
             if now is not None and now != version:
                 raise _replaced(url, version, now)
             checked[name] = when
         return None
-
-    def _bounded(self, method: str, *args: Any, nbytes: int, **kwargs: Any) -> Any:
-        """``fs.<method>(*args, **kwargs)``, given :attr:`timeout` (and time for
-        ``nbytes``) where the file system is async; raises ``TimeoutError`` after."""
-        return call_bounded(
-            self.fs, method, *args, timeout=self.timeout + nbytes / self.min_rate, **kwargs
-        )
 
     def url(self, name: str) -> str:
         if self.protocol in _WEB:
@@ -460,13 +453,11 @@ class FsspecSource(FileSource):
         """One batch of ranged reads of ``url``, under ``conditions``, bounded in time;
         failures are returned in place of their bytes."""
         fs = self.fs
-        if not (getattr(fs, "async_impl", False) and not getattr(fs, "asynchronous", False)):
+        if not _driven_from_outside(fs):
             found: list[Any] = fs.cat_ranges(
                 [url] * len(starts), starts, stops, on_error="return", **(conditions or {})
             )
             return found
-        from fsspec.asyn import sync
-
         if conditions is not None and self.protocol in _S3:
             batch = _s3_get_ranges(fs, url, starts, stops, conditions)
         else:
@@ -474,7 +465,7 @@ class FsspecSource(FileSource):
         # Our own gather, not fs._cat_ranges: cancelled at the deadline, it cancels
         # every request it started, so none is left holding a connection.
         deadline = self.timeout + (sum(stops) - sum(starts)) / self.min_rate
-        return cast(list[Any], sync(fs.loop, _within, deadline, batch))
+        return cast(list[Any], _run_within(fs, batch, deadline))
 
     def read_bytes(self, name: str, offset: int, length: int) -> bytes:
         # fsspec returns bytes already: hand them on rather than copy them twice.
@@ -532,7 +523,7 @@ class FsspecSource(FileSource):
         url = self.url(name)
         for attempt in range(self.retries + 1):
             try:
-                info = self._bounded("info", url, nbytes=0)
+                info = info_within(self.fs, url, self.timeout)
                 break
             except Exception as exc:
                 if not _is_transient(exc) or attempt == self.retries:
@@ -750,14 +741,37 @@ async def _within(timeout: float, coro: Any) -> Any:
     return await asyncio.wait_for(coro, timeout)
 
 
-def call_bounded(fs: Any, method: str, *args: Any, timeout: float, **kwargs: Any) -> Any:
-    """``fs.<method>(*args, **kwargs)``; on an async file system, cancelled after
-    ``timeout`` seconds with ``TimeoutError`` (a server that never answers)."""
-    if getattr(fs, "async_impl", False) and not getattr(fs, "asynchronous", False):
-        from fsspec.asyn import sync
+def _driven_from_outside(fs: Any) -> bool:
+    """Whether ``fs`` is an async file system that we call from outside its loop (so
+    its coroutines can be run, and cancelled, on that loop)."""
+    return bool(getattr(fs, "async_impl", False) and not getattr(fs, "asynchronous", False))
 
-        return sync(fs.loop, _within, timeout, getattr(fs, f"_{method}")(*args, **kwargs))
-    return getattr(fs, method)(*args, **kwargs)
+
+def _run_within(fs: Any, coro: Any, timeout: float) -> Any:
+    """Run ``coro`` on ``fs``'s loop, cancelled after ``timeout`` s with ``TimeoutError``."""
+    from fsspec.asyn import sync
+
+    return sync(fs.loop, _within, timeout, coro)
+
+
+def info_within(fs: Any, path: str, timeout: float) -> dict[str, Any]:
+    """``fs.info(path)``; on an async file system, cancelled after ``timeout`` seconds
+    with ``TimeoutError`` (a server that never answers)."""
+    if _driven_from_outside(fs):
+        return cast(dict[str, Any], _run_within(fs, fs._info(path), timeout))
+    return cast(dict[str, Any], fs.info(path))
+
+
+def open_filesystem(url: str, storage_options: dict[str, Any]) -> tuple[Any, str]:
+    """The fsspec file system and path of ``url``, with :func:`with_read_timeouts`, and
+    no listing cached by an earlier use: the files as they are now."""
+    import fsspec
+
+    protocol = fsspec.core.split_protocol(url)[0] or "file"
+    options = with_read_timeouts(protocol, storage_options, FsspecSource.timeout)
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    fs.invalidate_cache()
+    return fs, path
 
 
 async def _get_ranges(
@@ -940,7 +954,7 @@ def _infos(fs: Any, paths: Sequence[str]) -> list[dict[str, Any] | BaseException
     """``fs.info`` of many paths at once: gathered where the file system is async."""
     if not paths:
         return []
-    if getattr(fs, "async_impl", False) and not getattr(fs, "asynchronous", False):
+    if _driven_from_outside(fs):
         from fsspec.asyn import _run_coros_in_chunks, sync
 
         timeout = FsspecSource.timeout
@@ -1020,16 +1034,10 @@ def _sizes(
 def _resolve_fsspec(
     source: str | Sequence[str], storage_options: dict[str, Any], recursive: bool = True
 ) -> tuple[FsspecSource, list[SourceFile]]:
-    import fsspec
-
     urls = [source] if isinstance(source, str) else list(source)
-    protocol = fsspec.core.split_protocol(urls[0])[0] or "file"
-    fs, _ = fsspec.core.url_to_fs(
-        urls[0], **with_read_timeouts(protocol, storage_options, FsspecSource.timeout)
-    )
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     # A new open sees the files as they are now, not a listing cached by an earlier one.
-    fs.invalidate_cache()
+    fs, _ = open_filesystem(urls[0], storage_options)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     found: dict[str, dict[str, Any]] = {}
     root: str | None = None
     if len(urls) == 1 and not globmod.has_magic(fs._strip_protocol(urls[0])):
