@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from operator import attrgetter
 from typing import NamedTuple
 
 import numpy as np
 
 from .errors import TiffReadError, TiffStoreError
-from .headers import check_file
+from .headers import check_file, group_signature
 from .layout import FileLayout, read_pages_with_tifffile
 from .manifest import Manifest
 from .plans import ChunkPlan, Piece, plan_chunk
+from .pools import process_pool
 
 __all__ = ["ChunkReader"]
 
@@ -78,7 +78,7 @@ class ChunkReader:
     def _checked_head(self, file: int, head: memoryview) -> None:
         """Record ``file`` as checked if ``head`` is its group's signature, else raise."""
         m = self.manifest
-        if head != m.signatures[int(m.file_signature[file])]:
+        if head != group_signature(m, file):
             raise _HeaderDiffers(file)
         with self._lock:
             self._layouts.setdefault(file, m.file_layout_of(file))
@@ -160,8 +160,7 @@ class ChunkReader:
         return self._layouts.get(file) or self.manifest.file_layout_of(file)
 
     def _unchecked(self, file: int) -> bool:
-        m = self.manifest
-        return file not in self._layouts and not m.verified[file] and m.file_signature[file] >= 0
+        return file not in self._layouts and group_signature(self.manifest, file) is not None
 
     def _execute_checking(
         self,
@@ -220,7 +219,10 @@ class ChunkReader:
 
         if m.source.remote and len(groups) > 1:
             # Each file is a round trip: wait for them together, not one after another.
-            futures = [_file_pool().submit(fill, f, pieces) for f, pieces in groups]
+            futures = [
+                process_pool("files", REMOTE_FILE_THREADS).submit(fill, f, pieces)
+                for f, pieces in groups
+            ]
             # Every file done before any error is raised: none may write into ``out``
             # after this returns (it may be read again, by the file's own header).
             wait(futures)
@@ -261,7 +263,7 @@ class ChunkReader:
                 ranges.append((p.offset, p.nbytes))
                 where = _where(m.url(file), p, layout)
                 places.append((1, _place_decoded(out[p.dest], p, m.dtype, where)))
-        signature = m.signatures[int(m.file_signature[file])] if head else b""
+        signature = (group_signature(m, file) or b"") if head else b""
         if requests:
             if head:
                 # The header comparison rides along with the pixels' ranges.
@@ -292,21 +294,10 @@ class _HeaderDiffers(Exception):
     """A file's header differs from its group's: it must be parsed, and read by its own."""
 
 
-def _file_pool() -> ThreadPoolExecutor:
-    """Threads that read the files of one remote chunk at once (they never submit more
-    work, so chunk reads waiting on them cannot starve them); a new pool after a fork."""
-    global _file_executor
-    with _POOL_LOCK:
-        if _file_executor is None or _file_executor[0] != os.getpid():
-            pool = ThreadPoolExecutor(REMOTE_FILE_THREADS, thread_name_prefix="tiffstore-files")
-            _file_executor = (os.getpid(), pool)
-        return _file_executor[1]
-
-
-#: Files of remote chunks read at once, across all chunks in flight.
+#: Files of remote chunks read at once, across all chunks in flight. Their own pool,
+#: not the store's chunk pool: its tasks never submit more work, so chunk reads
+#: waiting on them cannot starve them.
 REMOTE_FILE_THREADS = 32
-_file_executor: tuple[int, ThreadPoolExecutor] | None = None
-_POOL_LOCK = threading.Lock()
 
 
 #: The pixels a chunk decodes from a file may take at most this many times the

@@ -223,6 +223,13 @@ def check_truncated(m: Manifest, how: str = "validate=True") -> None:
     )
 
 
+def group_signature(m: Manifest, file: int) -> bytes | None:
+    """The header bytes ``file`` must begin with (its group's) for its group's layout to
+    be its own; ``None`` when its header was parsed or compared at open already."""
+    k = int(m.file_signature[file])
+    return None if m.verified[file] or k < 0 else m.signatures[k]
+
+
 def check_file(m: Manifest, file: int) -> FileLayout:
     """The layout to read ``file`` with, comparing its header with its group's if unchecked.
 
@@ -235,10 +242,9 @@ def check_file(m: Manifest, file: int) -> FileLayout:
         When the file holds a different array from the rest.
     """
     layout = m.file_layout_of(file)
-    k = int(m.file_signature[file])
-    if m.verified[file] or k < 0:
+    signature = group_signature(m, file)
+    if signature is None:
         return layout
-    signature = m.signatures[k]
     name = m.files[file]
     if m.source.read_header(name, len(signature)) == signature:
         return layout

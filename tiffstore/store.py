@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -33,6 +31,7 @@ from .errors import ReadOnlyError
 from .gpu import Staging, read_chunk_staged, staging_for
 from .keys import ChunkKey, KeySpace
 from .manifest import Manifest
+from .pools import process_pool
 
 __all__ = ["TiffMapping", "TiffStore"]
 
@@ -73,16 +72,6 @@ SHARD_INDEXES_KEPT = 4096
 
 #: Threads reading chunks of remote sources (requests wait on the network, not the CPU).
 REMOTE_READ_THREADS = 32
-_remote_executor: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def _remote_pool() -> ThreadPoolExecutor:
-    """The process's pool for remote chunk reads (a new one after a fork)."""
-    global _remote_executor
-    if _remote_executor is None or _remote_executor[0] != os.getpid():
-        pool = ThreadPoolExecutor(REMOTE_READ_THREADS, thread_name_prefix="tiffstore-remote")
-        _remote_executor = (os.getpid(), pool)
-    return _remote_executor[1]
 
 
 class TiffStore(Store):
@@ -505,7 +494,11 @@ class TiffStore(Store):
             # ``async.concurrency`` lets through, up to this pool's size.
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
-                _remote_pool(), self._get_buffer, key, prototype, byte_range
+                process_pool("remote", REMOTE_READ_THREADS),
+                self._get_buffer,
+                key,
+                prototype,
+                byte_range,
             )
         return await asyncio.to_thread(self._get_buffer, key, prototype, byte_range)
 
