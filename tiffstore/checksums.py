@@ -239,26 +239,6 @@ class ChecksummedSource(FileSource):
                 groups.append((lo, hi, [j]))
         return groups
 
-    def read_ranges(self, name: str, ranges: Sequence[tuple[int, int]]) -> list[memoryview]:
-        """Read ``(offset, length)`` ranges of one file, checked; return their bytes in order.
-
-        Each range is widened to whole blocks; widened ranges that touch or overlap
-        are read as one, all in one call of :attr:`inner`.
-        """
-        views = [memoryview(b"")] * len(ranges)
-        groups = self._groups(name, ranges)
-        if not groups:
-            return views
-        i = self._file(name)
-        requests = [(lo, memoryview(bytearray(hi - lo))) for lo, hi, _ in groups]
-        self.inner.read_many_into(name, requests)
-        for (lo, buf), (_, _, members) in zip(requests, groups, strict=True):
-            self._verify(name, i, [(lo, buf)])
-            for j in members:
-                offset, length = ranges[j]
-                views[j] = buf[offset - lo : offset - lo + length]
-        return views
-
     def read_many_into(self, name: str, requests: Sequence[tuple[int, memoryview]]) -> None:
         outs = [
             out if out.format == "B" and out.ndim == 1 else out.cast("B") for _, out in requests
