@@ -23,7 +23,7 @@ import dask.array as da
 import numpy as np
 
 import tiffstore
-from tiffstore.checksums import ChecksummedSource
+from tiffstore.sources.checksums import ChecksummedSource
 
 from . import cases
 from .data import Context, cores, warm

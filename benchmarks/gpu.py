@@ -130,9 +130,7 @@ def measure(cp: Any, ds: Any, repeats: int) -> dict[str, dict[str, Any]]:
     import tiffstore
     from benchmarks.data import cores
     from benchmarks.peers import SeedRecipe
-    from tiffstore import gpu
-
-    store = tiffstore.open(ds.path)
+    store = tiffstore.open(ds.path, kvikio=False)
     ref = tiffstore.open(ds.path).to_dask()
     n_chunks = int(np.prod(store.manifest.chunk_grid))
     chunk_nbytes = store.manifest.chunk_nbytes
@@ -165,25 +163,14 @@ def measure(cp: Any, ds: Any, repeats: int) -> dict[str, dict[str, Any]]:
         "h2d_pageable": h2d_copies(cp, chunk_nbytes, n_chunks, threads, pinned=False),
         "host_read": lambda: ref.persist(scheduler="threads", num_workers=threads),
     }
-    on_gpu = store.to_dask(gpu=True)
+    on_gpu = store.to_dask(gpu=True)  # through pinned host memory (kvikio=False)
     check(on_gpu)
     rows["tiffstore_gpu"] = persist(on_gpu)
     if _kvikio_version() is not None:
-        with_kvikio = store.to_dask(gpu=True, name="tiffstore-kvikio")
-
-        def kvikio_run() -> Any:
-            gpu.use_kvikio = True
-            try:
-                return persist(with_kvikio)()
-            finally:
-                gpu.use_kvikio = None
-
-        gpu.use_kvikio = True
-        try:
-            check(with_kvikio)
-        finally:
-            gpu.use_kvikio = None
-        rows["tiffstore_gpu_kvikio"] = kvikio_run
+        kvikio_store = tiffstore.open(ds.path, kvikio=True)
+        with_kvikio = kvikio_store.to_dask(gpu=True, name="tiffstore-kvikio")
+        check(with_kvikio)
+        rows["tiffstore_gpu_kvikio"] = persist(with_kvikio)
 
     def zarr_gpu() -> Any:
         with zarr.config.enable_gpu():

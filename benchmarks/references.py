@@ -91,7 +91,7 @@ def run(ctx: Context) -> list[Row]:
         target = ctx.workdir / f"refs-{n}.json"
 
         def write(path: Path = ds.path, target: Path = target) -> None:
-            tiffstore.open(path).write_references(str(target), overwrite=True)
+            tiffstore.write_references(tiffstore.open(path), str(target), overwrite=True)
 
         def opened(path: Path = ds.path) -> None:
             tiffstore.open(path)
@@ -137,8 +137,8 @@ def _parquet(ctx: Context, n: int) -> Row:
         tracemalloc.start()
         try:
             t0 = time.perf_counter()
-            store.write_references(
-                str(ctx.workdir / f"refs-{n}.parq"), format="parquet", overwrite=True
+            tiffstore.write_references(
+                store, str(ctx.workdir / f"refs-{n}.parq"), format="parquet", overwrite=True
             )
             seconds = time.perf_counter() - t0
             _, peak = tracemalloc.get_traced_memory()
@@ -162,7 +162,9 @@ def _plane(ctx: Context) -> Row:
     target = ctx.workdir / "refs-plane.json"
 
     def make() -> Any:
-        tiffstore.open(ds.path, chunks="page").write_references(str(target), overwrite=True)
+        tiffstore.write_references(
+            tiffstore.open(ds.path, chunks="page"), str(target), overwrite=True
+        )
         fs = fsspec.filesystem(
             "reference",
             fo=str(target),

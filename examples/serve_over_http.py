@@ -21,8 +21,8 @@ import uvicorn
 import zarr
 
 import tiffstore
+from tiffstore.apps.serve import VIEWER_PATH, make_app, open_socket
 from tiffstore.sample import write_sample
-from tiffstore.serve import VIEWER_PATH, make_app, open_socket
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--stacks", type=int, default=3, help="time points (default 3)")

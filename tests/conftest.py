@@ -95,7 +95,7 @@ def make_sample(tmp_path: Path) -> Callable[..., tuple[Path, np.ndarray]]:
 @pytest.fixture
 def local_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int]]:
     """``(file, offset, length)`` of every read of a local file's bytes, as they happen."""
-    from tiffstore.sources import LocalSource
+    from tiffstore.sources.local import LocalSource
 
     calls: list[tuple[str, int, int]] = []
     real_many, real_bytes = LocalSource.read_many_into, LocalSource.read_bytes

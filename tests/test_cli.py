@@ -13,7 +13,8 @@ import pytest
 import tifffile
 
 import tiffstore
-from tiffstore.cli import main, parse_chunks
+from tiffstore.cli import main
+from tiffstore.cli.arguments import parse_chunks
 from tiffstore.sample import sample_name
 
 
@@ -74,7 +75,7 @@ def test_inspect_error_is_one_clear_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_demo_runs_and_checks_itself():
     result = subprocess.run(
-        [sys.executable, "-m", "tiffstore.cli", "demo", "--stacks", "3", "--z", "16"],
+        [sys.executable, "-m", "tiffstore", "demo", "--stacks", "3", "--z", "16"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -31,6 +31,6 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     api = (site / "api" / "index.html").read_text(encoding="utf-8")
-    for name in ("tiffstore.open", "tiffstore.TiffStore", "tiffstore.serve.make_app"):
+    for name in ("tiffstore.open", "tiffstore.TiffStore", "tiffstore.apps.serve.make_app"):
         assert f'id="{name}"' in api, name
     assert (site / "benchmarks" / "index.html").exists()

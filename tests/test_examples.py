@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tiffstore import gpu
 from tiffstore.errors import GpuError
+from tiffstore.read import gpu
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("*.py"))

@@ -31,8 +31,8 @@ from zarr.registry import register_buffer, register_ndbuffer
 from zarr.storage import WrapperStore
 
 import tiffstore
-from tiffstore import gpu
 from tiffstore.errors import GpuError, OptionError
+from tiffstore.read import gpu
 
 REPO = Path(__file__).resolve().parents[1]
 #: Subprocesses import this checkout's tiffstore, and whatever else the tests can.
@@ -84,7 +84,7 @@ class HostStaging:
         self.copies.append(host.nbytes)
         return np.array(host).view(Marked)
 
-    def read_file(self, path: str, offset: int, nbytes: int) -> Any | None:
+    def read_file(self, path: str, offset: int, nbytes: int, kvikio: bool | None) -> Any | None:
         return None
 
 
@@ -95,7 +95,7 @@ class DirectStaging(HostStaging):
         super().__init__()
         self.direct: list[tuple[int, int]] = []
 
-    def read_file(self, path: str, offset: int, nbytes: int) -> Any | None:
+    def read_file(self, path: str, offset: int, nbytes: int, kvikio: bool | None) -> Any | None:
         self.direct.append((offset, nbytes))
         with open(path, "rb") as fh:
             fh.seek(offset)
@@ -340,11 +340,10 @@ def test_missing_cupy_and_kvikio_are_named(monkeypatch, sample_dir):
         gpu.require_cupy()
     with pytest.raises(GpuError, match="CuPy"):
         tiffstore.open(sample_dir[0]).to_dask(gpu=True)
-    monkeypatch.setattr(gpu, "use_kvikio", None)
-    assert gpu._kvikio() is None
-    monkeypatch.setattr(gpu, "use_kvikio", True)
-    with pytest.raises(GpuError, match="use_kvikio is True but KvikIO is not installed"):
-        gpu._kvikio()
+    assert gpu._kvikio(None) is None
+    assert gpu._kvikio(False) is None
+    with pytest.raises(GpuError, match="kvikio=True, but KvikIO is not installed"):
+        gpu._kvikio(True)
 
 
 def test_gpu_and_a_prototype_are_not_both_taken(sample_dir):
@@ -479,17 +478,17 @@ def cp() -> Any:
 
 
 @pytest.fixture(params=[False, True], ids=["pinned", "kvikio"])
-def kvikio_mode(request, monkeypatch) -> bool:
+def kvikio_mode(request) -> bool:
+    """Open stores with this ``kvikio=`` (KvikIO on, or reads through pinned memory)."""
     if request.param:
         pytest.importorskip("kvikio", reason="KvikIO is not installed")
-    monkeypatch.setattr(gpu, "use_kvikio", request.param)
     return bool(request.param)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("chunks", ["file", (1, 1, 4, 20, 24)])
 def test_gpu_every_read_path_gives_device_buffers(cp, kvikio_mode, sample_dir, chunks):
-    store = tiffstore.open(sample_dir[0], chunks=chunks)
+    store = tiffstore.open(sample_dir[0], chunks=chunks, kvikio=kvikio_mode)
     proto = gpu.device_prototype()
     for key in ["0.0.0.0.0", "image/0.1.0.0.0", "image/1.2.0.0.0", ".zarray"]:
         for request, value in _read_paths(store, key, proto):
@@ -501,7 +500,7 @@ def test_gpu_every_read_path_gives_device_buffers(cp, kvikio_mode, sample_dir, c
 @pytest.mark.gpu
 def test_gpu_zarr_and_dask_give_cupy_arrays(cp, kvikio_mode, sample_dir):
     directory, ref = sample_dir
-    store = tiffstore.open(directory, chunks=(1, 1, 4, 20, 24))
+    store = tiffstore.open(directory, chunks=(1, 1, 4, 20, 24), kvikio=kvikio_mode)
     with zarr.config.enable_gpu():
         whole = zarr.open_array(store, mode="r")[...]
         assert isinstance(whole, cp.ndarray)
@@ -516,7 +515,7 @@ def test_gpu_zarr_and_dask_give_cupy_arrays(cp, kvikio_mode, sample_dir):
 @pytest.mark.parametrize("compression", [None, "zlib"])
 def test_gpu_to_dask_gives_cupy_chunks(cp, kvikio_mode, make_sample, compression):
     directory, ref = make_sample(missing=[(1, 2)], compression=compression)
-    store = tiffstore.open(directory, chunks=(1, 1, 4, 20, 24))
+    store = tiffstore.open(directory, chunks=(1, 1, 4, 20, 24), kvikio=kvikio_mode)
     for arr in (store.to_dask(gpu=True), store.to_dask(meta=cp.empty(0, cp.uint16))):
         assert isinstance(arr._meta, cp.ndarray)
         assert isinstance(arr.blocks[0, 0, 0, 0, 0].compute(), cp.ndarray)

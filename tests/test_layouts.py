@@ -27,10 +27,12 @@ import tifffile
 import zarr
 
 import tiffstore
-from tiffstore.build import build_manifest
 from tiffstore.errors import LayoutMismatchError, TiffReadError
-from tiffstore.sources import LocalSource, resolve_source
-from tiffstore.store import TiffStore
+from tiffstore.manifest.build import build_manifest
+from tiffstore.names.grid import understand_names
+from tiffstore.read.store import TiffStore
+from tiffstore.sources.listing import resolve_source
+from tiffstore.sources.local import LocalSource
 
 SHAPE = (5, 40, 50)  # pages, rows, columns: 40 % 7, 40 % 16 and 50 % 16 leave ragged edges
 
@@ -504,7 +506,8 @@ def _counting(directory: Path, **options) -> tuple[tiffstore.TiffStore, Counting
     """Open a folder as tiffstore.open does, reading through a counting source."""
     source, files = resolve_source(directory)
     counting = CountingSource(source.root)  # type: ignore[attr-defined]
-    return TiffStore(build_manifest(counting, files, **options)), counting
+    grid = understand_names([f.name for f in files])
+    return TiffStore(build_manifest(counting, files, grid, **options)), counting
 
 
 def _segment_bytes(path: Path, page: int) -> list[tuple[int, int]]:
@@ -572,7 +575,8 @@ def test_format3_one_plane_of_a_shard_reads_only_that_pages_bytes(written, layou
     directory, ref = written(layout)
     source, files = resolve_source(directory)
     counting = CountingSource(source.root)
-    store = TiffStore(build_manifest(counting, files), zarr_format=3)
+    grid = understand_names([f.name for f in files])
+    store = TiffStore(build_manifest(counting, files, grid), zarr_format=3)
     assert store.shards is not None  # a default chunk is several pages: sharded
     arr = zarr.open_array(store, mode="r")
     arr[(1,) * (len(store.shape) - 2)]  # first reads check headers

@@ -15,8 +15,9 @@ import pytest
 import zarr
 
 import tiffstore
+from tiffstore import MaterializeError, materialize
 from tiffstore.cli import main
-from tiffstore.materialize import JOURNAL, MaterializeError, default_chunks, materialize
+from tiffstore.outputs.materialize.plan import JOURNAL, default_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,7 +91,8 @@ def test_source_chunks_read_straight_into_the_task_and_fill_value(
 def test_tasks_of_the_seed_data_cover_whole_planes_in_bounded_memory():
     # The seed's acquisition: 3 ch x 199 stacks x 201 planes of 1024 x 768 uint16, read
     # in source chunks of 10 whole planes, written in (1, 1, 64, 256, 256) chunks.
-    from tiffstore.materialize import TASK_BYTES, ArrayPlan, _tasks
+    from tiffstore.outputs.materialize.plan import TASK_BYTES, ArrayPlan
+    from tiffstore.outputs.materialize.plan import cut_tasks as _tasks
 
     shape = (3, 199, 201, 1024, 768)
     plan = ArrayPlan("image", shape, default_chunks(("ch", "stack", "z", "y", "x"), shape), None, 0)

@@ -24,17 +24,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import tiffstore
-from tiffstore.axes import axis_kind
 from tiffstore.errors import NamingError
-from tiffstore.naming import (
-    GENERIC_WORDS,
-    UNIT_LABELS,
-    NameGrid,
-    find_strays,
-    natural_key,
-    split_tokens,
-    understand_names,
-)
+from tiffstore.names.axes import axis_kind
+from tiffstore.names.fields import GENERIC_WORDS, UNIT_LABELS
+from tiffstore.names.grid import NameGrid, understand_names
+from tiffstore.names.strays import find_strays
+from tiffstore.names.tokens import natural_key, split_tokens
 from tiffstore.sample import sample_name
 
 
@@ -492,7 +487,7 @@ def test_different_structures_fail_with_template_for_the_main_kind() -> None:
 def test_a_stray_name_is_left_out_and_invents_no_axis(caplog) -> None:
     names = [sample_name(c, s) for c in range(3) for s in range(4)]
     thumb = names[5].replace("_0000t", "_0000t_thumb")
-    with caplog.at_level(logging.WARNING, logger="tiffstore.naming"):
+    with caplog.at_level(logging.WARNING, logger="tiffstore.names.grid"):
         grid = understand_names([*names[:6], thumb, *names[6:]])
     assert grid.dims == ("ch", "stack") and grid.shape == (3, 4)
     assert grid.left_out == (thumb,)

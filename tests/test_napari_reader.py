@@ -12,10 +12,9 @@ import pytest
 import tifffile
 
 import tiffstore
-from tiffstore import napari_reader
-from tiffstore.napari_reader import contrast_limits, get_reader, layer_data
+from tiffstore.apps.napari_reader import contrast_limits, get_reader, layer_data
 
-MANIFEST = Path(napari_reader.__file__).with_name("napari.yaml")
+MANIFEST = Path(tiffstore.__file__).with_name("napari.yaml")
 
 
 def test_manifest_validates_with_npe2():

@@ -8,8 +8,8 @@ import pytest
 import zarr
 
 import tiffstore
-from tiffstore.pipeline import PIPELINE_PATH, TiffCodecPipeline
-from tiffstore.store import TiffStore
+from tiffstore.read.pipeline import PIPELINE_PATH, TiffCodecPipeline
+from tiffstore.read.store import TiffStore
 
 FORMATS = [
     pytest.param({}, id="format2"),

@@ -16,16 +16,16 @@ import zarr
 
 import tiffstore
 from tests.conftest import write_positions
-from tiffstore.assemble import ChunkReader
 from tiffstore.errors import OptionError, TiffReadError
-from tiffstore.plans import ChunkPlan, Piece
+from tiffstore.manifest.plans import ChunkPlan, Piece
+from tiffstore.read.assemble import ChunkReader
 from tiffstore.sample import sample_name
 
 
 def test_uncompressed_chunk_is_one_copy_piece(make_sample):
     directory, ref = make_sample(channels=1, stacks=2, shape=(4, 16, 8))
     store = tiffstore.open(directory, chunks=2)
-    plan = store.manifest.chunk_plan((1, 1, 0, 0))
+    plan = tiffstore.plan_chunk(store.manifest, (1, 1, 0, 0))
     assert isinstance(plan, ChunkPlan) and plan.complete
     piece = plan.one_range()
     assert piece is not None and piece.kind == "copy"
@@ -44,7 +44,7 @@ def test_compressed_chunk_is_decode_pieces_with_codecs(tmp_path):
     )
     store = tiffstore.open(tmp_path, chunks=(1, 1, 40, 24))
     m = store.manifest
-    plan = m.chunk_plan((1, 2, 0, 0))
+    plan = tiffstore.plan_chunk(m, (1, 2, 0, 0))
     assert plan.one_range() is None
     assert [p.kind for p in plan.pieces] == ["decode"] * 3  # strips of 16, 16 and 8 rows
     assert {p.codec.compressor_config()["id"] for p in plan.pieces} == {"zlib"}
@@ -62,7 +62,7 @@ def test_pages_apart_plan_several_ranges(tmp_path):
         for k in range(3):
             tif.write(np.full((4, 6), k, np.uint8), metadata=None, description="d" * (k + 1))
     store = tiffstore.open(tmp_path / "a.tif", chunks=3)
-    plan = store.manifest.chunk_plan((0, 0, 0))
+    plan = tiffstore.plan_chunk(store.manifest, (0, 0, 0))
     assert [p.kind for p in plan.pieces] == ["copy"] * 3
     assert plan.one_range() is None
     np.testing.assert_array_equal(zarr.open_array(store, mode="r")[:, 0, 0], [0, 1, 2])
@@ -71,15 +71,15 @@ def test_pages_apart_plan_several_ranges(tmp_path):
 def test_plan_outside_the_grid_is_an_index_error(sample_dir):
     store = tiffstore.open(sample_dir[0])
     with pytest.raises(IndexError, match="outside the chunk grid"):
-        store.manifest.chunk_plan((9, 0, 0, 0, 0))
+        tiffstore.plan_chunk(store.manifest, (9, 0, 0, 0, 0))
 
 
 def test_missing_file_plan_is_incomplete_or_empty(sample_dir):
     m = tiffstore.open(sample_dir[0], chunks=(3, 4, 6, 32, 24)).manifest
-    plan = m.chunk_plan((0, 0, 0, 0, 0))
+    plan = tiffstore.plan_chunk(m, (0, 0, 0, 0, 0))
     assert not plan.complete and len(plan.files) == 11
     single = tiffstore.open(sample_dir[0], chunks="file").manifest
-    assert single.chunk_plan((1, 2, 0, 0, 0)).empty
+    assert tiffstore.plan_chunk(single, (1, 2, 0, 0, 0)).empty
 
 
 # -- header verification -----------------------------------------------------
@@ -120,7 +120,7 @@ def test_differing_header_is_read_with_its_own_layout(written_apart):
 def test_verify_parses_every_unchecked_header(written_apart):
     directory, ref = written_apart
     m = tiffstore.open(directory).manifest
-    checked = m.verify()
+    checked = tiffstore.verify_manifest(m)
     assert checked.fully_verified and not m.fully_verified
     victim = m.files.index(sample_name(0, 1))
     assert checked.file_layout_of(victim).data_offset != m.file_layout_of(victim).data_offset
@@ -128,7 +128,7 @@ def test_verify_parses_every_unchecked_header(written_apart):
     # A store over the verified manifest reads right with no check left to do.
     store = tiffstore.TiffStore(checked)
     np.testing.assert_array_equal(da.from_zarr(store).compute(), ref[0])
-    assert checked.verify() == checked
+    assert tiffstore.verify_manifest(checked) == checked
 
 
 def test_header_pointing_past_the_end_is_named_at_open(tmp_path, caplog):
@@ -146,7 +146,7 @@ def test_header_pointing_past_the_end_is_named_at_open(tmp_path, caplog):
     with pytest.raises(TiffReadError, match=r"pos1\.tif: pixel data end at byte"):
         tiffstore.open(tmp_path, validate=True)
     with pytest.raises(TiffReadError, match=r"pos1\.tif"):
-        m.verify()
+        tiffstore.verify_manifest(m)
 
 
 def test_truncated_uncompressed_file_is_named_at_open(make_sample):
@@ -267,8 +267,8 @@ def test_pieces_are_frozen_values():
 
 
 def test_small_files_are_grouped_along_the_name_axes(tmp_path, capsys):
-    from tiffstore.build import DEFAULT_CHUNK_BYTES
     from tiffstore.cli import main
+    from tiffstore.manifest.chunking import DEFAULT_CHUNK_BYTES
 
     rng = np.random.default_rng(5)
     ref = rng.integers(0, 1000, (4, 30, 2, 32, 32), dtype=np.uint16)
@@ -290,9 +290,9 @@ def test_small_files_are_grouped_along_the_name_axes(tmp_path, capsys):
 
 
 def test_files_near_the_chunk_size_are_not_grouped(tmp_path):
-    from tiffstore.axes import Axis
-    from tiffstore.build import DEFAULT_CHUNK_BYTES, resolve_chunks
-    from tiffstore.layout import FileLayout
+    from tiffstore.manifest.chunking import DEFAULT_CHUNK_BYTES, resolve_chunks
+    from tiffstore.names.axes import Axis
+    from tiffstore.tiff.layout import FileLayout
 
     axes = (Axis("t", "time", tuple(range(50))),)
     big = FileLayout((64, 256, 256), "<u2", ("z", "y", "x"), 2, "contiguous")  # 8 MiB

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 import tiffstore
+from tiffstore.apps.grid import evenly_spaced
+from tiffstore.apps.preview import write_preview
 from tiffstore.cli import main
-from tiffstore.grid import evenly_spaced
-from tiffstore.preview import write_preview
 
 
 def _shrink(image: np.ndarray, factor: int) -> np.ndarray:
@@ -153,7 +153,7 @@ def test_cli_progress_on_a_terminal(sample_dir, tmp_path):
 
     from rich.console import Console
 
-    from tiffstore.cli import build_parser
+    from tiffstore.cli.parser import build_parser
 
     directory, _ = sample_dir
     out = tmp_path / "tty.png"

@@ -17,10 +17,11 @@ import zarr
 
 import tiffstore
 from tests.conftest import HttpServer, upload_folder, write_positions
-from tiffstore import headers, sources
 from tiffstore.cli import main
-from tiffstore.references import ReferenceError, reference_chunks, write_references
+from tiffstore.manifest import build
+from tiffstore.outputs.references import ReferenceError, reference_chunks, write_references
 from tiffstore.sample import write_sample
+from tiffstore.sources import local
 
 #: What a reader runs: fsspec, zarr and dask, and imagecodecs' codecs for compressed
 #: files, exactly as docs/cloud.md says. It must never import tiffstore.
@@ -91,7 +92,7 @@ def test_round_trip_equals_the_source(tmp_path, layout, fmt):
     store = tiffstore.open(tmp_path / "raw")
     kind, _, version = fmt.partition("-")
     target = str(tmp_path / ("refs.parq" if kind == "parquet" else "refs.json"))
-    store.write_references(target, format=kind, version=int(version or 0))
+    write_references(store, target, format=kind, version=int(version or 0))
     group = _read_here(target)
     np.testing.assert_array_equal(group["image"][...], ref)
     assert group["image"].attrs["_ARRAY_DIMENSIONS"] == list(store.dims)
@@ -112,7 +113,7 @@ def test_uncompressed_needs_no_codec_package(tmp_path):
     write_sample(directory, channels=2, stacks=2, shape=(4, 16, 12), missing=[(1, 1)])
     store = tiffstore.open(directory)
     target = str(tmp_path / "refs.json")
-    store.write_references(target)
+    write_references(store, target)
     got = _read_elsewhere(tmp_path, target, "file", {})
     np.testing.assert_array_equal(got, zarr.open_array(store, mode="r")[...])
 
@@ -125,7 +126,7 @@ def test_same_values_dims_and_coords_as_the_live_store(tmp_path, kind, missing):
     live = xr.open_zarr(store)
     for name in ("refs.json" if kind == "json" else "refs.parq",):
         target = str(tmp_path / name)
-        store.write_references(target, format=kind)
+        write_references(store, target, format=kind)
         refs = xr.open_dataset(
             "reference://",
             engine="zarr",
@@ -145,7 +146,7 @@ def test_url_rewrites_to_s3_and_reads_from_there(tmp_path, s3_bucket):
     upload_folder(tmp_path / "raw", f"{bucket}/raw", options)
     target = str(tmp_path / "refs.json")
     store = tiffstore.open(tmp_path / "raw")
-    store.write_references(target, url=f"{bucket}/raw/", version=0)
+    write_references(store, target, url=f"{bucket}/raw/", version=0)
     text = Path(target).read_text()
     assert (
         f"{bucket}/raw/pos0.tif" in text
@@ -161,7 +162,7 @@ def test_references_to_s3_written_on_s3(tmp_path, s3_bucket):
     ref = write_positions(tmp_path / "raw", **LAYOUTS["lzw-strips"])
     upload_folder(tmp_path / "raw", f"{bucket}/raw", options)
     store = tiffstore.open(f"{bucket}/raw/", storage_options=options)
-    store.write_references(f"{bucket}/refs.json", storage_options=options)
+    write_references(store, f"{bucket}/refs.json", storage_options=options)
     group = _read_here(f"{bucket}/refs.json", "s3", target_options=options, **options)
     np.testing.assert_array_equal(group["image"][...], ref)
 
@@ -172,7 +173,7 @@ def test_url_rewrites_to_http(tmp_path, http_server: HttpServer):
     ref = write_positions(folder, **LAYOUTS["raw"])
     target = str(tmp_path / "refs.json")
     url = http_server.url + "refs-raw dir/"
-    tiffstore.open(folder).write_references(target, url=url)
+    write_references(tiffstore.open(folder), target, url=url)
     doc = json.loads(Path(target).read_text())
     assert doc["templates"]["u"].endswith("/refs-raw dir")
     assert doc["refs"]["image/0.0.0.0"][0] == "{{u}}/pos0.tif"
@@ -186,7 +187,7 @@ def test_names_are_quoted_for_http(tmp_path):
     (folder / "pos1.tif").rename(folder / "pos 1#.tif")
     (folder / "pos0.tif").rename(folder / "pos 0#.tif")
     target = str(tmp_path / "refs.json")
-    tiffstore.open(folder).write_references(target, url="https://host/data/", version=0)
+    write_references(tiffstore.open(folder), target, url="https://host/data/", version=0)
     urls = {
         v[0] for k, v in json.loads(Path(target).read_text()).items() if k.startswith("image/0")
     }
@@ -208,7 +209,7 @@ def test_chunks_that_are_not_one_range_are_refused_with_the_way_out(tmp_path):
     write_positions(tmp_path / "raw", compression="zlib", rowsperstrip=8)
     store = tiffstore.open(tmp_path / "raw")
     with pytest.raises(ReferenceError, match="chunks='native'"):
-        store.write_references(str(tmp_path / "r.json"), chunks=(1, 1, 40, 30))
+        write_references(store, str(tmp_path / "r.json"), chunks=(1, 1, 40, 30))
     # By default a working chunking is chosen: the files' own strips.
     assert reference_chunks(store.manifest).chunks == (1, 1, 8, 30)
 
@@ -228,9 +229,9 @@ def test_existing_target_is_refused_unless_overwrite(tmp_path):
     keep.mkdir()
     (keep / "precious.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="overwrite"):
-        store.write_references(str(keep), format="parquet")
+        write_references(store, str(keep), format="parquet")
     assert (keep / "precious.txt").read_text() == "mine"
-    store.write_references(str(keep), format="parquet", overwrite=True)
+    write_references(store, str(keep), format="parquet", overwrite=True)
     np.testing.assert_array_equal(
         _read_here(str(keep))["image"][...], write_positions(tmp_path / "x")
     )
@@ -243,7 +244,7 @@ def test_records_what_it_was_made_from_and_no_secrets(tmp_path, s3_bucket):
     secret = dict(options, secret="s3cr3t-never-written", key="AKIA-never-written")
     store = tiffstore.open(f"{bucket}/raw/", storage_options=secret)
     target = tmp_path / "refs.json"
-    store.write_references(str(target))
+    write_references(store, str(target))
     text = target.read_text()
     assert "s3cr3t-never-written" not in text and "AKIA-never-written" not in text
     made = json.loads(json.loads(text)["refs"][".zattrs"])["tiffstore"]["made_from"]
@@ -267,7 +268,7 @@ def test_files_only_tifffile_decodes_are_refused(tmp_path):
     for i in range(2):
         tifffile.imwrite(tmp_path / f"pos{i}.tif", np.zeros((2, 8, 8), bool))
     with pytest.raises(ReferenceError, match="materialize"):
-        tiffstore.open(tmp_path).write_references(str(tmp_path / "r.json"))
+        write_references(tiffstore.open(tmp_path), str(tmp_path / "r.json"))
 
 
 def test_parquet_with_gaps_in_uncompressed_data_is_refused(tmp_path):
@@ -275,7 +276,7 @@ def test_parquet_with_gaps_in_uncompressed_data_is_refused(tmp_path):
     write_sample(directory, channels=2, stacks=2, shape=(2, 8, 8), missing=[(0, 1)])
     store = tiffstore.open(directory)
     with pytest.raises(ReferenceError, match="format='json'"):
-        store.write_references(str(tmp_path / "r.parq"), format="parquet")
+        write_references(store, str(tmp_path / "r.parq"), format="parquet")
     assert not (tmp_path / "r.parq").exists()
 
 
@@ -291,16 +292,16 @@ def test_open_a_reference_file_restores_the_store_without_reading_headers(
     store = tiffstore.open(directory, chunks="page")
     for name in ("refs.json" if kind == "json" else "refs.parq",):
         target = str(tmp_path / name)
-        store.write_references(target, format=kind)
+        write_references(store, target, format=kind)
 
         def no_headers(*args: Any, **kwargs: Any) -> Any:
             raise AssertionError("a header was read")
 
         with monkeypatch.context() as patch:
-            patch.setattr(headers, "scan_headers", no_headers)
-            patch.setattr(sources, "_walk_local", no_headers)
+            patch.setattr(build, "scan_headers", no_headers)
+            patch.setattr(local, "_walk_local", no_headers)
             again = tiffstore.open(target)
-        assert again.manifest == store.manifest.verify()
+        assert again.manifest == tiffstore.verify_manifest(store.manifest)
         assert (again.dims, again.shape, again.chunks) == (store.dims, store.shape, store.chunks)
         assert again.coords == store.coords
         assert again.manifest.missing() == [{"ch": c, "stack": t} for c, t in missing]
@@ -314,7 +315,7 @@ def test_reopened_references_read_from_their_url(tmp_path, s3_bucket):
     ref = write_positions(tmp_path / "raw", **LAYOUTS["zlib-predictor-strips"])
     upload_folder(tmp_path / "raw", f"{bucket}/raw", options)
     target = str(tmp_path / "refs.json")
-    tiffstore.open(tmp_path / "raw").write_references(target, url=f"{bucket}/raw/")
+    write_references(tiffstore.open(tmp_path / "raw"), target, url=f"{bucket}/raw/")
     (tmp_path / "raw" / "pos0.tif").unlink()  # the local copy is gone: S3 serves
     again = tiffstore.open(target, storage_options=options)
     assert again.manifest.source.url("").startswith(bucket)
@@ -322,7 +323,7 @@ def test_reopened_references_read_from_their_url(tmp_path, s3_bucket):
 
 
 def test_saved_manifest_round_trips_and_never_holds_secrets(tmp_path):
-    from tiffstore.saved import dump_manifest, load_manifest
+    from tiffstore.manifest.saved import dump_manifest, load_manifest
 
     ref = write_positions(tmp_path / "raw", **LAYOUTS["zstd-tiles"])
     store = tiffstore.open(tmp_path / "raw")

@@ -19,7 +19,8 @@ import tiffstore
 from tests.conftest import HttpServer, stack_files
 from tiffstore.errors import SourceError
 from tiffstore.sample import sample_name, write_sample
-from tiffstore.sources import FsspecSource
+from tiffstore.sources.remote import FsspecSource
+from tiffstore.sources.settings import RemoteSettings
 
 pytestmark = pytest.mark.network
 
@@ -205,7 +206,7 @@ def test_http_open_costs_listing_sizes_and_three_header_reads(http_server):
     assert 1 <= len(reads) <= 3, requests
     assert all(r.status == 206 and r.range for r in reads), requests
     page_end = max(int(r.range.rsplit("-", 1)[1]) for r in reads)
-    assert page_end < FsspecSource.header_block
+    assert page_end < RemoteSettings().header_block
 
 
 def test_first_read_of_a_file_checks_its_header_in_the_same_request(http_server):

@@ -10,7 +10,7 @@ import tifffile
 import xarray as xr
 
 import tiffstore
-from tiffstore.scale import VoxelSize, read_voxel_size
+from tiffstore.tiff.scale import VoxelSize, read_voxel_size
 
 
 def _voxel(path: Path) -> VoxelSize:

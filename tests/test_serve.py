@@ -30,10 +30,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tiffstore
+from tiffstore.apps.serve import StoreIdentity, check_key, make_app, open_socket, parse_range
 from tiffstore.cli import main
 from tiffstore.errors import ServeError
-from tiffstore.serve import StoreIdentity, check_key, make_app, open_socket, parse_range
-from tiffstore.store import TiffStore
+from tiffstore.read.store import TiffStore
 
 pytestmark = pytest.mark.network
 
@@ -306,7 +306,7 @@ def test_serve_without_the_extra_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setitem(sys.modules, "tiffstore.serve", None)  # as if starlette were absent
+    monkeypatch.setitem(sys.modules, "tiffstore.apps.serve", None)  # as if starlette were absent
     assert main(["serve", str(sample_dir[0])]) == 1  # a runtime error, not a usage error
     assert 'pip install "tiffstore[serve]"' in capsys.readouterr().err
 

@@ -10,7 +10,7 @@ import tifffile
 import tiffstore
 from tiffstore.errors import NamingError, SourceError
 from tiffstore.sample import sample_name
-from tiffstore.sources import matches_glob, resolve_source
+from tiffstore.sources.listing import matches_glob, resolve_source
 
 
 @pytest.fixture
@@ -72,7 +72,8 @@ def test_fsspec_listing_obeys_recursive_and_globs(with_mips):
 def test_block_file_keeps_every_block_a_read_needs(tmp_path):
     """A read spanning a kept block (the least recently used) and a missing one: the
     kept one must not be dropped to make room before the read is served."""
-    from tiffstore.sources import BlockFile, LocalSource
+    from tiffstore.sources.blockfile import BlockFile
+    from tiffstore.sources.local import LocalSource
 
     data = bytes(range(256)) * 4
     (tmp_path / "f.bin").write_bytes(data)

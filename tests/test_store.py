@@ -15,7 +15,7 @@ from zarr.core.sync import sync
 
 import tiffstore
 from tiffstore.errors import ReadOnlyError
-from tiffstore.sources import LocalSource
+from tiffstore.sources.local import LocalSource
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from tiffstore.detect import is_reference_file, is_tiff_source
 
 xr = pytest.importorskip("xarray")
 
-from tiffstore.xarray_backend import TiffStoreBackendEntrypoint  # noqa: E402
+from tiffstore.apps.xarray_backend import TiffStoreBackendEntrypoint  # noqa: E402
 
 ENGINE = TiffStoreBackendEntrypoint
 
@@ -139,10 +139,22 @@ def _inline_references(store: tiffstore.TiffStore) -> dict[str, object]:
 def test_reference_file(sample_dir, tmp_path):
     directory, ref = sample_dir
     refs = tmp_path / "raw.json"
-    refs.write_text(json.dumps(_inline_references(tiffstore.open(directory))))
+    tiffstore.write_references(tiffstore.open(directory), str(refs))
     backend = TiffStoreBackendEntrypoint()
     assert backend.guess_can_open(refs)
     ds = xr.open_dataset(refs, engine=ENGINE, chunks={})
     assert ds["image"].dims == ("ch", "stack", "z", "y", "x")
     assert ds["wavelength"].values.tolist() == [488, 560, 642]
     np.testing.assert_array_equal(ds["image"].values, ref)
+    # Opened from its manifest, as tiffstore.open opens it: its reads are checked.
+    assert ds.sizes == dict(zip(tiffstore.open(refs).dims, ref.shape, strict=True))
+
+
+def test_reference_file_without_a_manifest_is_refused_by_name(sample_dir, tmp_path):
+    """References that look like tiffstore's but carry no manifest (hand-made, or from an
+    older version): a clear error naming the file, not reads without the checks."""
+    refs = tmp_path / "raw.json"
+    refs.write_text(json.dumps(_inline_references(tiffstore.open(sample_dir[0]))))
+    assert TiffStoreBackendEntrypoint().guess_can_open(refs)
+    with pytest.raises(tiffstore.SourceError, match=r"raw\.json: this reference file carries no"):
+        xr.open_dataset(refs, engine=ENGINE, chunks={})

@@ -193,7 +193,7 @@ def test_zarr_format_is_checked(sample_dir):
 
 def test_xarray_engine_opens_a_format3_store(sharded, sample_dir):
     xr = pytest.importorskip("xarray")
-    from tiffstore.xarray_backend import TiffStoreBackendEntrypoint
+    from tiffstore.apps.xarray_backend import TiffStoreBackendEntrypoint
 
     ds = xr.open_dataset(sharded, engine=TiffStoreBackendEntrypoint, chunks={})
     np.testing.assert_array_equal(ds["image"].values, sample_dir[1])

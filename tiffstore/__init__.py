@@ -1,10 +1,11 @@
 """tiffstore: many microscope TIFF files, one virtual Zarr array, no copy.
 
 The public API is what this module exports: :func:`open` (folders, globs, lists,
-URLs, reference files) giving a :class:`TiffStore`; :func:`write_references`;
-:func:`materialize`; the plain-data description of the array (:class:`Manifest`,
-its :class:`ChunkPlan` s of :class:`Piece` s); and the errors. Everything else
-(modules and names starting with an underscore, or not exported here) may change
+URLs, reference files) giving a :class:`TiffStore`, with its options as one
+:class:`OpenOptions`; :func:`write_references`; :func:`materialize`; the plain-data
+description of the array (:class:`Manifest`, its :class:`ChunkPlan` s of
+:class:`Piece` s, made by :func:`plan_chunk`); and the errors. Everything else
+(the stage folders' modules, and names starting with an underscore) may change
 between releases.
 
 >>> import tiffstore, dask.array as da
@@ -12,27 +13,34 @@ between releases.
 >>> array = da.from_zarr(store)  # doctest: +SKIP
 """
 
-from ._version import __version__
-from .api import open
-from .errors import (
+from tiffstore._version import __version__
+from tiffstore.errors import (
     FileChangedError,
     GpuError,
     LayoutMismatchError,
     MaterializeError,
     NamingError,
     OptionError,
+    OutputExistsError,
     ReadOnlyError,
+    ReferenceError,
     ServeError,
     SourceError,
     TiffReadError,
     TiffStoreError,
 )
-from .manifest import FileTables, Manifest
-from .materialize import MaterializeSummary, materialize, materialize_status
-from .pipeline import PIPELINE_PATH, TiffCodecPipeline
-from .plans import ChunkPlan, Piece
-from .references import ReferenceError, write_references
-from .store import TiffMapping, TiffStore
+from tiffstore.manifest.headers import verify_manifest
+from tiffstore.manifest.model import Manifest
+from tiffstore.manifest.plans import ChunkPlan, Piece, plan_chunk
+from tiffstore.manifest.tables import FileTables
+from tiffstore.opening import open
+from tiffstore.options import OpenOptions
+from tiffstore.outputs.materialize.journal import materialize_status
+from tiffstore.outputs.materialize.run import MaterializeSummary, materialize
+from tiffstore.outputs.references import write_references
+from tiffstore.read.pipeline import PIPELINE_PATH, TiffCodecPipeline
+from tiffstore.read.store import TiffMapping, TiffStore
+from tiffstore.sources.settings import RemoteSettings
 
 __all__ = [
     "PIPELINE_PATH",
@@ -45,10 +53,13 @@ __all__ = [
     "MaterializeError",
     "MaterializeSummary",
     "NamingError",
+    "OpenOptions",
     "OptionError",
+    "OutputExistsError",
     "Piece",
     "ReadOnlyError",
     "ReferenceError",
+    "RemoteSettings",
     "ServeError",
     "SourceError",
     "TiffCodecPipeline",
@@ -60,5 +71,7 @@ __all__ = [
     "materialize",
     "materialize_status",
     "open",
+    "plan_chunk",
+    "verify_manifest",
     "write_references",
 ]

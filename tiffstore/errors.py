@@ -13,7 +13,9 @@ __all__ = [
     "MaterializeError",
     "NamingError",
     "OptionError",
+    "OutputExistsError",
     "ReadOnlyError",
+    "ReferenceError",
     "ServeError",
     "SourceError",
     "TiffReadError",
@@ -66,3 +68,11 @@ class MaterializeError(TiffStoreError, ValueError):
 
 class GpuError(TiffStoreError, RuntimeError):
     """A read into GPU memory was asked for where CuPy or a CUDA device is missing."""
+
+
+class ReferenceError(TiffStoreError, ValueError):
+    """The virtual array cannot be described by references with the chunks asked for."""
+
+
+class OutputExistsError(TiffStoreError, FileExistsError):
+    """An output (a reference file, a preview) exists and overwriting was not asked for."""

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 import tiffstore
-from tiffstore.check import check_references, check_source
+from tiffstore.apps.check import check_references, check_source
 from tiffstore.cli import main
 from tiffstore.errors import FileChangedError, TiffStoreError
-from tiffstore.references import write_references
+from tiffstore.outputs.references import write_references
 
 from .corpus import bounded, read_everything, stacks, write_stack
 

@@ -24,12 +24,12 @@ import zarr
 
 import tiffstore
 from tests.conftest import HttpServer
-from tiffstore.check import check_references
-from tiffstore.checksums import BLOCK, ChecksummedSource, compute_checksums
+from tiffstore.apps.check import check_references
 from tiffstore.cli import main
 from tiffstore.errors import FileChangedError, OptionError, TiffReadError
-from tiffstore.references import write_references
-from tiffstore.store import TiffStore
+from tiffstore.outputs.references import write_references
+from tiffstore.read.store import TiffStore
+from tiffstore.sources.checksums import BLOCK, ChecksummedSource, compute_checksums
 
 from .corpus import read_everything, stacks, write_stack
 
@@ -154,7 +154,7 @@ def test_every_read_gives_the_files_bytes_and_checks_only_its_blocks(
 ) -> None:
     """Random ranges (unaligned, overlapping, touching, empty) through every read method,
     over blocks of 64 bytes; then one changed byte fails exactly the reads of its block."""
-    from tiffstore.sources import LocalSource
+    from tiffstore.sources.local import LocalSource
 
     rng = np.random.default_rng(5)
     data = rng.integers(0, 256, 5000, dtype=np.uint8).tobytes()
@@ -223,7 +223,7 @@ def test_a_chunk_of_many_small_pages_reads_their_block_once(
             tif.write(page, contiguous=False, metadata=None, description="p" * (k + 1))
     store = tiffstore.open(tmp_path, chunks="file", checksum=True)
     assert store.manifest.layout.storage == "pages"
-    assert [p.kind for p in store.manifest.chunk_plan((0, 0, 0)).pieces] == ["copy"] * 5
+    assert [p.kind for p in tiffstore.plan_chunk(store.manifest, (0, 0, 0)).pieces] == ["copy"] * 5
     local_reads.clear()
     np.testing.assert_array_equal(store.to_dask().compute(), ref)
     size = (tmp_path / "one.tif").stat().st_size
@@ -252,7 +252,7 @@ def test_header_bytes_rewritten_are_refused_on_the_first_read(tmp_path: Path) ->
 def test_device_reads_take_the_checked_host_path(tmp_path: Path) -> None:
     """GPU reads of raw ranges go straight to the device (KvikIO) only from a plain local
     source: with checksums they are read into host memory, checked, then copied."""
-    from tiffstore import gpu
+    from tiffstore.read import gpu
 
     from ..test_gpu import MARKED, DirectStaging, MarkedBuffer
 
@@ -307,10 +307,10 @@ def _read_pickled(path: str) -> str:
 def test_a_file_changed_between_listing_and_checksums_is_refused_at_the_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tiffstore.api
+    from tiffstore.outputs.materialize import run
 
     stacks(tmp_path)
-    real = tiffstore.api.resolve_source
+    real = tiffstore.opening.resolve_source
 
     def listed_then_changed(*args: Any, **kwargs: Any) -> Any:
         found = real(*args, **kwargs)
@@ -318,7 +318,7 @@ def test_a_file_changed_between_listing_and_checksums_is_refused_at_the_open(
         victim.write_bytes(victim.read_bytes() + bytes(8))  # after the listing
         return found
 
-    monkeypatch.setattr(tiffstore.api, "resolve_source", listed_then_changed)
+    monkeypatch.setattr(tiffstore.opening, "resolve_source", listed_then_changed)
     with pytest.raises(FileChangedError, match=r"img_t1\.tif: the file changed after"):
         tiffstore.open(tmp_path, checksum=True)
 
@@ -389,7 +389,9 @@ def test_reference_files_keep_the_checksums(
     }
     assert found["img_t2.tif"].endswith("its content is unchanged (checksum)")
     assert main(["check", str(folder), "--checksum"]) == 1  # a source has no checksums
-    assert "--checksum compares files with the checksums a reference" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--checksum (content checksums) does not apply" in err
+    assert "the checksums a reference file carries" in err
 
     plain_refs = str(tmp_path / "plain.json")
     write_references(tiffstore.open(folder), plain_refs)
@@ -484,18 +486,18 @@ def test_xarray_backend_takes_checksum(tmp_path: Path) -> None:
 def test_materialize_command_takes_the_open_options(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tiffstore.api
+    from tiffstore.outputs.materialize import run
 
     ref = stacks(tmp_path / "raw", n=4, shape=(2, 64, 64))
     (tmp_path / "raw" / "img_t3.tif").rename(tmp_path / "raw" / "skip_t3.tif")
     opened: list[TiffStore] = []
-    real_open = tiffstore.api.open
+    real_open = run.open_store
 
     def recording_open(*args: Any, **kwargs: Any) -> TiffStore:
         opened.append(real_open(*args, **kwargs))
         return opened[-1]
 
-    monkeypatch.setattr(tiffstore.api, "open", recording_open)
+    monkeypatch.setattr(run, "open_store", recording_open)
     out = tmp_path / "out.zarr"
     argv = ["materialize", str(tmp_path / "raw"), str(out), "--quiet", "--checksum"]
     argv += ["--validate", "--exclude", "skip_*"]

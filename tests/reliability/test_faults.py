@@ -28,8 +28,8 @@ import pytest
 
 import tiffstore
 from tests.test_materialize import image
-from tiffstore.materialize import JOURNAL
-from tiffstore.store import TiffStore
+from tiffstore.outputs.materialize.plan import JOURNAL
+from tiffstore.read.store import TiffStore
 
 from .corpus import bounded, read_everything, stacks
 

@@ -19,10 +19,10 @@ import pytest
 
 import tiffstore
 from tests.conftest import HttpServer
-from tiffstore import sources
-from tiffstore.check import check_references
+from tiffstore.apps.check import check_references
 from tiffstore.errors import FileChangedError
-from tiffstore.references import write_references
+from tiffstore.outputs.references import write_references
+from tiffstore.sources import listing, remote
 
 from .corpus import bounded, stacks
 
@@ -108,10 +108,11 @@ def test_protocols_without_conditions_compare_the_version_before_the_first_read(
 ):
     # Pretend S3 had no conditional GET: the version is compared by an info request
     # once it is older than version_recheck (0 here: every read).
-    monkeypatch.setattr(sources, "_S3", ())
-    monkeypatch.setattr(sources.FsspecSource, "version_recheck", 0.0)
+    monkeypatch.setattr(remote, "S3_PROTOCOLS", ())
     url, options, ref, local = s3_acquisition
-    store = tiffstore.open(url, storage_options=options, chunks="file")
+    store = tiffstore.open(
+        url, storage_options=options, chunks="file", remote={"version_recheck": 0.0}
+    )
     np.testing.assert_array_equal(store.to_dask().compute(), ref)
     _replace_on_s3(url, options, local)
     with pytest.raises(FileChangedError, match=r"img_t1\.tif: .*ETag was \"\w+\", now \"\w+\""):
@@ -150,12 +151,12 @@ def test_http_file_replaced_at_the_same_size_is_refused_by_name(http_server):
 def test_http_without_etag_uses_the_modification_time(http_server, monkeypatch):
     folder, url, ref = _http_acquisition(http_server)
     # A server that sends no ETag: its Last-Modified is what the reads are conditional on.
-    real = sources.version_of
+    real = listing.version_of
 
     def no_etag(info: dict[str, Any]) -> str | None:
         return real({k: v for k, v in info.items() if k.lower() != "etag"})
 
-    monkeypatch.setattr(sources, "version_of", no_etag)
+    monkeypatch.setattr(listing, "version_of", no_etag)
     store = tiffstore.open(url, chunks="file")
     assert all(v.startswith("modified:") for v in store.manifest.file_versions)
     np.testing.assert_array_equal(store.to_dask().compute(), ref)

@@ -19,7 +19,6 @@ from tests.conftest import HttpServer, free_port
 from tests.test_remote import SHAPE, http_folder, read_all, write_case
 from tiffstore.errors import SourceError, TiffReadError, TiffStoreError
 from tiffstore.sample import sample_name, write_sample
-from tiffstore.sources import FsspecSource
 
 pytestmark = pytest.mark.network
 
@@ -206,16 +205,12 @@ def test_lasting_faults_raise_naming_the_url(fault, http_server, fault_proxy):
         store.get_sync("0.1.0.0.0")
     # Bounded: the first try and the retries, then the error (aiohttp itself tries a
     # request again once when a kept-alive connection drops).
-    tries = FsspecSource.retries + 1
+    tries = store.manifest.source.settings.retries + 1
     assert tries <= len(fault_proxy.faults_done) <= (2 * tries if fault == "reset" else tries)
 
 
-def test_a_server_that_never_answers_is_given_up_on_naming_the_url(
-    http_server, fault_proxy, monkeypatch
-):
-    store, _ = proxied_store(http_server, fault_proxy)
-    monkeypatch.setattr(FsspecSource, "timeout", 0.5)
-    monkeypatch.setattr(FsspecSource, "retries", 2)
+def test_a_server_that_never_answers_is_given_up_on_naming_the_url(http_server, fault_proxy):
+    store, _ = proxied_store(http_server, fault_proxy, remote={"timeout": 0.5, "retries": 2})
     fault_proxy.always = "hang"
     started = time.monotonic()
     with pytest.raises(
@@ -229,18 +224,17 @@ def test_a_server_that_never_answers_is_given_up_on_naming_the_url(
     assert fault_proxy.faults_done == ["hang"] * 3
 
 
-def test_opening_a_server_that_never_answers_is_given_up_on(http_server, fault_proxy, monkeypatch):
+def test_opening_a_server_that_never_answers_is_given_up_on(http_server, fault_proxy):
     folder, _ = http_folder(http_server)
     write_case(folder / "raw", "raw")
-    monkeypatch.setattr(FsspecSource, "timeout", 0.5)
     fault_proxy.hang_everything = True
     started = time.monotonic()
     with pytest.raises(SourceError, match=rf"{fault_proxy.url}{folder.name}/raw/: cannot list"):
-        tiffstore.open(f"{fault_proxy.url}{folder.name}/raw/")
+        tiffstore.open(f"{fault_proxy.url}{folder.name}/raw/", remote={"timeout": 0.5})
     assert time.monotonic() - started < 10
     urls = [f"{fault_proxy.url}{folder.name}/raw/{sample_name(0, s)}" for s in (1, 2)]
     with pytest.raises(SourceError, match=r"raw/ex6-2_.*\.tif: cannot get its size \(\w*Timeout"):
-        tiffstore.open(urls)
+        tiffstore.open(urls, remote={"timeout": 0.5})
     assert time.monotonic() - started < 20
 
 
@@ -284,7 +278,7 @@ def test_chunks_in_flight_at_once(http_server, fault_proxy):
     assert time.perf_counter() - t0 < 6 * delay
 
 
-def test_a_timed_out_read_leaves_no_request_behind(http_server, fault_proxy, monkeypatch):
+def test_a_timed_out_read_leaves_no_request_behind(http_server, fault_proxy):
     """The deadline cancels every request of the batch: none is left holding a
     connection (the file system's own socket timeout is set long here, so only the
     deadline can end them)."""
@@ -294,10 +288,11 @@ def test_a_timed_out_read_leaves_no_request_behind(http_server, fault_proxy, mon
     write_case(folder / "raw", "raw", shape=(4, 96, 128))
     options = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_read=60)}}
     store = tiffstore.open(
-        f"{fault_proxy.url}{folder.name}/raw/", chunks="file", storage_options=options
+        f"{fault_proxy.url}{folder.name}/raw/",
+        chunks="file",
+        storage_options=options,
+        remote={"timeout": 0.3, "retries": 1},
     )
-    monkeypatch.setattr(FsspecSource, "timeout", 0.3)
-    monkeypatch.setattr(FsspecSource, "retries", 1)
     fault_proxy.always = "hang"
     with pytest.raises(TiffReadError, match="TimeoutError"):
         store.get_sync("0.1.0.0.0")
@@ -305,23 +300,22 @@ def test_a_timed_out_read_leaves_no_request_behind(http_server, fault_proxy, mon
 
     async def requests_left() -> list[str]:
         tasks = asyncio.all_tasks() - {asyncio.current_task()}
-        requests = ("_cat_file", "_get_ranges", "_run_coros_in_chunks")
+        requests = ("_cat_file", "get_ranges", "_run_coros_in_chunks")
         return [repr(t) for t in tasks if any(r in repr(t) for r in requests)]
 
     assert asyncio.run_coroutine_threadsafe(requests_left(), loop).result(10) == []
     assert fault_proxy.faults_done == ["hang"] * 2
 
 
-def test_a_listing_slower_than_the_timeout_in_all_is_fine(http_server, fault_proxy, monkeypatch):
+def test_a_listing_slower_than_the_timeout_in_all_is_fine(http_server, fault_proxy):
     """The time limit is per request: a listing of many index pages, each answered in
     time, may take longer than it in all."""
     folder, _ = http_folder(http_server)
     for sub in ("a", "b", "c"):
         write_sample(folder / "raw" / sub, channels=1, stacks=2, shape=SHAPE)
-    monkeypatch.setattr(FsspecSource, "timeout", 0.5)
     fault_proxy.delay_pages = 0.3
     started = time.monotonic()
-    store = tiffstore.open(f"{fault_proxy.url}{folder.name}/raw/")
+    store = tiffstore.open(f"{fault_proxy.url}{folder.name}/raw/", remote={"timeout": 0.5})
     assert time.monotonic() - started > 1.0  # 4 index pages, one after another
     assert len(store.manifest.files) == 6
 
@@ -347,7 +341,7 @@ def test_files_of_one_chunk_are_read_at_once(http_server, fault_proxy):
     ref = write_case(folder / "raw", "raw")
     store = tiffstore.open(f"{fault_proxy.url}{folder.name}/raw/")
     index = (0,) * len(store.shape)
-    files = {p.file for p in store.manifest.chunk_plan(index).pieces}
+    files = {p.file for p in tiffstore.plan_chunk(store.manifest, index).pieces}
     assert len(files) == 6
     fault_proxy.delay = delay = 0.4
     t0 = time.perf_counter()

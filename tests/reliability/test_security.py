@@ -28,11 +28,11 @@ from zarr.core.sync import sync
 
 import tiffstore
 from tests.test_materialize import image
-from tiffstore.cli import build_parser
+from tiffstore import MaterializeError, materialize
+from tiffstore.cli.parser import build_parser
 from tiffstore.errors import ReadOnlyError
-from tiffstore.materialize import MaterializeError, materialize
-from tiffstore.references import write_references
-from tiffstore.store import TiffStore
+from tiffstore.outputs.references import write_references
+from tiffstore.read.store import TiffStore
 
 from .corpus import stacks
 
@@ -257,7 +257,7 @@ def test_materialize_writes_only_inside_out(tmp_path: Path) -> None:
 
 
 def test_materialize_never_follows_a_link_out_on_resume(tmp_path: Path) -> None:
-    from tiffstore.materialize import MaterializeError
+    from tiffstore import MaterializeError
 
     stacks(tmp_path / "raw")
     out = tmp_path / "out.zarr"

@@ -1,0 +1,149 @@
+"""The one place tiffstore touches other libraries' private internals.
+
+Everything else in tiffstore uses public API only (``zarr.abc.*``, ``zarr.buffer``,
+``zarr.api``, ``zarr.storage``, ``zarr.codecs``, fsspec's documented methods). What
+those do not offer is wrapped here, each use with why it is needed and the versions
+it was checked against, so that a new zarr, fsspec, s3fs or tifffile release that
+moves something breaks one module, and a test (``tests/test_architecture.py``)
+keeps the rest of the package from reaching past it.
+
+Checked against: zarr 3.1.6 (Python 3.11) and 3.4.2 (Python 3.12); fsspec and s3fs
+2026.9.0; tifffile 2026.3.3 and 2026.11.8. CI also runs the tests against the newest
+releases the Python it runs on can install (``.ci/newest``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Coroutine, Sequence
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+import tifffile
+
+# zarr's format 2 codec adapter and metadata classes: the pipeline inspects an array's
+# codecs to tell whether a chunk's bytes pass through unchanged.
+from zarr.codecs._v2 import V2Codec
+
+# zarr's batched codec pipeline: TiffCodecPipeline subclasses it (zarr chooses a
+# pipeline class by configuration, and offers no public base class that reads).
+from zarr.core.codec_pipeline import BatchedCodecPipeline
+from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
+from zarr.core.sync import sync as _zarr_sync
+
+try:  # zarr >= 3.2: a pipeline's read says, per chunk, whether it was there
+    from zarr.abc.codec import GetResult  # type: ignore[attr-defined,unused-ignore]
+except ImportError:  # zarr 3.1: read returns nothing
+    GetResult = None
+
+if TYPE_CHECKING:
+    # Types of the codec pipeline's signatures (not re-exported publicly by zarr).
+    from zarr.core.array_spec import ArraySpec
+    from zarr.core.indexing import SelectorTuple
+    from zarr.core.metadata import ArrayMetadata
+
+__all__ = [
+    "ArrayMetadata",
+    "ArraySpec",
+    "ArrayV2Metadata",
+    "ArrayV3Metadata",
+    "BatchedCodecPipeline",
+    "GetResult",
+    "SelectorTuple",
+    "V2Codec",
+    "fs_cat_file",
+    "fs_info",
+    "gather_in_chunks",
+    "has_own_find",
+    "open_tiff_file",
+    "s3_call",
+    "s3_can_call",
+    "strip_protocol",
+    "zarr_sync",
+]
+
+T = TypeVar("T")
+
+
+# -- zarr ---------------------------------------------------------------------------
+
+
+def zarr_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on zarr's own event loop and return its result.
+
+    materialize writes through zarr's stores (``LocalStore``, ``FsspecStore``), whose
+    methods are coroutines bound to zarr's loop; zarr's public API has no synchronous
+    ``set``/``delete``/``list`` for a store. ``zarr.core.sync.sync`` (zarr 3.0 to 3.4).
+    """
+    return _zarr_sync(coroutine)
+
+
+# -- fsspec ---------------------------------------------------------------------------
+
+
+def strip_protocol(fs: Any, url: str) -> str:
+    """``url`` as ``fs`` names paths (no protocol): ``AbstractFileSystem._strip_protocol``,
+    the classmethod every fsspec file system defines and has no public name for."""
+    return str(fs._strip_protocol(url))
+
+
+def fs_info(fs: Any, path: str) -> Awaitable[dict[str, Any]]:
+    """The coroutine of ``fs.info(path)`` on an async file system (``_info``: fsspec's
+    async methods carry a leading underscore), to run with a deadline on its loop."""
+    return fs._info(path)
+
+
+def fs_cat_file(fs: Any, url: str, start: int, end: int, **kwargs: Any) -> Awaitable[bytes]:
+    """The coroutine of one ranged read on an async file system (``_cat_file``), so a
+    batch of them is gathered, and cancelled together, by tiffstore itself."""
+    return fs._cat_file(url, start=start, end=end, **kwargs)
+
+
+def gather_in_chunks(fs: Any, coroutines: Sequence[Awaitable[Any]]) -> list[Any]:
+    """Run many coroutines on ``fs``'s loop, at most fsspec's batch size at once, with
+    exceptions returned in place of results: ``fsspec.asyn._run_coros_in_chunks``
+    (fsspec 2023.1 to 2026.9), the throttle fsspec's own bulk calls use."""
+    from fsspec.asyn import _run_coros_in_chunks, sync
+
+    found: list[Any] = sync(
+        fs.loop, _run_coros_in_chunks, list(coroutines), nofiles=True, return_exceptions=True
+    )
+    return found
+
+
+def has_own_find(fs: Any) -> bool:
+    """Whether ``fs`` lists a tree with a ``find`` of its own (s3fs: one listing) rather
+    than fsspec's generic walk, which takes ``on_error``. Compares the class's method
+    with fsspec's (``AsyncFileSystem._find``, ``AbstractFileSystem.find``)."""
+    from fsspec import AbstractFileSystem
+    from fsspec.asyn import AsyncFileSystem
+
+    if isinstance(fs, AsyncFileSystem):
+        return type(fs)._find is not AsyncFileSystem._find
+    return type(fs).find is not AbstractFileSystem.find
+
+
+# -- s3fs -------------------------------------------------------------------------------
+
+
+def s3_can_call(fs: Any) -> bool:
+    """Whether ``fs`` is an s3fs file system whose raw S3 calls :func:`s3_call` can make."""
+    return hasattr(fs, "_call_s3")
+
+
+def s3_call(fs: Any, method: str, **kwargs: Any) -> Awaitable[Any]:
+    """One S3 API call through s3fs's client, with its retries and credentials:
+    ``S3FileSystem._call_s3`` (s3fs 2023.1 to 2026.9). Needed for ``GetObject`` with
+    ``IfMatch``, which s3fs's ``cat_ranges`` cannot send."""
+    return fs._call_s3(method, **kwargs)
+
+
+# -- tifffile ------------------------------------------------------------------------
+
+
+def open_tiff_file(fh: IO[bytes] | str) -> tifffile.TiffFile:
+    """``tifffile.TiffFile`` that never follows a multi-file OME set into its siblings.
+
+    Each file of such a set is read for its own planes; opening the others would
+    multiply handles and work. ``_multifile=False`` is the keyword tifffile's own
+    ``TiffSequence`` uses for this (tifffile 2023 to 2026.11).
+    """
+    return tifffile.TiffFile(fh, _multifile=False)

@@ -1,0 +1,282 @@
+"""materialize's plan: the output arrays, their chunks and shards, and the tasks that write them.
+
+Everything here is plain, picklable data computed from the source's shape and the
+options, before anything is written: the codec (:class:`Codec`), each pixel array
+(:class:`ArrayPlan`: the image, and the levels of an OME pyramid), and the work cut
+into :class:`Task` s of whole output chunks (or shards).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numcodecs
+from dask.utils import parse_bytes
+from zarr.codecs import BloscCodec
+from zarr.storage import FsspecStore, LocalStore
+
+from tiffstore.errors import MaterializeError
+
+__all__ = [
+    "JOURNAL",
+    "SHUFFLES",
+    "TASK_BYTES",
+    "ArrayPlan",
+    "Codec",
+    "Output",
+    "Task",
+    "cut_tasks",
+    "default_chunks",
+    "plan_arrays",
+    "resolve_shape",
+    "resolve_shards",
+    "task_bytes",
+]
+
+#: Where task records live inside the output while it is being written.
+JOURNAL = ".tiffstore-journal"
+#: A task grows to cover whole source chunks (dim by dim) only while it stays under
+#: this size: one task of the seed's data, 64 whole 1024 x 768 planes, is 96 MiB.
+TASK_BYTES = 128 * 2**20
+SHUFFLES = ("noshuffle", "shuffle", "bitshuffle")
+_SPATIAL_CHUNKS = {"x": 256, "y": 256, "z": 64}
+
+
+@dataclass(frozen=True)
+class Codec:
+    """Blosc settings, made into the codec each Zarr format takes."""
+
+    cname: str = "zstd"
+    clevel: int = 3
+    shuffle: str = "bitshuffle"
+
+    def __post_init__(self) -> None:
+        if self.shuffle not in SHUFFLES:
+            raise MaterializeError(f"shuffle={self.shuffle!r}: choose one of {SHUFFLES}")
+        if not 0 <= self.clevel <= 9:
+            raise MaterializeError(f"clevel={self.clevel}: choose 0 (none) to 9")
+
+    def blosc(self) -> Any:
+        """The numcodecs ``Blosc`` that encodes chunks (zarr's codecs wrap the same)."""
+        return numcodecs.Blosc(self.cname, self.clevel, SHUFFLES.index(self.shuffle))
+
+    def for_format(self, zarr_format: int, itemsize: int) -> Any:
+        """The codec object ``zarr.create_array`` takes for ``zarr_format``."""
+        if zarr_format == 2:
+            return self.blosc()
+        return BloscCodec(
+            cname=self.cname,  # type: ignore[arg-type]
+            clevel=self.clevel,
+            shuffle=self.shuffle,  # type: ignore[arg-type]
+            typesize=itemsize,
+        )
+
+
+@dataclass(frozen=True)
+class ArrayPlan:
+    """One pixel array of the output: ``image``, or one level of an OME pyramid."""
+
+    path: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    shards: tuple[int, ...] | None
+    level: int
+
+    @property
+    def unit(self) -> tuple[int, ...]:
+        """What one task writes at least: a whole shard, else a whole chunk."""
+        return self.shards or self.chunks
+
+
+@dataclass(frozen=True)
+class Task:
+    """One region of one array, a whole number of chunks (or shards), written at once."""
+
+    path: str
+    number: int
+    start: tuple[int, ...]
+    stop: tuple[int, ...]
+    chunks: int
+
+    @property
+    def slices(self) -> tuple[slice, ...]:
+        return tuple(slice(a, b) for a, b in zip(self.start, self.stop, strict=True))
+
+    @property
+    def record_key(self) -> str:
+        return f"{JOURNAL}/{self.path}/{self.number}"
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where the output goes: a local folder or an fsspec URL (picklable)."""
+
+    url: str
+    storage_options: Mapping[str, Any] | None = None
+
+    @property
+    def local(self) -> Path | None:
+        if "://" not in self.url:
+            return Path(self.url)
+        if self.url.startswith("file://"):
+            return Path(self.url[len("file://") :])
+        return None
+
+    def store(self) -> Any:
+        """The zarr store that writes the output."""
+        local = self.local
+        if local is not None:
+            return LocalStore(local)
+        return FsspecStore.from_url(self.url, storage_options=dict(self.storage_options or {}))
+
+
+def default_chunks(dims: Sequence[str], shape: Sequence[int]) -> tuple[int, ...]:
+    """Output chunks good for viewing and analysis: 64 z x 256 y x 256 x, 1 elsewhere.
+
+    Dims named neither ``z``, ``y`` nor ``x`` take the roles of the last three.
+
+    Examples
+    --------
+    >>> default_chunks(("ch", "stack", "z", "y", "x"), (3, 199, 201, 1024, 768))
+    (1, 1, 64, 256, 256)
+    """
+    roles = list(dims)
+    if not {"y", "x"} <= set(roles):
+        roles = [*["-"] * max(len(dims) - 3, 0), "z", "y", "x"][-len(dims) :]
+    return tuple(
+        max(1, min(n, _SPATIAL_CHUNKS.get(r, 1))) for r, n in zip(roles, shape, strict=True)
+    )
+
+
+def _parse_size(text: str | int) -> int:
+    """A size as bytes: an int, or text like ``1GB``, ``512MiB`` (dask's parse_bytes)."""
+    if isinstance(text, int):
+        return text
+    try:
+        return int(parse_bytes(text))
+    except (ValueError, TypeError):
+        raise MaterializeError(
+            f"{text!r} is not a size: write like 1GB, 512MiB or 1000000"
+        ) from None
+
+
+def resolve_shape(spec: Sequence[int | None], shape: Sequence[int], what: str) -> tuple[int, ...]:
+    if len(spec) != len(shape):
+        raise MaterializeError(
+            f"{what} {tuple(spec)} has {len(spec)} dims; the array has {len(shape)} {tuple(shape)}"
+        )
+    out = tuple(n if c is None or c < 0 else min(c, n) for c, n in zip(spec, shape, strict=True))
+    if any(c == 0 for c, n in zip(out, shape, strict=True) if n):
+        raise MaterializeError(f"{what} {tuple(spec)}: every size must be at least 1")
+    return tuple(max(c, 1) for c in out)
+
+
+def resolve_shards(
+    shards: Sequence[int | None] | str | int | None,
+    chunks: tuple[int, ...],
+    shape: tuple[int, ...],
+    itemsize: int,
+) -> tuple[int, ...] | None:
+    """A shard shape: as given, or grown from the chunks (x first) to about a target size."""
+    if shards is None:
+        return None
+    if isinstance(shards, (str, int)):
+        target = _parse_size(shards)
+        out = list(chunks)
+        for d in reversed(range(len(out))):
+            while out[d] < shape[d] and math.prod(out) * itemsize * 2 <= target:
+                out[d] = min(out[d] * 2, -(-shape[d] // chunks[d]) * chunks[d])
+        return tuple(out)
+    if len(shards) != len(shape):
+        raise MaterializeError(
+            f"shards {tuple(shards)} has {len(shards)} dims; the array has {len(shape)}"
+        )
+    # A shard may overhang the array's edge by less than a chunk, as chunks do.
+    whole = [-(-n // c) * c for n, c in zip(shape, chunks, strict=True)]
+    resolved = tuple(
+        w if s is None or s < 0 else max(min(s, w), 1) for s, w in zip(shards, whole, strict=True)
+    )
+    bad = [d for d, (s, c) in enumerate(zip(resolved, chunks, strict=True)) if s % c]
+    if bad:
+        raise MaterializeError(
+            f"shards {resolved} must be whole multiples of the chunks {chunks} (dims {bad} are not)"
+        )
+    return resolved
+
+
+def _grid(shape: Sequence[int], block: Sequence[int]) -> Iterator[tuple[int, ...]]:
+    return itertools.product(*(range(-(-n // b)) for n, b in zip(shape, block, strict=True)))
+
+
+def cut_tasks(plan: ArrayPlan, source_chunks: Sequence[int] | None, itemsize: int) -> list[Task]:
+    """Cut an array into tasks of whole units, grown to cover a source chunk when small."""
+    unit = plan.unit
+    block = list(unit)
+    if source_chunks is not None and plan.shards is None:
+        # Innermost dims first (whole rows, then whole planes): a source chunk covered
+        # along a dim is read once there, not once per output chunk across it.
+        for d in reversed(range(len(block))):
+            u, n = unit[d], plan.shape[d]
+            grown = min(-(-max(source_chunks[d], u) // u) * u, -(-n // u) * u)
+            if math.prod(block) // block[d] * grown * itemsize <= TASK_BYTES:
+                block[d] = grown
+    tasks = []
+    for number, index in enumerate(_grid(plan.shape, block)):
+        start = tuple(i * b for i, b in zip(index, block, strict=True))
+        stop = tuple(min(s + b, n) for s, b, n in zip(start, block, plan.shape, strict=True))
+        chunks = math.prod(
+            -(-(e - s) // c) for s, e, c in zip(start, stop, plan.chunks, strict=True)
+        )
+        tasks.append(Task(plan.path, number, start, stop, chunks))
+    return tasks
+
+
+def plan_arrays(
+    image: str,
+    dims: tuple[str, ...],
+    source_shape: Sequence[int],
+    itemsize: int,
+    order: tuple[int, ...],
+    chunks: Sequence[int | None] | None,
+    shards: Sequence[int | None] | str | int | None,
+    levels: int,
+) -> tuple[list[ArrayPlan], tuple[int, ...]]:
+    """The pixel arrays (the image and its pyramid levels) and the dims downsampled.
+
+    ``source_shape`` is in the source's dim order; ``order`` the output's (dims
+    ``dims``), as source dims.
+    """
+    shape = tuple(source_shape[d] for d in order)
+    out_chunks = (
+        default_chunks(dims, shape)
+        if chunks is None
+        else resolve_shape([list(chunks)[d] for d in order], shape, "chunks")
+    )
+    if shards is None or isinstance(shards, (str, int)):
+        out_shards = resolve_shards(shards, out_chunks, shape, itemsize)
+    else:
+        out_shards = resolve_shards([list(shards)[d] for d in order], out_chunks, shape, itemsize)
+    spatial = tuple(d for d, name in enumerate(dims) if name in ("y", "x")) or (
+        len(dims) - 2,
+        len(dims) - 1,
+    )
+    arrays = [ArrayPlan(image, shape, out_chunks, out_shards, 0)]
+    for level in range(1, levels):
+        lshape = tuple(-(-n // 2) if d in spatial else n for d, n in enumerate(arrays[-1].shape))
+        lchunks = tuple(min(c, n) for c, n in zip(out_chunks, lshape, strict=True))
+        lshards = None
+        if out_shards is not None:
+            lshards = tuple(
+                min(s, -(-n // c) * c) for s, c, n in zip(out_shards, lchunks, lshape, strict=True)
+            )
+        arrays.append(ArrayPlan(str(level), lshape, lchunks, lshards, level))
+    return arrays, spatial
+
+
+def task_bytes(task: Task, itemsize: int) -> int:
+    return math.prod(b - a for a, b in zip(task.start, task.stop, strict=True)) * itemsize

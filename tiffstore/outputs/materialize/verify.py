@@ -1,0 +1,99 @@
+"""Verifying a materialize output: every chunk read back and compared with the source.
+
+A chunk that differs (or cannot be decoded) is named; the output is then marked
+incomplete with the journal records of its tasks removed, so that ``resume=True``
+rewrites just those tasks (and the pyramid levels above them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from zarr.buffer import default_buffer_prototype
+
+from tiffstore._compat import zarr_sync
+from tiffstore.outputs.materialize.job import Job
+from tiffstore.outputs.materialize.journal import mark
+from tiffstore.outputs.materialize.plan import JOURNAL, Task, task_bytes
+from tiffstore.outputs.materialize.runner import ProgressCallback, Runner
+
+__all__ = ["reopen_mismatched", "verify_all", "verify_task"]
+
+logger = logging.getLogger(__name__)
+
+
+def verify_task(job: Job, task: Task) -> list[str]:
+    """Keys of the task's chunks whose values differ from the source (or cannot be read)."""
+    expected, _ = job.expected(task)
+    arr = job.array(task.path)
+    try:
+        found: np.ndarray | None = np.asarray(arr[task.slices])  # one read, decoded in parallel
+    except Exception as exc:  # some chunk cannot be decoded: read them one by one
+        logger.debug("%s: reading chunk by chunk (%s)", task.record_key, exc)
+        found = None
+    bad: list[str] = []
+    for key, region in job.chunk_regions(task):
+        local = tuple(
+            slice(r.start - a, r.stop - a) for r, a in zip(region, task.start, strict=True)
+        )
+        try:
+            got = found[local] if found is not None else arr[region]
+            same = np.array_equal(got, expected[local])
+        except Exception as exc:  # a chunk that cannot be decoded differs, whatever the cause
+            logger.debug("%s cannot be read: %s", key, exc)
+            same = False
+        if not same and key not in bad:
+            bad.append(key)
+    return bad
+
+
+def verify_all(job: Job, runner: Runner, progress: ProgressCallback | None) -> list[str]:
+    """Keys of the image's chunks that differ from the source."""
+    itemsize = job.source.dtype.itemsize
+    tasks = job.tasks(job.arrays[0])
+    total = sum(task_bytes(t, itemsize) for t in tasks)
+    checked = 0
+    mismatched: list[str] = []
+    if progress:
+        progress("verifying", 0, total)
+    for task, bad in runner.map(verify_task, tasks):
+        mismatched += bad
+        checked += task_bytes(task, itemsize)
+        if progress:
+            progress("verifying", checked, total)
+    if mismatched:
+        logger.error(
+            "%d chunk(s) differ from the source: %s",
+            len(mismatched),
+            ", ".join(sorted(mismatched)[:20]),
+        )
+    return mismatched
+
+
+def reopen_mismatched(
+    job: Job, store: Any, root: Any, marker: dict[str, Any], mismatched: Sequence[str]
+) -> None:
+    """Mark the output incomplete, with every task done but those holding a bad chunk.
+
+    A later ``resume`` then rewrites just those tasks (and the pyramid above them).
+    """
+    image = job.arrays[0]
+    bad = set(mismatched)
+    record = default_buffer_prototype().buffer.from_bytes(b"{}")
+
+    async def rewrite() -> None:
+        for plan in job.arrays[1:]:
+            await store.delete_dir(f"{JOURNAL}/{plan.path}")
+        for task in job.tasks(image):
+            if bad.intersection(job.chunk_keys(task)):
+                with contextlib.suppress(FileNotFoundError):
+                    await store.delete(task.record_key)
+            else:
+                await store.set(task.record_key, record)
+
+    zarr_sync(rewrite())
+    mark(store, root, marker, job.arrays, complete=False)

@@ -1,0 +1,190 @@
+"""A zarr codec pipeline that reads whole chunks of a :class:`TiffStore` straight into zarr's output.
+
+zarr-python 3.1's default pipeline (``BatchedCodecPipeline``) fetches a chunk's
+bytes, then copies them into the output array in its one event-loop thread: every
+byte moves twice, and the second move is serial however many threads dask runs.
+:class:`TiffCodecPipeline` is the same pipeline, except that a chunk of a
+:class:`TiffStore` that the read wants whole (what ``dask.array.from_zarr`` asks
+for) is read with one ranged read per file straight into its place in the output,
+in a worker thread. Everything else (other stores, compressed or transposing
+codecs, part of a chunk, a byte order other than the files') goes through the
+default pipeline unchanged.
+
+Opt in through zarr's own configuration::
+
+    zarr.config.set({"codec_pipeline.path": tiffstore.PIPELINE_PATH})
+
+It is safe to set for a whole program: arrays of other stores get the default
+pipeline's behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from zarr.codecs import BytesCodec, ShardingCodec
+from zarr.registry import register_pipeline
+from zarr.storage import StorePath
+
+from tiffstore._compat import (
+    ArrayV2Metadata,
+    ArrayV3Metadata,
+    BatchedCodecPipeline,
+    GetResult,
+    V2Codec,
+)
+from tiffstore.read.store import TiffStore
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from zarr.abc.buffer import NDBuffer
+    from zarr.abc.store import Store
+
+    from tiffstore._compat import ArrayMetadata, ArraySpec, SelectorTuple
+
+__all__ = ["PIPELINE_PATH", "TiffCodecPipeline"]
+
+#: The value of zarr's ``codec_pipeline.path`` setting that selects this pipeline.
+PIPELINE_PATH = "tiffstore.read.pipeline.TiffCodecPipeline"
+
+ReadItem = tuple[Any, "ArraySpec", "SelectorTuple", "SelectorTuple", bool]
+
+
+def _passes_bytes_through(codecs: Sequence[Any], dtype: np.dtype[Any]) -> bool:
+    """Whether decoding with ``codecs`` leaves the chunk's bytes as they are."""
+    if len(codecs) != 1:
+        return False
+    (codec,) = codecs
+    if isinstance(codec, V2Codec):
+        return not codec.filters and codec.compressor is None
+    if isinstance(codec, ShardingCodec):
+        # A shard of the store is the manifest's chunk with an index after it.
+        return _passes_bytes_through(codec.codecs, dtype)
+    if isinstance(codec, BytesCodec):
+        order = {"little": "<", "big": ">"}.get(str(getattr(codec.endian, "value", "")), "|")
+        return dtype.itemsize == 1 or dtype.byteorder in (order, "=")
+    return False
+
+
+@dataclass(frozen=True)
+class TiffCodecPipeline(BatchedCodecPipeline):
+    """zarr's batched pipeline, reading whole chunks of a :class:`TiffStore` in place.
+
+    Attributes
+    ----------
+    store
+        The store whose chunks are read in place (``None``: behaves exactly as
+        ``BatchedCodecPipeline``).
+
+    Examples
+    --------
+    >>> with zarr.config.set({"codec_pipeline.path": PIPELINE_PATH}):  # doctest: +SKIP
+    ...     total = dask.array.from_zarr(tiffstore.open("raw/")).sum().compute()
+    """
+
+    store: TiffStore | None = None
+
+    @classmethod
+    def from_array_metadata_and_store(cls, array_metadata: ArrayMetadata, store: Store) -> Self:
+        # docstring inherited
+        if not isinstance(store, TiffStore):
+            raise NotImplementedError("not a TiffStore: zarr builds the default pipeline")
+        if isinstance(array_metadata, ArrayV3Metadata):
+            pipeline = cls.from_codecs(array_metadata.codecs)
+        elif isinstance(array_metadata, ArrayV2Metadata):
+            codec = V2Codec(filters=array_metadata.filters, compressor=array_metadata.compressor)
+            pipeline = cls.from_codecs([codec])
+        else:
+            raise NotImplementedError(f"unknown metadata {type(array_metadata).__name__}")
+        direct = _passes_bytes_through(list(pipeline), store.dtype)
+        return dataclasses.replace(pipeline, store=store if direct else None)
+
+    def evolve_from_array_spec(self, array_spec: ArraySpec) -> Self:
+        # docstring inherited
+        return dataclasses.replace(super().evolve_from_array_spec(array_spec), store=self.store)
+
+    async def read(  # type: ignore[override,unused-ignore]
+        self,
+        batch_info: Iterable[ReadItem],
+        out: NDBuffer,
+        drop_axes: tuple[int, ...] = (),
+    ) -> Any:
+        # docstring inherited
+        store = self.store
+        target = out.as_ndarray_like()
+        if store is None or not isinstance(target, np.ndarray) or target.dtype != store.dtype:
+            return await super().read(batch_info, out, drop_axes)  # type: ignore[func-returns-value,unused-ignore]
+        places: list[tuple[tuple[int, ...], np.ndarray] | None] = []
+        rest: list[ReadItem] = []
+        for item in batch_info:
+            place = self._in_place(store, item, target)
+            places.append(place)
+            if place is None:
+                rest.append(item)
+        reads = [_read(store, *p) for p in places if p is not None]
+        if rest:
+            reads.append(super().read(rest, out, drop_axes))
+        results = await asyncio.gather(*reads)
+        if GetResult is None:
+            return None
+        # zarr >= 3.2: one result per chunk, in the batch's order.
+        found = iter(results[: len(results) - bool(rest)])
+        others = iter(results[-1] if rest else ())
+        return tuple(
+            next(others) if p is None else GetResult(status="present" if next(found) else "missing")
+            for p in places
+        )
+
+    @staticmethod
+    def _in_place(
+        store: TiffStore, item: ReadItem, target: np.ndarray
+    ) -> tuple[tuple[int, ...], np.ndarray] | None:
+        """The chunk index and its place in ``target`` when the item wants a whole chunk."""
+        byte_getter, _spec, chunk_selection, out_selection, _complete = item
+        if not isinstance(byte_getter, StorePath) or byte_getter.store is not store:
+            return None
+        key = store.keys.chunk_key(byte_getter.path)
+        chunks = store.manifest.chunks
+        if key is None or not isinstance(chunk_selection, tuple):
+            return None
+        if len(chunk_selection) != len(chunks):
+            return None
+        for sel, n in zip(chunk_selection, chunks, strict=True):
+            # The whole extent of the dim: all of it, or its one index (``a[c, s, z]``
+            # of one-page chunks; zarr then drops the dim from the output).
+            whole = (
+                (sel.start or 0, sel.stop, sel.step or 1) == (0, n, 1)
+                if isinstance(sel, slice)
+                else isinstance(sel, int | np.integer) and n == 1 and sel == 0
+            )
+            if not whole:
+                return None
+        view = target[out_selection]
+        if view.size != math.prod(chunks) or not view.flags.c_contiguous:
+            return None
+        return key.index, view.reshape(chunks)
+
+
+async def _read(store: TiffStore, index: tuple[int, ...], view: np.ndarray) -> bool:
+    """:func:`_read_into` in a worker thread, or here when that costs less than the hop."""
+    if store.manifest.chunk_nbytes <= store.inline_read_bytes and not store.manifest.source.remote:
+        return _read_into(store, index, view)
+    return await asyncio.to_thread(_read_into, store, index, view)
+
+
+def _read_into(store: TiffStore, index: tuple[int, ...], view: np.ndarray) -> bool:
+    """Read chunk ``index`` into ``view``; ``False`` (and the fill value) where no file contributes."""
+    if store.reader.read_chunk(index, out=view) is None:
+        view[...] = store.manifest.fill_value
+        return False
+    return True
+
+
+register_pipeline(TiffCodecPipeline)
