@@ -130,6 +130,7 @@ def measure(cp: Any, ds: Any, repeats: int) -> dict[str, dict[str, Any]]:
     import tiffstore
     from benchmarks.data import cores
     from benchmarks.peers import SeedRecipe
+
     store = tiffstore.open(ds.path, kvikio=False)
     ref = tiffstore.open(ds.path).to_dask()
     n_chunks = int(np.prod(store.manifest.chunk_grid))

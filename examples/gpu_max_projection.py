@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tiffstore.read.gpu import require_cupy
 
 import tiffstore
 from tiffstore.errors import GpuError
+from tiffstore.read.gpu import require_cupy
 from tiffstore.sample import write_sample
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

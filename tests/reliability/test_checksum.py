@@ -307,8 +307,6 @@ def _read_pickled(path: str) -> str:
 def test_a_file_changed_between_listing_and_checksums_is_refused_at_the_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tiffstore.outputs.materialize import run
-
     stacks(tmp_path)
     real = tiffstore.opening.resolve_source
 
