@@ -111,12 +111,19 @@ def test_every_open_option_on_the_command_line(sample_dir, capsys):
     tifffile.imwrite(directory / "sub" / "other.tif", np.zeros((3, 3), np.uint8))
     args = ["inspect", str(directory), "--json", "--fill-value", "7", "--no-recursive"]
     args += ["--exclude", "*stack0003*", "--include", "ex6-2_*", "--scale", "z=2,y=0.5,x=250nm"]
-    args += ["--validate", "--tiles", "keep", "--pattern", template]
+    args += ["--validate", "--tiles", "stitch", "--pattern", template, "--checksum"]
+    args += ["--chunks", "page", "--zarr-format", "3", "--no-sharded", "--timeout", "9"]
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["shape"] == [3, 3, 6, 32, 24] and report["files"] == 8
     assert report["scale"]["x"] == {"size": 250.0, "units": "nanometer"}
     assert report["scale"]["z"] == {"size": 2.0, "units": "micrometer"}
+    assert report["fill_value"] == 7
+    assert report["template"] == template
+    assert report["checksums"]["blocks"] >= 8  # every file read for its checksums
+    assert report["chunks"] == [1, 1, 1, 32, 24]
+    assert report["zarr_format"] == 3 and report["shards"] is None
+    # (--validate, --tiles and --timeout reach the open: tests/test_options.py.)
 
 
 def test_usage_errors_exit_2_and_data_errors_exit_1(sample_dir, tmp_path, capsys):

@@ -10,7 +10,6 @@ the reason) where there is no CuPy or no device.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import subprocess
@@ -427,10 +426,6 @@ def test_gpu_benchmark_quick_run_prints_ratios(cp, tmp_path):
 
 def test_sharded_reads_build_chunks_with_the_given_prototype(sample_dir, staging):
     """Zarr format 3 with shards: every inner chunk and shard index through the prototype."""
-    if "zarr_format" not in inspect.signature(tiffstore.open).parameters:
-        # Note for the lead: this test runs by itself once tiffstore.open takes
-        # zarr_format=; it then must pass, not skip.
-        pytest.skip("this build of tiffstore serves Zarr format 2 only (no zarr_format=)")
     directory, ref = sample_dir
     store = tiffstore.open(directory, chunks="page", zarr_format=3)
     Recording.served.clear()

@@ -468,3 +468,58 @@ def test_viewer_page_dtypes(browser: Any, tmp_path: Path, dtype: str, byteorder:
             check_drawn(page, ref[1, 0])
         finally:
             page.close()
+
+
+# -- Zarr format 3 over HTTP ------------------------------------------------------
+
+
+@pytest.mark.parametrize("sharded", [True, False], ids=["sharded", "plain"])
+def test_xarray_reads_format3_over_http(
+    make_sample: Callable[..., tuple[Path, np.ndarray]], sharded: bool
+) -> None:
+    """``tiffstore serve --zarr-format 3``: xarray opens the group view over HTTP, with its
+    coordinates, and reads the pixels: by the group's URL (its consolidated metadata),
+    or with ``group="group"`` (the members listed from the server's folder pages).
+
+    (xarray's default ``consolidated=None`` with ``group=`` looks for consolidated
+    metadata at the store's root, which in format 3 is the array: docs/serve.md.)"""
+    directory, ref = make_sample(missing=[(1, 2)])
+    store = tiffstore.open(directory, zarr_format=3, sharded=sharded)
+    assert (store.shards is not None) is sharded
+    with running(store) as url:
+        forms: list[dict[str, Any]] = [
+            {"store": f"{url}group"},
+            {"store": f"{url}group/"},
+            {"store": url, "group": "group", "consolidated": False},
+            {"store": url.rstrip("/"), "group": "group", "consolidated": False},
+        ]
+        for form in forms:
+            ds = xr.open_zarr(**form, zarr_format=3)
+            assert ds["image"].dims == ("ch", "stack", "z", "y", "x")
+            assert ds["wavelength"].values.tolist() == [488, 560, 642]
+            values = ds["image"].values
+            present = [(c, s) for c in range(3) for s in range(4) if (c, s) != (1, 2)]
+            for c, s in present:
+                np.testing.assert_array_equal(values[c, s], ref[c, s])
+        ds = xr.open_dataset(f"{url}group", engine="zarr", zarr_format=3, chunks={})
+        np.testing.assert_array_equal(ds["image"][0, 0].values, ref[0, 0])
+        arr = zarr.open_array(fsspec.get_mapper(url), mode="r", zarr_format=3)
+        np.testing.assert_array_equal(arr[2, 3], ref[2, 3])
+
+
+def test_serve_command_takes_the_zarr_format(
+    make_sample: Callable[..., tuple[Path, np.ndarray]],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    directory, _ = make_sample(channels=2, stacks=2, shape=(2, 8, 8))
+    served_stores: list[TiffStore] = []
+
+    def serve_once(store: TiffStore, sock: Any, **kwargs: Any) -> None:
+        served_stores.append(store)
+        sock.close()
+
+    monkeypatch.setattr("tiffstore.apps.serve.serve", serve_once)
+    assert main(["serve", str(directory), "--port", "0", "--zarr-format", "3"]) == 0
+    assert served_stores[0].zarr_format == 3
+    assert "zarr format 3" in capsys.readouterr().out

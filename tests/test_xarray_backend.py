@@ -158,3 +158,15 @@ def test_reference_file_without_a_manifest_is_refused_by_name(sample_dir, tmp_pa
     assert TiffStoreBackendEntrypoint().guess_can_open(refs)
     with pytest.raises(tiffstore.SourceError, match=r"raw\.json: this reference file carries no"):
         xr.open_dataset(refs, engine=ENGINE, chunks={})
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_image_chunksizes_are_the_stores(sample_dir, zarr_format):
+    """Coordinates are chunked as the image along its dims, so the chunks agree (xarray raised
+    "inconsistent chunks along dimension ch" when coordinates were chunked otherwise)."""
+    directory, _ = sample_dir
+    ds = xr.open_dataset(directory, engine=ENGINE, chunks={}, zarr_format=zarr_format)
+    store = tiffstore.open(directory)
+    sizes = ds["image"].chunksizes
+    assert tuple(sizes[d][0] for d in store.dims) == store.chunks
+    assert ds.chunksizes == sizes  # every variable agrees with the image

@@ -13,6 +13,7 @@ __all__ = [
     "MaterializeError",
     "NamingError",
     "OptionError",
+    "OutputError",
     "OutputExistsError",
     "ReadOnlyError",
     "ReferenceError",
@@ -74,5 +75,9 @@ class ReferenceError(TiffStoreError, ValueError):
     """The virtual array cannot be described by references with the chunks asked for."""
 
 
-class OutputExistsError(TiffStoreError, FileExistsError):
-    """An output (a reference file, a preview) exists and overwriting was not asked for."""
+class OutputError(TiffStoreError, OSError):
+    """An output (a reference file, a Zarr copy, a picture) cannot be written where asked."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """An output exists and overwriting it was not asked for."""

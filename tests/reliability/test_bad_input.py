@@ -4,6 +4,7 @@ bound. Never a foreign exception, a crash or a hang."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tracemalloc
@@ -318,14 +319,20 @@ def test_symlinked_file_is_read_through(tmp_path: Path) -> None:
     np.testing.assert_array_equal(result.data, ref)
 
 
-def test_broken_links_and_link_loops_are_not_files(tmp_path: Path) -> None:
+def test_broken_links_and_link_loops_are_not_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A link loop or a dangling link named .tif is no file: left out, with a log line."""
     ref = stacks(tmp_path)
     (tmp_path / "loop_a.tif").symlink_to(tmp_path / "loop_b.tif")
     (tmp_path / "loop_b.tif").symlink_to(tmp_path / "loop_a.tif")
     (tmp_path / "img_t9.tif").symlink_to(tmp_path / "gone.tif")
-    result = outcome(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="tiffstore.sources.local"):
+        result = outcome(tmp_path)
     np.testing.assert_array_equal(result.data, ref)
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    for name in ("loop_a.tif", "loop_b.tif", "img_t9.tif"):
+        assert f"{name}: left out" in said, said
 
 
 def test_folder_link_loop_ends(tmp_path: Path) -> None:

@@ -21,15 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
-
 from tiffstore.detect import is_reference_file
 from tiffstore.errors import OptionError, SourceError, TiffStoreError
 from tiffstore.manifest.saved import load_manifest
 from tiffstore.options import OpenOptions
 from tiffstore.sources.checksums import ChecksummedSource
 from tiffstore.sources.listing import resolve_source
-from tiffstore.sources.network import info_within, open_filesystem, version_of
+from tiffstore.sources.network import filesystem_of, info_within, open_filesystem, version_of
 from tiffstore.sources.settings import RemoteSettings
 from tiffstore.tiff.header import read_layout
 from tiffstore.tiff.layout import FileLayout
@@ -48,7 +46,7 @@ class FileProblem:
 def _made_from(target: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
     """The ``tiffstore`` attributes of a reference file (JSON or Parquet folder) that hold
     a ``made_from`` record."""
-    fs, path = fsspec.core.url_to_fs(target, **(storage_options or {}))
+    fs, path = filesystem_of(target, storage_options)
     try:
         if fs.isdir(path):
             with fs.open(f"{path.rstrip('/')}/.zmetadata", "rb") as fh:

@@ -28,6 +28,7 @@ import zarr
 from PIL import Image, ImageDraw, ImageFont
 
 from tiffstore.apps.grid import AcquisitionGrid, evenly_spaced
+from tiffstore.errors import OutputError
 from tiffstore.read.store import TiffStore
 
 __all__ = ["Preview", "PreviewCell", "block_max", "to_gray", "write_preview"]
@@ -373,7 +374,10 @@ def write_preview(
         font=small,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    try:
+        sheet.save(out)
+    except (OSError, ValueError) as exc:  # no such folder, no permission, unknown suffix
+        raise OutputError(f"{out}: cannot write the picture ({exc}).") from exc
     seconds = time.perf_counter() - t0
     logger.info("preview of %r written to %s in %.1f s", store, out, seconds)
     return Preview(

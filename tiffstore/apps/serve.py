@@ -23,6 +23,7 @@ image and the coordinates), and :func:`make_app` refuses a store where one would
 from __future__ import annotations
 
 import hashlib
+import html
 import ipaddress
 import logging
 import re
@@ -163,6 +164,27 @@ def _etag_matches(header: str, etag: str) -> bool:
     return "*" in tags or any(t.removeprefix("W/") == etag for t in tags)
 
 
+async def _folder_listing(store: TiffStore, prefix: str) -> str | None:
+    """An HTML index of the keys and folders directly under ``prefix``, as web servers
+    list a folder, or ``None`` when no key lies under it.
+
+    fsspec's HTTP file system lists a folder by the links of its page, so zarr can list
+    a group's members over HTTP (``zarr.open_group(url, path="group")``, xarray with
+    ``consolidated=False``).
+    """
+    names = [name async for name in store.list_dir(prefix)]
+    if not names:
+        return None
+    folder_keys = {k.split("/", 1)[0] for k in names}
+    links = []
+    for name in sorted(folder_keys):
+        is_folder = not await store.exists(f"{prefix}/{name}".lstrip("/"))
+        href = html.escape(name + ("/" if is_folder else ""), quote=True)
+        links.append(f'<li><a href="{href}">{href}</a></li>')
+    title = html.escape("/" + prefix)
+    return f"<!doctype html><title>{title}</title><ul>\n" + "\n".join(links) + "\n</ul>\n"
+
+
 def viewer_html() -> str:
     """The viewer page shipped with the package."""
     return files("tiffstore.apps").joinpath("viewer/index.html").read_text(encoding="utf-8")
@@ -206,13 +228,20 @@ def make_app(store: TiffStore) -> Starlette:
         # A client joining a URL that ends in "/" with "/group" asks for "//group/...":
         # repeated slashes separate nothing, and name the same key.
         key = _SLASHES.sub("/", request.path_params["key"]).lstrip("/")
+        folder = key.endswith("/")
+        key = key.rstrip("/")
         why = check_key(key)
         if why is not None:
             logger.info("refused key %r: %s", key[:80], why)
             return Response(f"Refused key: {why}.\n", status_code=400, media_type="text/plain")
         try:
+            if folder:
+                raise FileNotFoundError(key)
             size = await store.getsize(key)
         except FileNotFoundError:
+            listing = await _folder_listing(store, key)
+            if listing is not None:
+                return HTMLResponse(listing, headers={"Cache-Control": "no-cache"})
             return Response(f"No key {key!r} in the store.\n", 404, media_type="text/plain")
         etag = identity.etag(key)
         headers = {

@@ -107,8 +107,8 @@ class TiffStoreBackendEntrypoint(BackendEntrypoint):
         Returns
         -------
         xarray.Dataset
-            The pixels as one data variable (``image``) with the coordinates, which are
-            small and read into memory.
+            The pixels as one data variable (``image``) with the coordinates; with
+            ``chunks={}`` every variable is chunked as the image is along its dims.
         """
         decoders: dict[str, Any] = {
             "mask_and_scale": mask_and_scale,
@@ -152,9 +152,15 @@ class TiffStoreBackendEntrypoint(BackendEntrypoint):
                 zarr_format=2,
                 **decoders,
             )
-        # The coordinates are a few values per file: in memory, they never make the
-        # image's chunks look inconsistent (``ds.image.chunksizes``) or cost a read later.
-        return ds.assign_coords({name: ds[name].load() for name in ds.coords})
+        # The coordinates are stored as one chunk each; chunked by xarray (chunks={})
+        # along the image's chunks, so that ``ds.image.chunksizes`` is consistent.
+        image_chunks = dict(zip(store.dims, store.chunks, strict=True))
+        for variable in ds.variables.values():
+            variable.encoding["preferred_chunks"] = {
+                d: image_chunks.get(d, n)
+                for d, n in zip(variable.dims, variable.shape, strict=True)
+            }
+        return ds
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
         """Whether this backend opens ``filename_or_obj`` (see :mod:`tiffstore.detect`)."""

@@ -70,6 +70,7 @@ def inspect_report(store: TiffStore) -> dict[str, Any]:
         "coords": attrs["coords"],
         "template": m.template,
         "missing": m.missing(),
+        "fill_value": m.fill_value,
         "left_out": list(store.left_out),
         "truncated": store.truncated,
         "scale": {d: {"size": v, "units": u} for d, (v, u) in store.scale.items()},

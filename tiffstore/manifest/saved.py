@@ -31,6 +31,7 @@ from tiffstore.names.axes import Axis, Coordinate
 from tiffstore.sources.base import FileSource
 from tiffstore.sources.checksums import ChecksummedSource
 from tiffstore.sources.local import LocalSource
+from tiffstore.sources.network import filesystem_of
 from tiffstore.sources.remote import FsspecSource
 from tiffstore.sources.settings import RemoteSettings
 from tiffstore.tiff.codecs import SegmentCodec
@@ -214,9 +215,7 @@ def load_manifest(
     same_files = _location(where) == _location(str(src["root"]))
     source: FileSource
     if "://" in where and not where.startswith("file://"):
-        import fsspec
-
-        fs, _ = fsspec.core.url_to_fs(where, **(storage_options or {}))
+        fs, _ = filesystem_of(where, storage_options)
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         source = FsspecSource(
             where, protocol, dict(storage_options or {}), remote or RemoteSettings()
@@ -291,10 +290,9 @@ def manifest_of_references(
     SourceError
         When the file is not a tiffstore reference file, or carries no manifest.
     """
-    import fsspec
 
     text = str(source)
-    fs, path = fsspec.core.url_to_fs(text, **(storage_options or {}))
+    fs, path = filesystem_of(text, storage_options)
     try:
         if fs.isdir(path):
             meta = json.loads(fs.cat_file(f"{path.rstrip('/')}/.zmetadata"))

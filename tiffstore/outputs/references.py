@@ -42,6 +42,7 @@ from tiffstore.manifest.model import Manifest
 from tiffstore.manifest.plans import ChunkPlan, page_run_table
 from tiffstore.manifest.saved import dump_manifest
 from tiffstore.read.assemble import ChunkReader
+from tiffstore.sources.network import filesystem_of
 from tiffstore.tiff.codecs import register_imagecodecs
 
 __all__ = ["ReferenceError", "reference_chunks", "references", "write_references"]
@@ -337,13 +338,12 @@ def write_references(
     >>> fs = fsspec.filesystem("reference", fo="raw.json", remote_protocol="s3")  # doctest: +SKIP
     >>> zarr.open_group(fs.get_mapper(), mode="r")["image"]  # doctest: +SKIP
     """
-    import fsspec
 
     if format not in ("json", "parquet"):
         raise OptionError(f"format={format!r}: use 'json' or 'parquet'.")
     if version not in (0, 1):
         raise OptionError(f"version={version!r}: use 0 or 1.")
-    fs, path = fsspec.core.url_to_fs(target, **(storage_options or {}))
+    fs, path = filesystem_of(target, storage_options)
     if fs.exists(path) and not overwrite:
         raise OutputExistsError(
             f"{target}: already exists. Pass overwrite=True (--overwrite) to replace it."

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+import fsspec
+
 from tiffstore._compat import fs_cat_file, fs_info, s3_call
-from tiffstore.errors import FileChangedError, TiffStoreError
+from tiffstore.errors import FileChangedError, SourceError, TiffStoreError
 from tiffstore.sources.settings import RemoteSettings
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "S3_PROTOCOLS",
     "WEB_PROTOCOLS",
     "driven_from_outside",
+    "filesystem_of",
     "get_ranges",
     "info_within",
     "is_transient",
@@ -141,17 +144,34 @@ def info_within(fs: Any, path: str, timeout: float) -> dict[str, Any]:
     return cast(dict[str, Any], fs.info(path))
 
 
+def filesystem_of(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """fsspec's file system and path of ``url``, or a :class:`SourceError` naming the URL
+    when fsspec cannot make one (an unknown protocol, its package not installed, an
+    option the file system does not take)."""
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except ImportError as exc:
+        raise SourceError(
+            f"{url}: reading this protocol needs a package that is not installed ({exc}); "
+            'for s3:// and http(s):// install tiffstore\'s remote extra: pip install "tiffstore[remote]".'
+        ) from exc
+    except (ValueError, TypeError) as exc:
+        raise SourceError(
+            f"{url}: fsspec cannot open this URL with these storage options "
+            f"({type(exc).__name__}: {exc})."
+        ) from exc
+    return fs, path
+
+
 def open_filesystem(
     url: str, storage_options: dict[str, Any], settings: RemoteSettings | None = None
 ) -> tuple[Any, str]:
     """The fsspec file system and path of ``url``, with :func:`with_read_timeouts`, and
     no listing cached by an earlier use: the files as they are now."""
-    import fsspec
-
     protocol = fsspec.core.split_protocol(url)[0] or "file"
     timeout = (settings or RemoteSettings()).timeout
     options = with_read_timeouts(protocol, storage_options, timeout)
-    fs, path = fsspec.core.url_to_fs(url, **options)
+    fs, path = filesystem_of(url, options)
     fs.invalidate_cache()
     return fs, path
 

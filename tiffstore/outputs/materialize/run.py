@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tiffstore.errors import MaterializeError
+from tiffstore.errors import MaterializeError, OutputError, TiffStoreError
 from tiffstore.opening import open as open_store
 from tiffstore.options import OpenOptions
 from tiffstore.outputs.materialize.job import Job
@@ -251,29 +251,35 @@ def materialize(
     members = [a.path for a in arrays] + [c[0] for c in coords]
     marker = {"complete": False, "settings": settings, "members": members}
 
-    store = output.store()
-    found = prepare_output(store, output, settings, overwrite=overwrite, resume=resume)
-    root = write_metadata(store, source, job, marker, codec, zarr_format, coords, axes, found)
-    if found is not None and found.get("complete"):
-        done = {t.record_key for a in arrays for t in job.tasks(a)}
-    else:
-        done = done_tasks(store)
-    runner = Runner(job, workers, scheduler)
     try:
-        write_started = time.perf_counter()
-        written, skipped, nbytes = write_all(job, runner, done, progress)
-        write_seconds = time.perf_counter() - write_started
-        verified: bool | None = None
-        mismatched: list[str] = []
-        if verify:
-            mismatched = verify_all(job, runner, progress)
-            verified = not mismatched
-    finally:
-        runner.close()
-    if mismatched:
-        reopen_mismatched(job, store, root, marker, mismatched)
-    else:
-        finish(store, root, marker, arrays)
+        store = output.store()
+        found = prepare_output(store, output, settings, overwrite=overwrite, resume=resume)
+        root = write_metadata(store, source, job, marker, codec, zarr_format, coords, axes, found)
+        if found is not None and found.get("complete"):
+            done = {t.record_key for a in arrays for t in job.tasks(a)}
+        else:
+            done = done_tasks(store)
+        runner = Runner(job, workers, scheduler)
+        try:
+            write_started = time.perf_counter()
+            written, skipped, nbytes = write_all(job, runner, done, progress)
+            write_seconds = time.perf_counter() - write_started
+            verified: bool | None = None
+            mismatched: list[str] = []
+            if verify:
+                mismatched = verify_all(job, runner, progress)
+                verified = not mismatched
+        finally:
+            runner.close()
+        if mismatched:
+            reopen_mismatched(job, store, root, marker, mismatched)
+        else:
+            finish(store, root, marker, arrays)
+    except OSError as exc:
+        if isinstance(exc, TiffStoreError):
+            raise  # a source file's problem, named already
+        # The output's side: no such folder, no permission, a full disk, a refused PUT.
+        raise OutputError(f"{output.url}: cannot write the output ({exc}).") from exc
     local = output.local
     return MaterializeSummary(
         path=output.url,
