@@ -109,7 +109,7 @@ def tifffile_pages(path: Path, page_shape: tuple[int, ...]) -> dict[int, np.ndar
                     if i > 64:
                         break
                     try:
-                        data = np.asarray(page.asarray())  # type: ignore[union-attr]
+                        data = np.asarray(page.asarray())
                     except Exception:
                         continue
                     if data.size == int(np.prod(page_shape)):

@@ -154,10 +154,10 @@ class TiffStoreBackendEntrypoint(BackendEntrypoint):
             )
         # The coordinates are stored as one chunk each; chunked by xarray (chunks={})
         # along the image's chunks, so that ``ds.image.chunksizes`` is consistent.
-        image_chunks = dict(zip(store.dims, store.chunks, strict=True))
+        image_chunks: dict[str, int] = dict(zip(store.dims, store.chunks, strict=True))
         for variable in ds.variables.values():
             variable.encoding["preferred_chunks"] = {
-                d: image_chunks.get(d, n)
+                d: image_chunks.get(str(d), n)
                 for d, n in zip(variable.dims, variable.shape, strict=True)
             }
         return ds
