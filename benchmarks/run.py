@@ -113,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.size, args.compressed_size, args.shape = 0.0004, 0.0004, (8, 64, 64)
         args.channels, args.scales, args.many = 2, (0.5, 1.0), (20, 40)
-        args.planes, args.repeats = 4, 2
+        args.planes, args.repeats, args.small_files = 4, 2, 200
     unknown = set(filter(None, args.only.split(","))) - set(GROUPS)
     if unknown:
         p.error(f"--only: unknown groups {sorted(unknown)}; choose from {','.join(GROUPS)}")

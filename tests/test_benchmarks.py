@@ -1,4 +1,8 @@
-"""The benchmark suite still runs: ``benchmarks/run.py --quick`` on tiny data, in a subprocess."""
+"""The benchmark suite still runs: ``benchmarks/run.py --quick`` on tiny data, in a subprocess.
+
+Marked ``bench``: the README's test command runs them once; ``-m "not bench"`` leaves
+them out of a quick local run.
+"""
 
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ EXPECTED = [
 PEERS = ["recipe", "tifffile", "dask_image", "kerchunk", "virtualizarr"]
 
 
+@pytest.mark.bench
 @pytest.mark.slow
 def test_quick_run_writes_every_row(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
@@ -68,6 +73,7 @@ def test_quick_run_writes_every_row(tmp_path: Path) -> None:
     assert rows["full/tiffstore"]["ratio_to_limit"] > 0
     assert any(k.startswith("open/") and k.endswith("/tiffstore") for k in rows)
     assert any(k.startswith("scaling/") for k in rows)
+    assert rows["small/200/default"]["figure"] > 0  # the small-files group, on 200 files
     assert {t["name"] for t in doc["targets"]} >= {"full read >= 0.6 of the copy limit"}
     assert doc["machine"]["cores"] >= 1
     # The table was printed, and the docs section replaced, keeping what is around it.
@@ -76,6 +82,7 @@ def test_quick_run_writes_every_row(tmp_path: Path) -> None:
     assert "old" not in text and "after" in text and "| case |" in text
 
 
+@pytest.mark.bench
 @pytest.mark.slow
 def test_materialize_benchmark_quick(tmp_path: Path) -> None:
     out = tmp_path / "materialize.json"

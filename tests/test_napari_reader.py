@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import tomllib
 from pathlib import Path
@@ -13,6 +14,7 @@ import tifffile
 
 import tiffstore
 from tiffstore.apps.napari_reader import contrast_limits, get_reader, layer_data
+from tiffstore.detect import REFERENCE_SUFFIXES, TIFF_SUFFIXES
 
 MANIFEST = Path(tiffstore.__file__).with_name("napari.yaml")
 
@@ -25,6 +27,10 @@ def test_manifest_validates_with_npe2():
     [reader] = manifest.contributions.readers
     assert reader.accepts_directories
     assert {"*.tif", "*.tiff", "*.json", "*.parq"} <= set(reader.filename_patterns)
+    # Every name tiffstore lists as a TIFF, in either case, is offered to the reader.
+    for suffix in TIFF_SUFFIXES + REFERENCE_SUFFIXES:
+        for name in (f"a{suffix}", f"a{suffix.upper()}"):
+            assert any(fnmatch.fnmatchcase(name, p) for p in reader.filename_patterns), name
     [command] = [c for c in manifest.contributions.commands if c.id == reader.command]
     module, name = command.python_name.split(":")
     assert getattr(importlib.import_module(module), name) is get_reader

@@ -129,16 +129,19 @@ MANY_FILES = """
 import os, resource, sys
 import numpy as np, tifffile, io
 n, folder = int(sys.argv[1]), sys.argv[2]
-os.makedirs(folder)
-buf = io.BytesIO()
-tifffile.imwrite(buf, np.zeros((4, 4), np.uint16), photometric="minisblack")
-data = bytearray(buf.getvalue())
-with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
-    at = tif.pages[0].dataoffsets[0]
-for i in range(n):
-    data[at : at + 4] = i.to_bytes(4, "little")  # each file's first pixels say its number
-    with open(os.path.join(folder, f"img_t{i:06d}.tif"), "wb") as fh:
-        fh.write(data)
+done = os.path.join(folder, f".written-{n}")
+if not os.path.exists(done):  # written once, then reused (see the test)
+    os.makedirs(folder, exist_ok=True)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.zeros((4, 4), np.uint16), photometric="minisblack")
+    data = bytearray(buf.getvalue())
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        at = tif.pages[0].dataoffsets[0]
+    for i in range(n):
+        data[at : at + 4] = i.to_bytes(4, "little")  # each file's first pixels say its number
+        with open(os.path.join(folder, f"img_t{i:06d}.tif"), "wb") as fh:
+            fh.write(data)
+    open(done, "w").close()
 resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 import tiffstore
 for chunks in [(500, -1, -1), "file"]:
@@ -160,11 +163,20 @@ print("ok", resource.getrlimit(resource.RLIMIT_NOFILE))
 """
 
 
+@pytest.fixture
+def many_files_folder(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """Where the 100,000 files live: written once into pytest's cache folder and reused by
+    later runs (no 100,000 files to write, and to delete, each run); a temporary folder
+    when the cache is off (``-p no:cacheprovider``)."""
+    cache = getattr(request.config, "cache", None)
+    return Path(cache.mkdir("many-files-v1")) if cache is not None else tmp_path / "many"
+
+
 @pytest.mark.slow
-def test_100000_files_under_ulimit_256(tmp_path: Path) -> None:
+def test_100000_files_under_ulimit_256(many_files_folder: Path) -> None:
     """Opening and reading 100,000 files with at most 256 descriptors (about 20 s)."""
     result = subprocess.run(
-        [sys.executable, "-c", MANY_FILES, "100000", str(tmp_path / "many")],
+        [sys.executable, "-c", MANY_FILES, "100000", str(many_files_folder)],
         cwd=ROOT,
         capture_output=True,
         text=True,
