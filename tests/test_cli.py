@@ -262,3 +262,30 @@ def test_a_truncated_file_gives_no_anonymous_tifffile_error(make_sample):
     assert result.stderr.startswith("WARNING: 1 file is truncated") and victim.name in result.stderr
     assert "invalid page offset" not in result.stderr and "TiffPages" not in result.stderr
     assert victim.name in result.stdout
+
+
+def test_a_bad_option_value_is_named(sample_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as usage:
+        main(["refs", str(sample_dir[0]), str(tmp_path / "r.json"), "--storage-options", "{bad"])
+    assert usage.value.code == 2
+    err = capsys.readouterr().err
+    assert "--storage-options" in err and "is not JSON" in err
+
+
+def test_tiffstore_errors_are_one_line_and_their_traceback_under_v(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "absent")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "absent: no such file or folder" in err
+    assert "Traceback" not in err
+    assert main(["-v", "inspect", str(tmp_path / "absent")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "SourceError" in err and "absent: no such file" in err
+
+
+def test_any_other_exception_is_a_bug_and_shows_its_traceback(sample_dir, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr("tiffstore.cli.inspect.inspect_report", broken)
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        main(["inspect", str(sample_dir[0]), "--json"])
