@@ -289,3 +289,25 @@ def test_any_other_exception_is_a_bug_and_shows_its_traceback(sample_dir, monkey
     monkeypatch.setattr("tiffstore.cli.inspect.inspect_report", broken)
     with pytest.raises(ZeroDivisionError, match="a bug"):
         main(["inspect", str(sample_dir[0]), "--json"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["inspect", "raw/"],
+        ["demo"],
+        ["materialize", "raw/", "out.zarr"],
+        ["refs", "raw/", "r.json"],
+        ["preview", "raw/", "p.png"],
+        ["check", "raw/"],
+        ["serve", "raw/"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_quiet_and_verbose_after_every_command(argv):
+    from tiffstore.cli.parser import build_parser
+
+    args = build_parser().parse_args([*argv, "-q", "-vv"])
+    assert args.quiet is True and args.verbose == 2
+    args = build_parser().parse_args(["-q", *argv])
+    assert args.quiet is True and args.verbose == 0
