@@ -20,18 +20,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tiffstore"
 MAX_LINES = 600
 #: Third-party packages whose private API only ``_compat.py`` may use.
 GUARDED = ("zarr", "fsspec", "s3fs", "tifffile", "numcodecs", "imagecodecs")
-#: Private attributes of theirs that tiffstore needs, by name: only in ``_compat.py``.
-PRIVATE_ATTRIBUTES = {
-    "_strip_protocol",
-    "_info",
-    "_cat_file",
-    "_cat_ranges",
-    "_call_s3",
-    "_find",
-    "_run_coros_in_chunks",
-}
-#: Private keywords of theirs (tifffile's ``TiffFile(..., _multifile=False)``).
-PRIVATE_KEYWORDS = {"_multifile", "_useframes", "_parent"}
 
 
 def _modules() -> list[Path]:
@@ -101,8 +89,60 @@ def test_every_module_is_small(path: Path) -> None:
     assert lines <= MAX_LINES, f"{path.relative_to(PACKAGE)}: {lines} lines"
 
 
-def _private_uses(source: str) -> list[str]:
-    """Uses of a guarded library's private API in ``source``."""
+@pytest.mark.parametrize(
+    "path",
+    [p for p in _modules() if p.name == "__init__.py" and p.parent != PACKAGE],
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_a_folder_imports_nothing(path: Path) -> None:
+    """Importing ``tiffstore.names.axes`` loads no other module of ``names/``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert imports == [], f"{path.relative_to(PACKAGE)} imports: import modules by their path"
+
+
+def _own_private_names() -> set[str]:
+    """Every ``_name`` tiffstore defines itself: functions, classes, attributes, parameters.
+
+    An access to ``._name`` or a keyword ``_name=`` that is none of these reaches into
+    another library's private API.
+    """
+    own: set[str] = set()
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                own.add(node.name)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = node.args
+                own.update(a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs])
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                own.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                own.add(node.id)
+            elif isinstance(node, ast.alias):
+                own.add(node.asname or node.name.split(".")[0])
+            elif isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute)):
+                # object.__setattr__(self, "_cache", ...) on frozen dataclasses
+                name = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
+                if name in ("__setattr__", "setattr") and len(node.args) >= 2:
+                    arg = node.args[1]
+                    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                        own.add(arg.value)
+    # ``_ARRAY_DIMENSIONS`` is xarray's attribute in Zarr metadata: a format's word, not an API.
+    return {n for n in own if n.startswith("_")} | {"_ARRAY_DIMENSIONS"}
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _private_uses(source: str, own: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Uses of another library's private API in ``source``.
+
+    Imports of a guarded library's private modules or names, ``zarr.core``, and any
+    ``._name`` attribute or ``_name=`` keyword that tiffstore does not define itself
+    (``own``).
+    """
     found: list[str] = []
     tree = ast.parse(source)
     for node in ast.walk(tree):
@@ -113,9 +153,7 @@ def _private_uses(source: str) -> list[str]:
                 if any(p.startswith("_") for p in parts) or parts[:2] == ["zarr", "core"]:
                     found.append(f"from {node.module} import ...")
                 found += [
-                    f"from {node.module} import {a.name}"
-                    for a in node.names
-                    if a.name.startswith("_") and not a.name.startswith("__")
+                    f"from {node.module} import {a.name}" for a in node.names if _private(a.name)
                 ]
         elif isinstance(node, ast.Import):
             for a in node.names:
@@ -124,16 +162,21 @@ def _private_uses(source: str) -> list[str]:
                     any(p.startswith("_") for p in parts) or parts[:2] == ["zarr", "core"]
                 ):
                     found.append(f"import {a.name}")
-        elif isinstance(node, ast.Attribute) and node.attr in PRIVATE_ATTRIBUTES:
-            # tiffstore's own methods may share a name (``self._cat_ranges``).
-            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
-                found.append(f".{node.attr}")
+        elif isinstance(node, ast.Attribute) and _private(node.attr) and node.attr not in own:
+            found.append(f".{node.attr}")
         elif isinstance(node, ast.Attribute) and node.attr == "core":
             if isinstance(node.value, ast.Name) and node.value.id == "zarr":
                 found.append("zarr.core")
         elif isinstance(node, ast.Call):
-            found += [f"{k.arg}= keyword" for k in node.keywords if k.arg in PRIVATE_KEYWORDS]
+            found += [
+                f"{k.arg}= keyword"
+                for k in node.keywords
+                if k.arg and _private(k.arg) and k.arg not in own
+            ]
     return found
+
+
+_OWN = _own_private_names()
 
 
 @pytest.mark.parametrize(
@@ -142,7 +185,7 @@ def _private_uses(source: str) -> list[str]:
     ids=lambda p: str(p.relative_to(PACKAGE)),
 )
 def test_private_internals_only_in_compat(path: Path) -> None:
-    uses = _private_uses(path.read_text(encoding="utf-8"))
+    uses = _private_uses(path.read_text(encoding="utf-8"), _OWN)
     assert uses == [], f"{path.relative_to(PACKAGE)} uses {uses}: move it to _compat.py"
 
 
@@ -158,7 +201,10 @@ zarr.core.buffer.default_buffer_prototype()
 """
     uses = _private_uses(source)
     assert len(uses) >= 7, uses
-    assert _private_uses("from zarr.abc.store import Store\nself._find(1)\ndict(_a=1)\n") == []
+    own = {"_find", "_a"}
+    assert _private_uses("from zarr.abc.store import Store\nself._find(1)\ndict(_a=1)\n", own) == []
+    # a private name tiffstore does not define is somebody else's, whoever holds it
+    assert _private_uses("store.fs._pipe_file(path, data)\n", _OWN) == ["._pipe_file"]
 
 
 def test_compat_holds_what_it_says() -> None:

@@ -13,8 +13,8 @@ import pytest
 import tifffile
 
 import tiffstore
-from tiffstore.cli import main
 from tiffstore.cli.arguments import parse_chunks
+from tiffstore.cli.main import main
 from tiffstore.sample import sample_name
 
 

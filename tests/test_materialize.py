@@ -16,7 +16,7 @@ import zarr
 
 import tiffstore
 from tiffstore import MaterializeError, materialize
-from tiffstore.cli import main
+from tiffstore.cli.main import main
 from tiffstore.outputs.materialize.plan import JOURNAL, default_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -334,6 +334,38 @@ def test_cli_json_quiet_and_refusal(sample_dir, tmp_path, capsys):
     assert main(["materialize", str(directory), str(out), "--quiet", "--overwrite"]) == 0
     assert capsys.readouterr().out == ""
     np.testing.assert_array_equal(image(out), ref)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--chunks", "1,1"], "--chunks (1, 1) has 2 entries, but the array has 5 dims"),
+        (["--chunks", "1,1,1,1,1,1"], "has 6 entries"),
+        (["--shards", "1,1,1"], "--shards (1, 1, 1) has 3 entries"),
+        (["--cname", "zstandard"], "--cname 'zstandard': choose one of"),
+    ],
+)
+def test_bad_output_settings_are_refused_before_anything_is_written(
+    sample_dir, tmp_path, capsys, flags, message
+):
+    directory, _ = sample_dir
+    out = tmp_path / "out.zarr"
+    code = main(["materialize", str(directory), str(out), "--zarr-format", "3", *flags])
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_open_options_with_an_open_store(sample_dir, tmp_path):
+    directory, ref = sample_dir
+    store = tiffstore.open(directory)
+    # no option given: nothing to refuse
+    materialize(store, tmp_path / "a.zarr", open_options=tiffstore.OpenOptions())
+    materialize(store, tmp_path / "b.zarr", open_options={})
+    np.testing.assert_array_equal(image(tmp_path / "a.zarr"), ref)
+    with pytest.raises(tiffstore.OptionError, match=r"open_options= \(chunks\) does not apply"):
+        materialize(store, tmp_path / "c.zarr", open_options={"chunks": "file"})
+    assert not (tmp_path / "c.zarr").exists()
 
 
 @pytest.mark.slow

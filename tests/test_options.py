@@ -28,7 +28,7 @@ import xarray as xr
 import tiffstore
 from tiffstore import opening
 from tiffstore.apps import check as check_module
-from tiffstore.cli import main
+from tiffstore.cli.main import main
 from tiffstore.errors import OptionError
 from tiffstore.options import OPTION_NAMES, OpenOptions
 from tiffstore.sources.checksums import ChecksummedSource

@@ -205,6 +205,9 @@ def test_segment_never_written_reads_as_zeros(tmp_path):
         ({"chunks": (1, 2)}, "has 2 entries"),
         ({"chunks": (1, 0, 8, 8)}, "positive int"),
         ({"fill_value": -1}, "does not fit"),
+        ({"fill_value": 70000}, "fill_value=70000 does not fit"),  # past uint16's range
+        ({"fill_value": 1.5}, "does not fit"),
+        ({"fill_value": 2.0}, "does not fit"),  # a float for integer pixels
         ({"tiles": "mosaic"}, "tiles='mosaic'"),
     ],
 )
@@ -267,7 +270,7 @@ def test_pieces_are_frozen_values():
 
 
 def test_small_files_are_grouped_along_the_name_axes(tmp_path, capsys):
-    from tiffstore.cli import main
+    from tiffstore.cli.main import main
     from tiffstore.manifest.chunking import DEFAULT_CHUNK_BYTES
 
     rng = np.random.default_rng(5)

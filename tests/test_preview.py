@@ -12,7 +12,7 @@ from PIL import Image
 import tiffstore
 from tiffstore.apps.grid import evenly_spaced
 from tiffstore.apps.preview import write_preview
-from tiffstore.cli import main
+from tiffstore.cli.main import main
 
 
 def _shrink(image: np.ndarray, factor: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import zarr
 
 import tiffstore
 from tests.conftest import HttpServer, upload_folder, write_positions
-from tiffstore.cli import main
+from tiffstore.cli.main import main
 from tiffstore.manifest import build
 from tiffstore.outputs.references import ReferenceError, reference_chunks, write_references
 from tiffstore.sample import write_sample
@@ -235,6 +235,24 @@ def test_existing_target_is_refused_unless_overwrite(tmp_path):
     np.testing.assert_array_equal(
         _read_here(str(keep))["image"][...], write_positions(tmp_path / "x")
     )
+
+
+@pytest.mark.parametrize("fmt", ["json", "parquet"])
+def test_a_target_that_cannot_be_written_is_one_line(tmp_path, capsys, fmt):
+    ref = write_positions(tmp_path / "raw")
+    name = f"refs.{'json' if fmt == 'json' else 'parq'}"
+    # A folder that is not there yet is made, as materialize and preview make theirs.
+    made = tmp_path / "new" / "folder" / name
+    assert main(["refs", str(tmp_path / "raw"), str(made), "--format", fmt, "-q"]) == 0
+    np.testing.assert_array_equal(_read_here(str(made))["image"][...], ref)
+    # A file where the folder should be is one line naming the target.
+    (tmp_path / "a-file").write_text("mine")
+    target = tmp_path / "a-file" / name
+    code = main(["refs", str(tmp_path / "raw"), str(target), "--format", fmt])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"{target}: cannot write the references" in err and "Traceback" not in err
+    assert (tmp_path / "a-file").read_text() == "mine"
 
 
 def test_records_what_it_was_made_from_and_no_secrets(tmp_path, s3_bucket):

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 import tiffstore
 from tiffstore.apps.serve import StoreIdentity, check_key, make_app, open_socket, parse_range
-from tiffstore.cli import main
+from tiffstore.cli.main import main
 from tiffstore.errors import ServeError
 from tiffstore.read.store import TiffStore
 
@@ -391,12 +391,24 @@ def check_drawn(page: Any, plane: np.ndarray) -> np.ndarray:
     return grey
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        # Chunks splitting the plane (edge chunks padded) and holding two planes each.
+        {"chunks": (1, 1, 2, 16, 16)},
+        {"chunks": (1, 1, 2, 16, 16), "zarr_format": 3},
+        # Format 3's default: shards whose chunks are the files' pages; the missing
+        # file's pages are absent from the shard's index.
+        {"zarr_format": 3},
+    ],
+    ids=["format2", "format3", "format3-shards"],
+)
 def test_viewer_page_draws_the_source(
-    browser: Any, make_sample: Callable[..., tuple[Path, np.ndarray]]
+    browser: Any, make_sample: Callable[..., tuple[Path, np.ndarray]], options: dict[str, Any]
 ) -> None:
     directory, ref = make_sample(channels=2, stacks=3, shape=(4, 40, 30), missing=[(1, 2)])
-    # Chunks splitting the plane (edge chunks padded) and holding two planes each.
-    store = tiffstore.open(directory, chunks=(1, 1, 2, 16, 16))
+    store = tiffstore.open(directory, **options)
+    assert (store.shards is not None) == (options == {"zarr_format": 3})
     with running(store) as url:
         page = browser.new_page()
         statuses: list[int] = []
@@ -444,7 +456,10 @@ def test_viewer_page_draws_the_source(
 @pytest.mark.parametrize(
     ("dtype", "byteorder"), [("uint8", "<"), ("float32", ">"), ("int64", ">"), ("int16", "<")]
 )
-def test_viewer_page_dtypes(browser: Any, tmp_path: Path, dtype: str, byteorder: str) -> None:
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_viewer_page_dtypes(
+    browser: Any, tmp_path: Path, dtype: str, byteorder: str, zarr_format: int
+) -> None:
     rng = np.random.default_rng(1)
     values = rng.random((2, 3, 10, 12)) * 200
     ref = (values - 100 if np.dtype(dtype).kind in "if" else values).astype(dtype)
@@ -455,7 +470,7 @@ def test_viewer_page_dtypes(browser: Any, tmp_path: Path, dtype: str, byteorder:
             byteorder=byteorder,  # type: ignore[arg-type]
             photometric="minisblack",
         )
-    store = tiffstore.open(tmp_path)
+    store = tiffstore.open(tmp_path, zarr_format=zarr_format)
     assert store.manifest.dtype.str[0] in (byteorder, "|")
     with running(store) as url:
         page = browser.new_page()

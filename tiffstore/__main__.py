@@ -2,6 +2,6 @@
 
 import sys
 
-from tiffstore.cli import main
+from tiffstore.cli.main import main
 
 sys.exit(main())

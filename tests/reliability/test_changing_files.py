@@ -17,7 +17,7 @@ import pytest
 
 import tiffstore
 from tiffstore.apps.check import check_references, check_source
-from tiffstore.cli import main
+from tiffstore.cli.main import main
 from tiffstore.errors import FileChangedError, TiffStoreError
 from tiffstore.outputs.references import write_references
 

@@ -25,7 +25,7 @@ import zarr
 import tiffstore
 from tests.conftest import HttpServer
 from tiffstore.apps.check import check_references
-from tiffstore.cli import main
+from tiffstore.cli.main import main
 from tiffstore.errors import FileChangedError, OptionError, TiffReadError
 from tiffstore.outputs.references import write_references
 from tiffstore.read.store import TiffStore

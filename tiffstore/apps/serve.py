@@ -1,4 +1,4 @@
-"""Serve a :class:`~tiffstore.store.TiffStore` read-only over HTTP, with a viewer page.
+"""Serve a :class:`~tiffstore.read.store.TiffStore` read-only over HTTP, with a viewer page.
 
 The store's keys are served at the root of the URL (``GET /.zarray``,
 ``GET /0.1.2.0.0``...), so any HTTP client that zarr or fsspec knows reads the

@@ -1,7 +1,7 @@
 """An xarray backend: ``xr.open_dataset("raw/", engine="tiffstore", chunks={})``.
 
 Registered through the ``xarray.backends`` entry point. It opens the TIFF files as a
-:class:`~tiffstore.store.TiffStore` and hands the store's group view to xarray's own
+:class:`~tiffstore.read.store.TiffStore` and hands the store's group view to xarray's own
 Zarr backend, so the Dataset is exactly what ``xr.open_zarr(store)`` gives: named
 dims, the coordinates found in the names (wavelength on ``ch``, timestamps over
 ``ch``/``stack``) and every coordinate the store describes, read lazily (with dask

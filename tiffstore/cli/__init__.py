@@ -7,8 +7,6 @@
 ``tiffstore preview SOURCE out.png`` draws a contact sheet of what was understood;
 ``tiffstore check TARGET`` names files that changed or are broken;
 ``tiffstore serve SOURCE`` serves the array over HTTP with a viewer page.
+
+The entry point is :func:`tiffstore.cli.main.main`.
 """
-
-from tiffstore.cli.main import main
-
-__all__ = ["main"]

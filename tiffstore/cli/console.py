@@ -66,7 +66,7 @@ _CLI_WORDS: tuple[tuple[re.Pattern[str], Any], ...] = (
     (re.compile(r"\b(validate|checksum|overwrite|resume|verify)=True\b"), r"--\1"),
     (re.compile(r"\btiles='(keep|stitch)'"), r"--tiles \1"),
     (re.compile(r"\bpattern=(?= |$|;|,|\.)"), "--pattern"),
-    (re.compile(r"\bchunks=(?=[(\[\'\d])"), "--chunks "),
+    (re.compile(r"\b(chunks|shards|cname|clevel|shuffle)=(?=[(\[\'\d])"), r"--\1 "),
     (re.compile(r"\bfill_value="), "--fill-value "),
     (re.compile(r"\bzarr_format=(?=\d)"), "--zarr-format "),
     (re.compile(r"\bremote=\{'timeout': seconds\}"), "--timeout SECONDS"),

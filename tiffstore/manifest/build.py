@@ -104,9 +104,23 @@ def checked_fill_value(fill_value: int | float | None, dtype: np.dtype) -> int |
         fill_value = 0
     if dtype.kind == "b" and fill_value in (0, 1):
         return bool(fill_value)  # bilevel images: Zarr wants true or false
-    if not np.can_cast(np.min_scalar_type(fill_value), dtype, casting="same_kind"):
+    if not _fits(fill_value, dtype):
         raise OptionError(f"fill_value={fill_value!r} does not fit the files' dtype {dtype}.")
     return fill_value
+
+
+def _fits(value: int | float, dtype: np.dtype) -> bool:
+    """Whether ``value`` is a value of ``dtype``: of its kind, and in its range."""
+    if dtype.kind in "iu":
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            return False
+        info = np.iinfo(dtype)
+        return int(info.min) <= int(value) <= int(info.max)
+    if dtype.kind == "f":
+        if not isinstance(value, (int, float, np.integer, np.floating)):
+            return False
+        return not np.isfinite(value) or abs(float(value)) <= float(np.finfo(dtype).max)
+    return bool(np.can_cast(np.min_scalar_type(value), dtype, casting="same_kind"))
 
 
 def _mtimes(files: Sequence[SourceFile]) -> np.ndarray | None:

@@ -1,6 +1,6 @@
 """The Zarr documents of the virtual array: its metadata, attributes and group view.
 
-The root of a :class:`~tiffstore.store.TiffStore` is two things at once:
+The root of a :class:`~tiffstore.read.store.TiffStore` is two things at once:
 
 * a Zarr format 2 **array** (``.zarray``, ``.zattrs``, chunk keys ``"c.s.z.y.x"``),
   for ``zarr.open_array(store)`` and ``dask.array.from_zarr(store)``;

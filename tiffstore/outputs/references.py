@@ -34,7 +34,13 @@ import numcodecs
 import numpy as np
 
 from tiffstore._version import __version__
-from tiffstore.errors import OptionError, OutputExistsError, ReferenceError
+from tiffstore.errors import (
+    OptionError,
+    OutputError,
+    OutputExistsError,
+    ReferenceError,
+    TiffStoreError,
+)
 from tiffstore.manifest.chunking import ChunkSpec, rechunk
 from tiffstore.manifest.documents import Documents, array_attributes, array_metadata
 from tiffstore.manifest.headers import verify_manifest
@@ -349,23 +355,37 @@ def write_references(
             f"{target}: already exists. Pass overwrite=True (--overwrite) to replace it."
         )
     m: Manifest = getattr(store_or_manifest, "manifest", store_or_manifest)
-    if format == "json":
-        refs: dict[str, Any] = {
-            key: "base64:" + base64.b64encode(value).decode() if isinstance(value, bytes) else value
-            for key, value in references(m, url=url, chunks=chunks, version=version)
-        }
-        doc: dict[str, Any] = refs
-        if version == 1:
-            root = url if url is not None else m.source.url("")
-            doc = {"version": 1, "templates": {"u": root.rstrip("/")}, "refs": refs}
-        text = json.dumps(doc, separators=(",", ":"))  # one string, one write
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-        with fs.open(path, "w") as fh:
-            fh.write(text)
-        logger.info("wrote %d references to %s", len(refs), target)
-        return target
-    return _write_parquet(m, fs, path, url, chunks, record_size, target)
+    try:
+        if format == "json":
+            return _write_json(m, fs, path, url, chunks, version, target)
+        return _write_parquet(m, fs, path, url, chunks, record_size, target)
+    except TiffStoreError:
+        raise  # the source's own errors (a file that changed, a read that failed)
+    except OSError as exc:  # no such folder, no permission, a full disk, a refused PUT
+        raise OutputError(f"{target}: cannot write the references ({exc}).") from exc
+
+
+def _write_json(
+    m: Manifest, fs: Any, path: str, url: str | None, chunks: ChunkSpec, version: int, target: str
+) -> str:
+    refs: dict[str, Any] = {
+        key: "base64:" + base64.b64encode(value).decode() if isinstance(value, bytes) else value
+        for key, value in references(m, url=url, chunks=chunks, version=version)
+    }
+    doc: dict[str, Any] = refs
+    if version == 1:
+        root = url if url is not None else m.source.url("")
+        doc = {"version": 1, "templates": {"u": root.rstrip("/")}, "refs": refs}
+    text = json.dumps(doc, separators=(",", ":"))  # one string, one write
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    if "file" in protocols and "/" in path:
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)  # as Parquet's writer does
+    with fs.open(path, "w") as fh:
+        fh.write(text)
+    logger.info("wrote %d references to %s", len(refs), target)
+    return target
 
 
 def _write_parquet(

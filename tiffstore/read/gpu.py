@@ -2,7 +2,7 @@
 
 zarr-python 3 asks a store for every value through a *buffer prototype*; with
 ``zarr.config.enable_gpu()`` that is zarr's GPU buffer, backed by CuPy. For such a
-prototype a :class:`~tiffstore.store.TiffStore` reads a chunk's bytes into
+prototype a :class:`~tiffstore.read.store.TiffStore` reads a chunk's bytes into
 page-locked (pinned) host memory (straight from the file for uncompressed pages,
 decoded there for compressed ones) and copies them to the device once, on a CUDA
 stream of the reading thread, so that reads in several threads overlap their

@@ -1,7 +1,7 @@
 """Content checksums of the files, taken at the open, and a source that checks every read.
 
 The stamp check of local reads (size and modification time, see
-:class:`~tiffstore.sources.LocalSource`) misses a file rewritten at the same size
+:class:`~tiffstore.sources.local.LocalSource`) misses a file rewritten at the same size
 within the file system's clock tick, and a remote file's ETag may not change with a
 same-size rewrite (a web server's that holds the time in whole seconds). With
 ``tiffstore.open(..., checksum=True)`` every byte is read once at the open and the

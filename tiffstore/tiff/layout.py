@@ -219,7 +219,7 @@ class FileLayout:
         the whole series).
     scale
         What one voxel measures along ``z``, ``y``, ``x``, from the file's metadata
-        (see :mod:`tiffstore.scale`); ``None`` when not read.
+        (see :mod:`tiffstore.tiff.scale`); ``None`` when not read.
     """
 
     shape: tuple[int, ...]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numcodecs
+import numcodecs.blosc
 from dask.utils import parse_bytes
 from zarr.codecs import BloscCodec
 from zarr.storage import FsspecStore, LocalStore
@@ -56,6 +57,9 @@ class Codec:
     shuffle: str = "bitshuffle"
 
     def __post_init__(self) -> None:
+        cnames = tuple(numcodecs.blosc.list_compressors())
+        if self.cname not in cnames:
+            raise MaterializeError(f"cname={self.cname!r}: choose one of {cnames}")
         if self.shuffle not in SHUFFLES:
             raise MaterializeError(f"shuffle={self.shuffle!r}: choose one of {SHUFFLES}")
         if not 0 <= self.clevel <= 9:
@@ -252,6 +256,12 @@ def plan_arrays(
     ``dims``), as source dims.
     """
     shape = tuple(source_shape[d] for d in order)
+    for name, given in (("chunks", chunks), ("shards", shards)):
+        if given is not None and not isinstance(given, (str, int)) and len(given) != len(dims):
+            raise MaterializeError(
+                f"{name}={tuple(given)} has {len(given)} entries, but the array has "
+                f"{len(dims)} dims {dims}: give one per dim (None or -1 for all of it)."
+            )
     out_chunks = (
         default_chunks(dims, shape)
         if chunks is None

@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tiffstore.errors import MaterializeError, OutputError, TiffStoreError
+from tiffstore.errors import MaterializeError, OptionError, OutputError, TiffStoreError
 from tiffstore.opening import open as open_store
 from tiffstore.options import OpenOptions
 from tiffstore.outputs.materialize.job import Job
@@ -304,10 +304,16 @@ def _source(
 ) -> TiffStore:
     """The store to read: the one given, or the source opened with ``open_options``."""
     if isinstance(source_or_store, TiffStore):
-        if open_options:
-            raise MaterializeError(
-                "open_options= does not apply to a store that is open already: pass the "
-                "source itself (a folder, glob or URL), or open it with these options."
+        given = (
+            open_options.given()
+            if isinstance(open_options, OpenOptions)
+            else tuple(open_options or {})
+        )
+        if given:
+            raise OptionError(
+                f"open_options= ({', '.join(given)}) does not apply to a store that is open "
+                "already: pass the source itself (a folder, glob or URL), or open it with "
+                "these options."
             )
         return source_or_store
     if isinstance(open_options, OpenOptions):
