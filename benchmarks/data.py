@@ -138,6 +138,48 @@ def write_many(
     return Dataset(path, files, channels, stacks, shape, "uint16", None, None)
 
 
+def write_sparse(
+    path: Path, channels: int, stacks: int, shape: tuple[int, ...], dtype: str = "uint16"
+) -> Dataset:
+    """``channels x stacks`` uncompressed TIFFs whose pixels are never written: sparse files.
+
+    The first file is made by ``tifffile.memmap`` (the header and first IFD, then a hole
+    where the pixels go, then the other pages' IFDs); the others copy its written bytes
+    around the same hole. Each file takes the few kB of its IFDs on disk whatever its
+    apparent size, and the pixels read as zeros. Raises ``OSError`` where the file system
+    does not keep the hole (it would write the whole apparent size).
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    first = path / sample_name(0, 0)
+    tifffile.memmap(first, shape=shape, dtype=dtype, photometric="minisblack")
+    size = first.stat().st_size
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if first.stat().st_blocks * 512 > nbytes // 2:
+        first.unlink()
+        raise OSError(f"{path}: this file system wrote the pixels of a sparse file")
+    with tifffile.TiffFile(first) as tif:
+        offset = tif.series[0].dataoffset
+    assert offset is not None
+    with open(first, "rb") as fh:
+        head = fh.read(offset)
+        fh.seek(offset + nbytes)
+        tail = fh.read()
+    names = [sample_name(c, s) for c in range(channels) for s in range(stacks)]
+    for name in names[1:]:
+        with open(path / name, "wb") as fh:
+            fh.write(head)
+            fh.seek(offset + nbytes)
+            fh.write(tail)
+            fh.truncate(size)
+    files = tuple(path / name for name in names)
+    return Dataset(path, files, channels, stacks, shape, dtype, None, offset)
+
+
+def disk_bytes(files: tuple[Path, ...] | list[Path]) -> int:
+    """Bytes the files take on disk (their blocks), not their apparent size."""
+    return sum(f.stat().st_blocks * 512 for f in files)
+
+
 def warm(files: tuple[Path, ...] | list[Path]) -> None:
     """Read every byte of every file once, so every tool starts from the same page cache."""
 
@@ -203,6 +245,26 @@ class Context:
         if key not in self._datasets:
             self.log(f"writing {n:,} small files ...")
             self._datasets[key] = write_many(self.workdir / key, n)
+        return self._datasets[key]
+
+    def acquisition(self, name: str, channels: int, stacks: int, shape: tuple[int, ...]) -> Dataset:
+        """``channels x stacks`` uncompressed sample stacks of ``shape``, written once."""
+        key = f"{name}-{channels}x{stacks}x{'x'.join(map(str, shape))}"
+        if key not in self._datasets:
+            self.log(f"writing {name} data: {channels} x {stacks} x {shape} ...")
+            self._datasets[key] = write_stacks(
+                self.workdir / key, channels, stacks, shape, self.dtype
+            )
+        return self._datasets[key]
+
+    def sparse(self, name: str, channels: int, stacks: int, shape: tuple[int, ...]) -> Dataset:
+        """``channels x stacks`` sparse files of ``shape`` (see :func:`write_sparse`)."""
+        key = f"{name}-{channels}x{stacks}x{'x'.join(map(str, shape))}"
+        if key not in self._datasets:
+            self.log(f"writing {name} sparse files: {channels} x {stacks} x {shape} ...")
+            self._datasets[key] = write_sparse(
+                self.workdir / key, channels, stacks, shape, self.dtype
+            )
         return self._datasets[key]
 
     def drop(self, ds: Dataset) -> None:

@@ -131,15 +131,14 @@ class Kerchunk(Peer):
     name = "kerchunk tiff_to_zarr + MultiZarrToZarr"
     modules = ("fsspec.implementations.reference", "kerchunk.combine", "kerchunk.tiff")
 
-    def open(self, ds: Dataset) -> Opened:
-        import fsspec
-        import zarr
+    def references(self, ds: Dataset) -> dict[str, Any]:
+        """The folder's combined references (kerchunk's JSON document, as a dict)."""
         from kerchunk.combine import MultiZarrToZarr
         from kerchunk.tiff import tiff_to_zarr
 
         refs = [tiff_to_zarr(str(f)) for f in ds.files]
         n = ds.stacks
-        combined = MultiZarrToZarr(
+        combined: dict[str, Any] = MultiZarrToZarr(
             refs,
             remote_protocol="file",
             concat_dims=["ch", "stack"],
@@ -148,6 +147,13 @@ class Kerchunk(Peer):
                 "stack": lambda index, fs, var, fn: index % n,
             },
         ).translate()
+        return combined
+
+    def open(self, ds: Dataset) -> Opened:
+        import fsspec
+        import zarr
+
+        combined = self.references(ds)
         fs = fsspec.filesystem("reference", fo=combined, remote_protocol="file", asynchronous=True)
         z = zarr.open_array(zarr.storage.FsspecStore(fs, read_only=True), mode="r")
         return Opened(da.from_zarr(z), lambda c, s, p: z[c, s, p], z)
@@ -160,14 +166,13 @@ class VirtualiZarr(Peer):
     name = "VirtualiZarr + virtual-tiff"
     modules = ("xarray", "obstore.store", "virtual_tiff", "virtualizarr.manifests")
 
-    def open(self, ds: Dataset) -> Opened:
+    def combine(self, ds: Dataset) -> tuple[Any, Any]:
+        """The folder as one virtual ``xarray.DataArray`` (ch, stack, z, y, x), and its registry."""
         import xarray as xr
-        import zarr
         from obspec_utils.registry import ObjectStoreRegistry
         from obstore.store import LocalStore
         from virtual_tiff import VirtualTIFF
         from virtualizarr import open_virtual_dataset
-        from virtualizarr.manifests import ManifestGroup, ManifestStore
 
         registry = ObjectStoreRegistry({"file://": LocalStore()})
         parser = VirtualTIFF(ifd_layout="flat")
@@ -180,7 +185,13 @@ class VirtualiZarr(Peer):
 
         grid = _grid(ds)
         rows = [xr.concat([one(p) for p in row], dim="stack") for row in grid]
-        combined = xr.concat(rows, dim="ch")
+        return xr.concat(rows, dim="ch"), registry
+
+    def open(self, ds: Dataset) -> Opened:
+        import zarr
+        from virtualizarr.manifests import ManifestGroup, ManifestStore
+
+        combined, registry = self.combine(ds)
         store = ManifestStore(ManifestGroup(arrays={"data": combined.data}), registry=registry)
         z = zarr.open_array(store, path="data", mode="r")
         return Opened(da.from_zarr(z), lambda c, s, p: z[c, s, p], z)

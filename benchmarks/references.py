@@ -52,6 +52,17 @@ def targets(ctx: Context) -> list[Target]:
                     at_most=2,
                 )
             )
+            # The references read every header, to check it (the open reads a sample):
+            # beside an open that reads every header too.
+            out.append(
+                Target(
+                    f"references for {n:,} files <= 1x tiffstore.open(validate=True)",
+                    f"refs/{n}/json",
+                    f"refs/{n}/open_validate",
+                    "ratio",
+                    at_most=1,
+                )
+            )
     small = min(ctx.many)
     for peer in ("kerchunk", "virtualizarr"):
         out.append(
@@ -96,10 +107,16 @@ def run(ctx: Context) -> list[Row]:
         def opened(path: Path = ds.path) -> None:
             tiffstore.open(path)
 
-        for key, tool, fn in (
+        def validated(path: Path = ds.path) -> None:
+            tiffstore.open(path, validate=True)
+
+        measured: list[tuple[str, str, Any]] = [
             ("open", "tiffstore.open (for scale)", opened),
             ("json", "tiffstore refs (open + JSON)", write),
-        ):
+        ]
+        if n == 10_000 or n == max(ctx.many):
+            measured.append(("open_validate", "tiffstore.open(validate=True)", validated))
+        for key, tool, fn in measured:
 
             def measure(key: str = key, tool: str = tool, fn: Any = fn, n: int = n) -> Row:
                 return _per_file(f"refs/{n}/{key}", tool, "tiffstore", _timed(fn, repeats), n)

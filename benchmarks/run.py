@@ -8,6 +8,7 @@ Usage::
     python benchmarks/run.py --many 1000,10000 --docs docs/benchmarks.md
     python benchmarks/run.py --only materialize   # optional: writes Zarr copies (minutes)
     python benchmarks/run.py --only checksum --size 0.5   # what checksum=True costs
+    python benchmarks/run.py --only refsize       # reference-file kB per file, default vs page
 
 Prints one table (figure, ratio to the limit, ratio to the best peer) and the
 targets, and writes everything as JSON (``--out``). Data are written into a
@@ -44,6 +45,7 @@ from benchmarks import (
     tiffstore_read,
 )
 from benchmarks import materialize as materialize_bench
+from benchmarks import reference_size as refsize
 from benchmarks.data import Context
 from benchmarks.harness import (
     Row,
@@ -65,6 +67,7 @@ GROUPS: dict[str, ModuleType] = {
     "scaling": scaling,
     "small": small_files,
     "references": references,
+    "refsize": refsize,
     "checksum": checksum,
     "materialize": materialize_bench,
 }

@@ -72,7 +72,9 @@ class GpuError(TiffStoreError, RuntimeError):
 
 
 class ReferenceError(TiffStoreError, ValueError):
-    """The virtual array cannot be described by references with the chunks asked for."""
+    """The virtual array cannot be described by references with the chunks asked for, or
+    a reference file no longer holds the references tiffstore wrote (combined or edited
+    by another tool), so tiffstore will not open it from the manifest saved in it."""
 
 
 class OutputError(TiffStoreError, OSError):

@@ -14,6 +14,7 @@ read, is shorter than its header says, or holds another array than the rest.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
 from collections.abc import Sequence
@@ -77,13 +78,17 @@ def _content_changes(
 ) -> dict[str, tuple[int, int] | str]:
     """Which of ``names`` differ from the checksums saved in a reference file's manifest."""
     saved = info.get("manifest")
-    m = (
-        None
-        if not saved
-        else load_manifest(
-            base64.b64decode(saved), storage_options, root=str(info["made_from"]["root"])
-        )
-    )
+    m = None
+    if saved:
+        try:
+            data = base64.b64decode(saved, validate=True)
+            root = str(info["made_from"]["root"])
+        except (binascii.Error, ValueError, TypeError, KeyError) as exc:
+            raise SourceError(
+                f"{target}: the tiffstore manifest saved in it is damaged ({exc}); write the "
+                "references again with tiffstore."
+            ) from exc
+        m = load_manifest(data, storage_options, root=root)
     if m is None or not isinstance(m.source, ChecksummedSource):
         raise OptionError(
             f"{target}: the references carry no checksums (they were written from a store "

@@ -28,6 +28,7 @@ __all__ = [
     "open_options",
     "parse_chunks",
     "parse_scale",
+    "parse_size",
     "reading_parent",
     "shape",
     "shards",
@@ -96,6 +97,25 @@ def parse_scale(text: str) -> dict[str, float | tuple[float, str]]:
             raise argparse.ArgumentTypeError(f"{text!r}: {m[2]!r} is not a number") from None
         out[m[1]] = (size, m[3]) if m[3] else size
     return out
+
+
+def parse_size(text: str) -> int:
+    """A size in bytes: ``1000000``, ``1MB``, ``2 MiB``, ``0``.
+
+    Examples
+    --------
+    >>> parse_size("1MiB"), parse_size("500kB"), parse_size("0")
+    (1048576, 500000, 0)
+    """
+    from dask.utils import parse_bytes
+
+    try:
+        value = int(parse_bytes(text))
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"{text!r}: write a size like 1MB, 512kB or 0") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size is 0 or more")
+    return value
 
 
 def number(text: str) -> int | float:

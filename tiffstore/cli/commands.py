@@ -30,7 +30,7 @@ from tiffstore.cli.console import EXIT_ERROR, EXIT_OK, make_console, size
 from tiffstore.cli.inspect import open_with_status
 from tiffstore.errors import ServeError
 from tiffstore.outputs.materialize.run import materialize
-from tiffstore.outputs.references import write_references
+from tiffstore.outputs.references import describe_reference_chunks, write_references
 
 __all__ = [
     "check_command",
@@ -94,11 +94,17 @@ def materialize_command(args: argparse.Namespace, console: Console) -> int:
         stored = (
             f", {size(summary.stored_bytes)} stored" if summary.stored_bytes is not None else ""
         )
-        console.print(
-            f"[bold]Wrote[/bold] {summary.path}: {size(summary.bytes)} in "
-            f"{summary.write_seconds:.1f} s ({size(summary.throughput)}/s{stored}); "
-            f"{summary.chunks_written} chunks written, {summary.chunks_skipped} already done"
-        )
+        if summary.chunks_written == 0 and summary.verified is not None:
+            # --verify on a finished output: nothing written, only read back.
+            console.print(
+                f"[bold]Checked[/bold] {summary.path}: {summary.chunks_skipped} chunks{stored}"
+            )
+        else:
+            console.print(
+                f"[bold]Wrote[/bold] {summary.path}: {size(summary.bytes)} in "
+                f"{summary.write_seconds:.1f} s ({size(summary.throughput)}/s{stored}); "
+                f"{summary.chunks_written} chunks written, {summary.chunks_skipped} already done"
+            )
         if summary.verified:
             console.print("[bold green]Verified[/bold green]: every chunk equals the source")
     if summary.verified is False and not args.json:
@@ -117,6 +123,9 @@ def refs_command(args: argparse.Namespace, console: Console) -> int:
     # --chunks are the references' chunks, checked to be one byte range each.
     chunks, options = options.chunks, options.replace(chunks=None)
     store = open_with_status(args.source, options, args.quiet)
+    if not args.quiet and not args.json:
+        chosen = describe_reference_chunks(store.manifest, chunks)
+        console.print(f"Chunks {chosen}", highlight=False)
     target = write_references(
         store,
         args.target,
@@ -125,6 +134,7 @@ def refs_command(args: argparse.Namespace, console: Console) -> int:
         version=args.version,
         chunks=chunks,
         overwrite=args.overwrite,
+        max_inline=args.max_inline,
     )
     seconds = time.perf_counter() - opened
     if args.json:

@@ -21,6 +21,7 @@ from tiffstore.manifest.documents import array_attributes
 from tiffstore.manifest.model import Manifest
 from tiffstore.opening import open as open_store
 from tiffstore.outputs.materialize.journal import materialize_status
+from tiffstore.outputs.references import describe_reference_chunks
 from tiffstore.read.store import TiffStore
 from tiffstore.sources.checksums import ChecksummedSource
 
@@ -66,6 +67,7 @@ def inspect_report(store: TiffStore) -> dict[str, Any]:
         "chunk_bytes": store.manifest.chunk_nbytes,
         "chunk_count": n_chunks,
         "chunks_why": describe_chunks(store.manifest),
+        "reference_chunks": describe_reference_chunks(store.manifest),
         "axes": attrs["axes"],
         "coords": attrs["coords"],
         "template": m.template,
@@ -104,6 +106,7 @@ def print_inspect(console: Console, store: TiffStore, show_files: bool = False) 
         f"{r['chunk_count']:,} in all"
     )
     console.print(f"          {r['chunks_why']}", highlight=False)
+    console.print(f"[bold]Refs[/bold]    chunks {r['reference_chunks']}", highlight=False)
     served = f"Zarr format {r['zarr_format']}"
     if r["shards"]:
         served += (

@@ -10,6 +10,7 @@ from tiffstore.cli.arguments import (
     format_parent,
     json_object,
     listing_parent,
+    parse_size,
     reading_parent,
     shape,
     shards,
@@ -25,6 +26,7 @@ from tiffstore.cli.commands import (
 )
 from tiffstore.cli.demo import demo_command
 from tiffstore.cli.inspect import inspect_command
+from tiffstore.outputs.references import MAX_INLINE
 
 __all__ = ["EPILOG", "build_parser"]
 
@@ -148,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
             reading,
             chunks_parent(
                 "page, file, native, or a shape; each chunk must be one byte range (default: "
-                "the store's when they are, else pages or the files' strips/tiles)"
+                "the store's when they are and none is padded, else equal runs of pages that "
+                "divide each file's pages, or the files' strips/tiles: no pixel inlined)"
             ),
             values,
         ],
@@ -179,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", type=int, choices=(0, 1), default=1, help="JSON: 1 templates the URL (default)"
     )
     r.add_argument("--overwrite", action="store_true", help="replace an existing TARGET")
+    r.add_argument(
+        "--max-inline",
+        type=parse_size,
+        default=MAX_INLINE,
+        metavar="SIZE",
+        help="pixels the file may inline in all: last strips a TIFF stores short (default 1MiB)",
+    )
     r.add_argument("--json", action="store_true", help="print a summary as JSON")
     r.set_defaults(func=refs_command)
 

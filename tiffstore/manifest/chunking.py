@@ -24,6 +24,7 @@ __all__ = [
     "ChunkSpec",
     "checked_chunks",
     "describe_chunks",
+    "even_page_runs",
     "rechunk",
     "resolve_chunks",
 ]
@@ -116,6 +117,44 @@ def resolve_chunks(
         # continue grouping across files along that axis.
         name_chunks[-1] = max(1, min(budget, name_shape[-1]))
     return tuple(name_chunks) + tuple(lead) + tuple(layout.page_shape)
+
+
+def even_page_runs(layout: FileLayout, target_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[int, ...]:
+    """Chunks over a file's leading dims: runs of whole pages that divide each dim evenly.
+
+    Innermost first, each dim takes its largest divisor that keeps the run within
+    ``target_bytes`` (at least one page); an outer dim grows only once the inner
+    ones are whole. No run is cut short at a file's end, so every chunk is the
+    same number of back-to-back pages: 50 pages of 512 KiB give runs of 25, and the
+    201 pages of a (201, 1024, 768) uint16 stack, divisible only by 3 and 67, runs
+    of 3.
+
+    Examples
+    --------
+    >>> lay = FileLayout((50, 512, 512), "<u2", ("z", "y", "x"), 2, "contiguous", data_offset=8)
+    >>> even_page_runs(lay)
+    (25,)
+    """
+    budget = max(1, target_bytes // max(layout.page_nbytes, 1))
+    lead: list[int] = []
+    for n in reversed(layout.leading_shape):
+        take = _largest_divisor(max(n, 1), budget)
+        lead.insert(0, take)
+        budget = budget // n if take == n else 1
+    return tuple(lead)
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of ``n`` that is at most ``at_most`` (1 at least)."""
+    if n <= at_most:
+        return n
+    best = 1
+    for d in range(1, math.isqrt(n) + 1):
+        if n % d == 0:
+            for k in (d, n // d):
+                if best < k <= at_most:
+                    best = k
+    return best
 
 
 def describe_chunks(m: Manifest) -> str:

@@ -16,16 +16,22 @@ the block size), so the restored store checks its reads the same way.
 from __future__ import annotations
 
 import base64
+import binascii
 import io
 import json
+import logging
 import os
-import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 
-from tiffstore.errors import SourceError
+from tiffstore.errors import ReferenceError, SourceError
 from tiffstore.manifest.model import Manifest
+from tiffstore.manifest.reference_file import ReferenceFile, digest_and_urls, parquet_digest
+from tiffstore.manifest.schema import check_saved
 from tiffstore.manifest.tables import FileTables
 from tiffstore.names.axes import Axis, Coordinate
 from tiffstore.sources.base import FileSource
@@ -38,7 +44,15 @@ from tiffstore.tiff.codecs import SegmentCodec
 from tiffstore.tiff.layout import FileLayout, Segments
 from tiffstore.tiff.scale import VoxelSize
 
-__all__ = ["FORMAT", "dump_manifest", "load_manifest", "manifest_of_references"]
+__all__ = [
+    "FORMAT",
+    "chunk_digest",
+    "dump_manifest",
+    "load_manifest",
+    "manifest_of_references",
+]
+
+logger = logging.getLogger(__name__)
 
 #: The saved form's version; loading refuses other versions.
 FORMAT = 1
@@ -77,6 +91,7 @@ def _layout_record(lay: FileLayout) -> dict[str, Any]:
             "segment": list(seg.segment),
             "samples": seg.samples,
             "planar": seg.planar,
+            "tiled": seg.tiled,
             "codec": {
                 "compressor": [list(kv) for kv in seg.codec.compressor],
                 "predictor": seg.codec.predictor,
@@ -106,6 +121,7 @@ def _layout_from(rec: dict[str, Any]) -> FileLayout:
                 codec["predictor_dist"],
                 codec["image"],
             ),
+            bool(seg.get("tiled", False)),  # saved since tiffstore 0.2
         )
     scale = rec["scale"]
     return FileLayout(
@@ -201,13 +217,17 @@ def load_manifest(
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             doc = json.loads(npz["manifest"].tobytes())
             arrays = {name: npz[name] for name in npz.files if name != "manifest"}
-    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
-        raise SourceError(f"not a saved tiffstore manifest ({exc}).") from exc
-    if doc.get("format") != FORMAT:
+    except Exception as exc:
+        # Bytes from anywhere: zipfile, zlib and numpy each fail their own way on
+        # damaged ones (BadZipFile, zlib.error, EOFError, NotImplementedError...).
+        raise SourceError(f"not a saved tiffstore manifest ({type(exc).__name__}: {exc}).") from exc
+    found = doc.get("format") if isinstance(doc, dict) else None
+    if found != FORMAT:
         raise SourceError(
-            f"the saved manifest has format {doc.get('format')!r}; this tiffstore reads "
+            f"the saved manifest has format {found!r}; this tiffstore reads "
             f"format {FORMAT}. Write it again with this version."
         )
+    arrays = check_saved(doc, arrays)
     src = doc["source"]
     where = root if root is not None else src["root"]
     # Times and ETags describe the files the manifest was made from: copies elsewhere
@@ -236,7 +256,7 @@ def load_manifest(
                 arrays["checksum_crcs"].astype(np.uint32),
                 int(checksum["block"]),
             )
-        except (KeyError, ValueError, TypeError) as exc:
+        except ValueError as exc:
             raise SourceError(f"the saved manifest's checksums are damaged ({exc}).") from exc
     return Manifest(
         source=source,
@@ -270,9 +290,182 @@ def load_manifest(
 def _location(root: str) -> str:
     """A root as one spelling: ``file://`` dropped, local paths resolved, no final slash."""
     path = root.removeprefix("file://")
-    if "://" not in path:
+    if "://" not in path and "\0" not in path:  # (a NUL is no path's: compared as it is)
         path = os.path.realpath(path)
     return path.rstrip("/")
+
+
+#: What to do with a reference file tiffstore cannot open from its saved manifest.
+_WAY_OUT = (
+    "Open it with fsspec + zarr directly, which read its references and not tiffstore's "
+    'manifest: zarr.open_group(fsspec.filesystem("reference", fo={name!r}).get_mapper(), '
+    'mode="r"); or write the references again from the TIFF files with tiffstore.'
+)
+
+
+def chunk_digest(refs: Iterable[tuple[str, Any]], image: str) -> str:
+    r"""sha256 hex over the image array's chunk references, URLs left out.
+
+    The reference writer stores it in the group's attributes
+    (``tiffstore.references.digest``); :func:`manifest_of_references` computes it
+    again from the file and refuses a file whose references changed since.
+
+    Parameters
+    ----------
+    refs
+        ``(key, value)`` pairs of a whole reference set; only keys
+        ``f"{image}/<digits>.<digits>..."`` count. A value is ``[url, offset, length]``,
+        ``[url]`` (a whole file), ``bytes`` (inlined), or text as a JSON file holds
+        inlined bytes (``"base64:..."``, or plain text: its UTF-8 bytes).
+    image
+        The image array's name.
+
+    Returns
+    -------
+    str
+        The sha256 hex digest of one line per chunk reference, sorted by key, each
+        ending in ``"\n"``: ``"<key> <offset> <length>"`` for a byte range, ``"<key>
+        whole"`` for a whole file, ``"<key> inline <sha256 hex of the bytes>"`` for
+        inlined bytes, ``"<key> unreadable"`` for anything else. URLs are left out, so
+        that references moved to another place by rewriting their URLs keep it.
+
+    Examples
+    --------
+    >>> chunk_digest([("image/.zarray", "{}"), ("image/0.0", ["a.tif", 8, 1024])], "image")
+    '27b5df3e704b1e86aa94e2aafa1075f66b7800b86dbd7904abc743dd3c2a97c9'
+    >>> import hashlib
+    >>> _ == hashlib.sha256(b"image/0.0 8 1024\n").hexdigest()
+    True
+    """
+    return digest_and_urls(refs, image)[0]
+
+
+@dataclass(frozen=True)
+class _Saved:
+    """What tiffstore's attributes in a reference file say, checked."""
+
+    manifest: bytes
+    image: str
+    url: str | None
+    digest: str | None
+
+
+def _saved_attributes(refs: ReferenceFile) -> _Saved:
+    name = refs.name
+    attrs = refs.document(".zattrs")
+    info = attrs.get("tiffstore") if isinstance(attrs, dict) else None
+    if not isinstance(info, dict) or not info.get("manifest"):
+        raise SourceError(
+            f"{name}: this reference file carries no tiffstore manifest (it was not written by "
+            "tiffstore, or by an older version): open the TIFF files themselves."
+        )
+
+    def damaged(what: str) -> SourceError:
+        return SourceError(
+            f"{name}: the tiffstore attributes saved in it are damaged: {what}. "
+            + _WAY_OUT.format(name=name)
+        )
+
+    saved = info["manifest"]
+    if not isinstance(saved, str):
+        raise damaged(f"tiffstore.manifest is {type(saved).__name__}, not base64 text")
+    about = info.get("references", {})
+    if not isinstance(about, dict):
+        raise damaged(f"tiffstore.references is {type(about).__name__}, not an object")
+    image, url, digest = about.get("image", "image"), about.get("url"), about.get("digest")
+    if not isinstance(image, str) or not image or "/" in image:
+        raise damaged(f"tiffstore.references.image {image!r} is not an array's name")
+    if url is not None and (not isinstance(url, str) or not url or "\0" in url):
+        raise damaged(f"tiffstore.references.url {url!r} is no URL or path")
+    if digest is not None and not (
+        isinstance(digest, str) and len(digest) == 64 and not digest.strip("0123456789abcdef")
+    ):
+        raise damaged(f"tiffstore.references.digest {digest!r} is not a sha256 hex digest")
+    try:
+        data = base64.b64decode(saved, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise damaged(f"tiffstore.manifest is not base64 ({exc})") from exc
+    return _Saved(data, image, url, digest)
+
+
+def _array_differences(zarray: Any, m: Manifest) -> str | None:
+    """How the image array's ``.zarray`` differs from the manifest's array, or ``None``."""
+    if not isinstance(zarray, dict):
+        return "has no .zarray document" if zarray is None else "has a .zarray that is no object"
+    what = []
+    for key, want in (("shape", m.shape), ("chunks", m.chunks)):
+        found = zarray.get(key)
+        if not isinstance(found, list) or tuple(found) != want:
+            found = tuple(found) if isinstance(found, list) else found
+            what.append((f"{key} {found}", f"{key} {want}"))
+    try:
+        same_dtype = np.dtype(zarray.get("dtype")) == m.dtype
+    except (TypeError, ValueError):
+        same_dtype = False
+    if not same_dtype:
+        what.append((f"dtype {zarray.get('dtype')!r}", f"dtype {m.dtype.str!r}"))
+    if not what:
+        return None
+    return (
+        f"has {' and '.join(w for w, _ in what)} but the tiffstore manifest saved in it "
+        f"describes {' and '.join(d for _, d in what)}"
+    )
+
+
+def _prefix_of(url: str, names: set[str]) -> str | None:
+    """The part of ``url`` before one of ``names`` (the longest that ends it), or ``None``."""
+    parts = url.split("/")
+    for k in range(1, len(parts)):
+        if "/".join(parts[k:]) in names:
+            return "/".join(parts[:k]) + "/"
+    return None
+
+
+def _place_differences(urls: set[Any], refs: ReferenceFile, m: Manifest) -> str | None:
+    """How the chunk references' URLs differ from the manifest's files, or ``None``:
+    each must be one of its files (its name quoted or not), all where it reads them."""
+    if not urls:
+        return None
+    first = next(iter(urls))
+    if not isinstance(first, str):
+        return f"read {first!r}, which is no URL"
+    names = set(m.files)
+    prefix = _prefix_of(first, names) or _prefix_of(unquote(first), names) or ""
+    expected = {prefix + name for name in m.files} if prefix else set()
+    strangers = urls - expected  # (set operations: a few ms for 100,000 files)
+    strangers = {u for u in strangers if not isinstance(u, str) or unquote(u) not in expected}
+    if strangers:
+        stranger = next(iter(strangers))
+        return f"read {stranger!r}, which is none of the {len(names):,} files the manifest lists"
+    here, there = refs.expand(prefix), m.source.url("")
+    if _location(here) != _location(there):
+        return f"read the TIFF files from {here}, but the manifest reads them from {there}"
+    return None
+
+
+def _reference_differences(refs: ReferenceFile, saved: _Saved, m: Manifest) -> str | None:
+    """How the chunk references differ from those written with the manifest, or ``None``."""
+    image, digest = saved.image, saved.digest
+    table = refs.references
+    if table is not None:
+        found, urls = digest_and_urls(table.items(), image)
+    else:
+        chunks = refs.parquet_chunks(image, m.chunk_grid)
+        if chunks is None:
+            logger.warning(
+                "%s: its chunk references were not compared with those tiffstore wrote: "
+                "reading Parquet records needs fastparquet (pip install 'tiffstore[parquet]').",
+                refs.name,
+            )
+            return None
+        found, urls = parquet_digest(chunks), chunks.urls
+    if found != digest:
+        return (
+            "has chunk references other than those tiffstore wrote with the manifest saved "
+            "in it (their keys, offsets or lengths differ)"
+        )
+    place = _place_differences(urls, refs, m)
+    return None if place is None else f"has chunk references that {place}"
 
 
 def manifest_of_references(
@@ -280,35 +473,45 @@ def manifest_of_references(
     storage_options: dict[str, Any] | None = None,
     remote: RemoteSettings | None = None,
 ) -> Manifest:
-    """The manifest saved in a reference file tiffstore wrote.
+    """The manifest saved in a reference file tiffstore wrote, checked against the file.
 
     The TIFFs are read from where the references point (``url=`` when they were
     written with one), with ``storage_options``.
 
+    The manifest must describe the file's own image array (its ``.zarray``: shape,
+    chunks, dtype), and, where the writer stored a digest of the chunk references
+    (:func:`chunk_digest`), the references must be those it wrote, of the files it
+    lists, where it reads them. A file combined with others (kerchunk's
+    ``MultiZarrToZarr`` copies the first file's attributes, this manifest with
+    them), edited, or given another file's attributes is refused: read it with
+    fsspec + zarr, which read its references.
+
     Raises
     ------
     SourceError
-        When the file is not a tiffstore reference file, or carries no manifest.
+        When the file is not a tiffstore reference file, carries no manifest, or its
+        manifest or attributes are damaged; the message names the file and the field.
+    ReferenceError
+        When the manifest does not describe the file's image array or references.
     """
-
     text = str(source)
-    fs, path = filesystem_of(text, storage_options)
+    refs = ReferenceFile(text, storage_options)
+    saved = _saved_attributes(refs)
     try:
-        if fs.isdir(path):
-            meta = json.loads(fs.cat_file(f"{path.rstrip('/')}/.zmetadata"))
-            attrs = meta["metadata"][".zattrs"]
-        else:
-            doc = json.loads(fs.cat_file(path))
-            refs = doc.get("refs", doc)
-            attrs = json.loads(refs[".zattrs"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SourceError(f"{text}: not a reference file tiffstore can read ({exc}).") from exc
-    info = attrs.get("tiffstore", {}) if isinstance(attrs, dict) else {}
-    saved = info.get("manifest")
-    if not saved:
+        m = load_manifest(saved.manifest, storage_options, root=saved.url, remote=remote)
+    except SourceError as exc:
         raise SourceError(
-            f"{text}: this reference file carries no tiffstore manifest (it was not written by "
-            "tiffstore, or by an older version): open the TIFF files themselves."
+            f"{text}: tiffstore.manifest in its attributes: {exc} " + _WAY_OUT.format(name=text)
+        ) from exc
+    image = saved.image
+    problem = _array_differences(refs.document(f"{image}/.zarray"), m)
+    if problem is None and saved.digest is not None:
+        # (Reference files written before digests are checked by their array alone.)
+        problem = _reference_differences(refs, saved, m)
+    if problem is not None:
+        raise ReferenceError(
+            f"{text}: its image array {image!r} {problem}: it was combined with other "
+            "references or edited by another tool, and tiffstore would read other data "
+            "than it describes. " + _WAY_OUT.format(name=text)
         )
-    url = info.get("references", {}).get("url")
-    return load_manifest(base64.b64decode(saved), storage_options, root=url, remote=remote)
+    return m

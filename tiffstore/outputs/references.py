@@ -12,25 +12,27 @@ with consolidated metadata. The group's attributes carry tiffstore's description
 and size), never credentials.
 
 A reference is one byte range per chunk, so the chunks must be whole pieces of the
-files: whole uncompressed pages (or runs of them), or one compressed strip or tile
-each. :func:`reference_chunks` picks such chunks; edge chunks a TIFF stores short
-(a last strip of fewer rows) are re-encoded padded and inlined, checked to decode
-to the same pixels.
+files: whole uncompressed pages (or runs of them that divide the file's pages), or
+one compressed strip or tile each (edge tiles included: TIFF stores them whole,
+padded, as Zarr does its edge chunks). :func:`reference_chunks` picks such chunks,
+so that by default no pixel is inlined. Only a last strip a TIFF stores short
+cannot be a reference: it is re-encoded padded, checked to decode to the same
+pixels, and inlined, up to ``max_inline`` bytes in all (:data:`MAX_INLINE`).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import itertools
 import json
 import logging
 import math
 import posixpath
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 from urllib.parse import quote
 
-import numcodecs
 import numpy as np
 
 from tiffstore._version import __version__
@@ -41,133 +43,44 @@ from tiffstore.errors import (
     ReferenceError,
     TiffStoreError,
 )
-from tiffstore.manifest.chunking import ChunkSpec, rechunk
+from tiffstore.manifest.chunking import ChunkSpec
 from tiffstore.manifest.documents import Documents, array_attributes, array_metadata
 from tiffstore.manifest.headers import verify_manifest
 from tiffstore.manifest.model import Manifest
-from tiffstore.manifest.plans import ChunkPlan, page_run_table
-from tiffstore.manifest.saved import dump_manifest
+from tiffstore.manifest.plans import ChunkPlan, Piece, page_run_table
+from tiffstore.manifest.saved import chunk_digest, dump_manifest
+from tiffstore.outputs.parquet_refs import write_parquet_references
+from tiffstore.outputs.reference_chunks import (
+    ReferenceCodecs,
+    describe_reference_chunks,
+    padded_runs,
+    reference_chunks,
+    reference_codecs,
+)
 from tiffstore.read.assemble import ChunkReader
+from tiffstore.sources.base import FileSource
+from tiffstore.sources.checksums import ChecksummedSource
+from tiffstore.sources.local import LocalSource
 from tiffstore.sources.network import filesystem_of
-from tiffstore.tiff.codecs import register_imagecodecs
+from tiffstore.sources.remote import FsspecSource
 
-__all__ = ["ReferenceError", "reference_chunks", "references", "write_references"]
+__all__ = [
+    "MAX_INLINE",
+    "ReferenceError",
+    "describe_reference_chunks",
+    "reference_chunks",
+    "references",
+    "source_at",
+    "write_references",
+]
 
 logger = logging.getLogger(__name__)
 
 Format = Literal["json", "parquet"]
 
-
-@dataclass(frozen=True)
-class _Codecs:
-    """The codec chain every chunk of the references shares."""
-
-    compressor: dict[str, Any] | None
-    filters: list[dict[str, Any]] | None
-
-    def encode(self, chunk: np.ndarray) -> bytes:
-        register_imagecodecs()
-        data: Any = np.ascontiguousarray(chunk)
-        for f in self.filters or []:
-            if "shape" in f:  # imagecodecs' predictors take their own shape
-                data = data.reshape(f["shape"])
-            data = numcodecs.get_codec(f).encode(data)
-        if self.compressor is not None:
-            data = numcodecs.get_codec(self.compressor).encode(data)
-        return bytes(memoryview(data).cast("B"))
-
-    def decode(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
-        register_imagecodecs()
-        out: Any = data
-        if self.compressor is not None:
-            out = numcodecs.get_codec(self.compressor).decode(out)
-        for f in reversed(self.filters or []):
-            out = numcodecs.get_codec(f).decode(out)
-        return np.ascontiguousarray(out).reshape(-1).view(np.uint8).view(dtype).reshape(shape)
-
-
-def _codecs(m: Manifest) -> _Codecs:
-    layout = m.layout
-    if layout.storage == "tifffile":
-        raise ReferenceError(
-            f"{m.url(0)}: its pages are stored in a way only tifffile decodes ({layout.describe()}, "
-            "packed bits or volumetric tiles), which no reference can describe. Write a real "
-            "Zarr copy with `tiffstore materialize` instead."
-        )
-    seg = layout.segments
-    if seg is None or seg.codec.raw:
-        return _Codecs(None, None)
-    if len({lay.segments.codec for lay in m.layouts if lay.segments is not None}) > 1:
-        raise ReferenceError(
-            "The files are compressed in different ways; a Zarr array has one codec. "
-            "Write references for each kind separately."
-        )
-    shape = (*seg.segment, seg.contig_samples)
-    filt = seg.codec.filter_config(shape, m.dtype)
-    return _Codecs(seg.codec.compressor_config(), [filt] if filt else None)
-
-
-def reference_chunks(m: Manifest, chunks: ChunkSpec = None) -> Manifest:
-    """``m`` with chunks that references can describe: each one byte range.
-
-    ``None`` keeps the manifest's chunks when they qualify, else takes whole pages
-    (uncompressed files) or the files' own strips or tiles (compressed files).
-
-    Raises
-    ------
-    ReferenceError
-        When the asked-for chunks are not one byte range each; the message names
-        the chunking that works.
-    """
-    layout = m.layout
-    native = "native" if layout.segments is not None else "page"
-    if chunks is not None:
-        out = rechunk(m, chunks)
-        problem = _chunking_problem(out)
-        if problem:
-            raise ReferenceError(
-                f"chunks={chunks!r} cannot be written as references: {problem}. A reference is "
-                f"one byte range of one file; use chunks='{native}'"
-                + (" or 'file'" if layout.storage == "contiguous" else "")
-                + "."
-            )
-        return out
-    if not _chunking_problem(m):
-        return m
-    return rechunk(m, native)
-
-
-def _chunking_problem(m: Manifest) -> str | None:
-    """Why a chunk of ``m`` may not be one piece of one file, or ``None``."""
-    layout = m.layout
-    nn = m.n_name_dims
-    if m.stitched:
-        return "stitched tiles put several files in one chunk"
-    if any(c != 1 for c in m.chunks[:nn]):
-        return "a chunk spans several files"
-    page_chunks = m.chunks[len(m.chunks) - layout.page_ndim :]
-    seg = layout.segments
-    if seg is None or (seg.codec.raw and layout.storage != "segments"):
-        if page_chunks != layout.page_shape:
-            return "a chunk is part of a page"
-        lead = m.chunks[nn : len(m.chunks) - layout.page_ndim]
-        sizes = layout.leading_shape
-        k = len(lead)
-        while k > 0 and lead[k - 1] == sizes[k - 1]:
-            k -= 1
-        if any(c != 1 for c in lead[: max(k - 1, 0)]):
-            return "a chunk's pages are not back to back"
-        if layout.storage == "pages" and math.prod(lead) > 1:
-            return "the files' pages are not back to back"
-        return None
-    if any(c != 1 for c in m.chunks[nn : len(m.chunks) - layout.page_ndim]):
-        return "a chunk spans several pages, each stored in its own strips or tiles"
-    if tuple(page_chunks) != seg.native_chunks():
-        return (
-            f"the files store pages in strips or tiles of {seg.native_chunks()}, "
-            f"not chunks of {tuple(page_chunks)}"
-        )
-    return None
+#: Bytes of pixels one reference file may inline, in all, by default: the padded,
+#: re-encoded last strips that TIFFs store short. Past it the writer refuses.
+MAX_INLINE = 2**20
 
 
 def _url_of(m: Manifest, file: int, prefix: str | None) -> str:
@@ -179,22 +92,35 @@ def _url_of(m: Manifest, file: int, prefix: str | None) -> str:
     return posixpath.join(prefix.rstrip("/") + "/", name)
 
 
+def _direct(m: Manifest, plan: ChunkPlan) -> Piece | None:
+    """The one strip or tile that is the whole chunk as zarr decodes it, or ``None``.
+
+    Interior strips and tiles, and edge tiles: TIFF stores every tile whole (edge
+    tiles padded), exactly as zarr stores an edge chunk, for every codec. A last
+    strip is usually stored short, so only whole strips qualify.
+    """
+    if len(plan.pieces) != 1 or plan.pieces[0].kind != "decode":
+        return None
+    p = plan.pieces[0]
+    seg = m.layout.segments
+    if p.nbytes <= 0 or seg is None or math.prod(p.shape) != math.prod(plan.shape):
+        return None
+    if not plan.complete and any(s.start != 0 for s in (*p.select, *p.dest)):
+        return None
+    return p if p.valid == p.shape or seg.tiled else None
+
+
 def _chunk_value(
-    m: Manifest, plan: ChunkPlan, reader: ChunkReader, codecs: _Codecs, urls: list[str]
+    m: Manifest, plan: ChunkPlan, reader: ChunkReader, codecs: ReferenceCodecs, urls: list[str]
 ) -> bytes | list[Any]:
     piece = plan.one_range()
     if piece is not None:
         return [urls[piece.file], piece.offset, piece.nbytes]
-    if plan.complete and len(plan.pieces) == 1 and plan.pieces[0].kind == "decode":
-        p = plan.pieces[0]
-        # Tiles are stored whole (edge tiles padded), as zarr stores edge chunks; a
-        # last strip is usually stored short, so only whole strips are referenced.
-        seg = m.layout.segments
-        tiled = seg is not None and seg.segment[1] != seg.image[1]
-        if p.nbytes > 0 and (p.valid == p.shape or tiled):
-            return [urls[p.file], p.offset, p.nbytes]
-    # An edge chunk the TIFF stores short (a last strip, a partial run of pages), or
-    # a strip never written: encode the padded chunk as zarr will decode it.
+    direct = _direct(m, plan)
+    if direct is not None:
+        return [urls[direct.file], direct.offset, direct.nbytes]
+    # An edge chunk the TIFF stores short (a last strip), or a strip never written:
+    # encode the padded chunk as zarr will decode it.
     chunk = reader.execute(plan)
     assert chunk is not None
     try:
@@ -211,6 +137,62 @@ def _chunk_value(
     return data
 
 
+class _Inlined:
+    """The pixels a reference file inlines, counted against ``max_inline``."""
+
+    def __init__(self, m: Manifest, max_inline: int) -> None:
+        self.m, self.limit = m, max_inline
+        self.count = self.nbytes = 0
+
+    def add(self, data: bytes) -> bytes:
+        self.count += 1
+        self.nbytes += len(data)
+        if self.nbytes > self.limit:
+            raise ReferenceError(self._refusal())
+        return data
+
+    def check_padded_runs(self) -> None:
+        """Refuse at once chunks of uncompressed pages padded past a file's end."""
+        m = self.m
+        if not padded_runs(m):
+            return
+        per_file = math.prod(m.chunk_grid[m.n_name_dims :])
+        full = math.prod(
+            n // c for n, c in zip(m.shape[m.n_name_dims :], m.chunks[m.n_name_dims :], strict=True)
+        )
+        padded = (per_file - full) * int((m.file_index >= 0).sum())
+        if padded * m.chunk_nbytes > self.limit:
+            self.count, self.nbytes = padded, padded * m.chunk_nbytes
+            raise ReferenceError(self._refusal(done=False))
+
+    def _refusal(self, done: bool = True) -> str:
+        m = self.m
+        fix = (
+            "Leave out chunks (the default chunks are byte ranges), or use chunks='page'"
+            if m.layout.raw_pages
+            else f"Raise max_inline= (now {self.limit:,} bytes), or write a real Zarr copy with "
+            "`tiffstore materialize`"
+        )
+        return (
+            f"{m.source.url('')}: with chunks {tuple(m.chunks)} the references would inline more "
+            f"than {self.limit:,} bytes of pixels ({self.count:,} chunks"
+            f"{' so far' if done else ''}, {self.nbytes:,} bytes): chunks the TIFFs store short (a last strip, or pages "
+            f"padded past a file's end) are no byte range and must be copied into the "
+            f"reference file. {fix}."
+        )
+
+    def report(self) -> None:
+        if self.count:
+            logger.warning(
+                "%s: %d chunks stored short in the TIFFs (last strips) were re-encoded and "
+                "inlined into the references: %d bytes in all (max_inline=%d).",
+                self.m.source.url(""),
+                self.count,
+                self.nbytes,
+                self.limit,
+            )
+
+
 def references(
     store_or_manifest: Any,
     *,
@@ -218,6 +200,7 @@ def references(
     chunks: ChunkSpec = None,
     version: int = 1,
     inline_missing: bool = False,
+    max_inline: int = MAX_INLINE,
 ) -> Iterator[tuple[str, Any]]:
     """Every reference of the virtual array, metadata first, as ``(key, value)`` pairs.
 
@@ -227,7 +210,9 @@ def references(
     """
     m: Manifest = getattr(store_or_manifest, "manifest", store_or_manifest)
     m = reference_chunks(verify_manifest(m), chunks)
-    codecs = _codecs(m)
+    codecs = reference_codecs(m)
+    inlined = _Inlined(m, max_inline)
+    inlined.check_padded_runs()
     root = url if url is not None else m.source.url("")
     urls = [_url_of(m, i, url) for i in range(len(m.files))]
     if version == 1:
@@ -238,20 +223,33 @@ def references(
     zarray = dict(array_metadata(m), compressor=codecs.compressor, filters=codecs.filters)
     # No fill value where it is 0 (zarr's default): xarray would mask real zeros.
     zarray["fill_value"] = None if m.fill_value == 0 else zarray["fill_value"]
-    attrs = array_attributes(m)
+    saved = _as_read_from(m, url)
+    attrs = array_attributes(saved)
     dims = attrs.pop("_ARRAY_DIMENSIONS")
     attrs["tiffstore"]["made_from"] = {
-        "root": m.source.url(""),
-        "files": list(m.files),
-        "sizes": m.file_sizes.tolist(),
+        "root": saved.source.url(""),
+        "files": list(saved.files),
+        "sizes": saved.file_sizes.tolist(),
     }
-    if m.file_mtimes is not None:
-        attrs["tiffstore"]["made_from"]["mtimes_ns"] = m.file_mtimes.tolist()
-    if m.file_versions:
-        attrs["tiffstore"]["made_from"]["versions"] = list(m.file_versions)
+    if saved.file_mtimes is not None:
+        attrs["tiffstore"]["made_from"]["mtimes_ns"] = saved.file_mtimes.tolist()
+    if saved.file_versions:
+        attrs["tiffstore"]["made_from"]["versions"] = list(saved.file_versions)
     attrs["tiffstore"]["references"] = {"version": __version__, "image": image, "url": url}
     # The whole manifest, so that tiffstore.open(this file) needs no listing or header.
-    attrs["tiffstore"]["manifest"] = base64.b64encode(dump_manifest(m)).decode()
+    attrs["tiffstore"]["manifest"] = base64.b64encode(dump_manifest(saved)).decode()
+    pairs: Iterable[tuple[str, Any]] = _chunk_pairs(m, image, urls, codecs, inlined, inline_missing)
+    if page_run_table(m) is None:
+        pairs = list(pairs)  # each value made once (a chunk may be read and inlined)
+        digest = chunk_digest(pairs, image)
+    else:
+        # Cheap to make twice, with no read: once for the digest, once to write.
+        digest = chunk_digest(
+            _chunk_pairs(m, image, urls, codecs, _Inlined(m, max_inline), inline_missing), image
+        )
+    # A digest of the chunk references (URLs left out): tiffstore.open(this file)
+    # refuses references changed since (combined with others, edited).
+    attrs["tiffstore"]["references"]["digest"] = digest
     group = json.loads(docs.documents[".zmetadata"])["metadata"]
     group[".zattrs"] = attrs
     group[f"{image}/.zarray"] = zarray
@@ -263,32 +261,85 @@ def references(
         json.dumps({"zarr_consolidated_format": 1, "metadata": group}, allow_nan=True),
     )
     yield from docs.coordinate_chunks.items()
-    reader = ChunkReader(m)
+    yield from pairs
+    inlined.report()
+
+
+def _chunk_pairs(
+    m: Manifest,
+    image: str,
+    urls: list[str],
+    codecs: ReferenceCodecs,
+    inlined: _Inlined,
+    inline_missing: bool,
+) -> Iterator[tuple[str, Any]]:
+    """The image's chunk references, in C order: byte ranges, or inlined bytes."""
+    # Zarr reads a missing key as the fill value: only Parquet needs missing cells inlined.
+    fill: bytes | None = None
     table = page_run_table(m)
     if table is not None:
         # Every chunk whole pages of one file: the references at once, no plan each.
         files, offsets, nbytes = table
-        fill = None
-        for index, file, offset in zip(
-            np.ndindex(*m.chunk_grid), files.ravel().tolist(), offsets.ravel().tolist(), strict=True
+        keys = _chunk_keys(image, m.chunk_grid)
+        for key, file, offset in zip(
+            keys, files.ravel().tolist(), offsets.ravel().tolist(), strict=True
         ):
-            key = f"{image}/" + ".".join(map(str, index))
             if file >= 0:
                 yield key, [urls[file], offset, nbytes]
-            elif m.fill_value != 0 or inline_missing:
+            elif inline_missing:
                 if fill is None:
                     fill = codecs.encode(np.full(m.chunks, m.fill_value, m.dtype))
-                yield key, fill
+                yield key, inlined.add(fill)
         return
+    reader = ChunkReader(m)
     for index in np.ndindex(*m.chunk_grid):
+        key = f"{image}/" + ".".join(map(str, index))
         plan = reader.plan(index)
         if plan.empty:
-            if m.fill_value == 0 and not inline_missing:
-                continue
-            chunk = np.full(plan.shape, m.fill_value, m.dtype)
-            yield f"{image}/" + ".".join(map(str, index)), codecs.encode(chunk)
+            if inline_missing:
+                if fill is None:
+                    fill = codecs.encode(np.full(plan.shape, m.fill_value, m.dtype))
+                yield key, inlined.add(fill)
             continue
-        yield f"{image}/" + ".".join(map(str, index)), _chunk_value(m, plan, reader, codecs, urls)
+        value = _chunk_value(m, plan, reader, codecs, urls)
+        yield key, inlined.add(value) if isinstance(value, bytes) else value
+
+
+def _chunk_keys(image: str, grid: tuple[int, ...]) -> list[str]:
+    """Every chunk key of the image, in C order, built a dim at a time."""
+    keys = [f"{image}/"]
+    for k, n in enumerate(grid):
+        sep = "." if k else ""
+        keys = [f"{key}{sep}{i}" for key in keys for i in range(n)]
+    return keys
+
+
+def _as_read_from(m: Manifest, url: str | None) -> Manifest:
+    """The manifest as a reference file saves it: read from ``url`` when given.
+
+    No path of the writing machine is kept: the files are named relative to the
+    root, and a copy elsewhere has its own times and versions, so the originals'
+    are left out (they would only fail every check against the copy).
+    """
+    if url is None or _same_place(url, m.source.url("")):
+        return m
+    return dataclasses.replace(
+        m, source=source_at(url, m.source), file_mtimes=None, file_versions=()
+    )
+
+
+def source_at(url: str, like: FileSource) -> FileSource:
+    """A source that reads ``like``'s files from ``url`` (opens no connection)."""
+    if isinstance(like, ChecksummedSource):
+        # The files' checksums hold for copies of them.
+        return dataclasses.replace(like, inner=source_at(url, like.inner))
+    if "://" in url and not url.startswith("file://"):
+        return FsspecSource(url, url.split("://", 1)[0])
+    return LocalSource(url.removeprefix("file://"))
+
+
+def _same_place(a: str, b: str) -> bool:
+    return a.removeprefix("file://").rstrip("/") == b.removeprefix("file://").rstrip("/")
 
 
 def write_references(
@@ -302,6 +353,7 @@ def write_references(
     storage_options: dict[str, Any] | None = None,
     record_size: int = 100_000,
     overwrite: bool = False,
+    max_inline: int = MAX_INLINE,
 ) -> str:
     """Write fsspec reference files that read the TIFFs as Zarr, with no tiffstore needed.
 
@@ -316,21 +368,27 @@ def write_references(
         Where the TIFF files will be read from (``s3://bucket/raw/``,
         ``https://host/raw/``); by default where they are now.
     format
-        ``"json"`` (kerchunk's format) or ``"parquet"`` (for millions of chunks; needs
-        pandas and fastparquet to write and to read, and kerchunk to write).
+        ``"json"`` (kerchunk's format) or ``"parquet"`` (fsspec's lazy references, for
+        millions of chunks; needs pandas and fastparquet to write and to read).
     version
         JSON only: 1 (default) writes the URL prefix once as a template; 0 writes
         plain ``{key: value}``.
     chunks
         Chunks of the references (each must be one byte range: see
-        :func:`reference_chunks`); by default the store's when they qualify, else
-        pages or the files' own strips or tiles.
+        :func:`reference_chunks`); by default the store's when each is one byte range
+        and none would be padded, else equal runs of pages that divide each file's
+        pages, single pages, or the files' own strips or tiles: no pixel is inlined.
     storage_options
         For writing ``target``.
     record_size
         Parquet: references per Parquet file.
     overwrite
         Replace an existing ``target``; by default an existing target is refused.
+    max_inline
+        Bytes of pixels the file may inline in all (:data:`MAX_INLINE`, 1 MiB):
+        only last strips a TIFF stores short, and chunks padded past a file's end
+        when ``chunks`` asks for them, are inlined (with a warning giving the
+        total). Past it the writing is refused, naming what would work.
 
     Returns
     -------
@@ -349,16 +407,22 @@ def write_references(
         raise OptionError(f"format={format!r}: use 'json' or 'parquet'.")
     if version not in (0, 1):
         raise OptionError(f"version={version!r}: use 0 or 1.")
+    if isinstance(max_inline, bool) or not isinstance(max_inline, int) or max_inline < 0:
+        raise OptionError(f"max_inline={max_inline!r}: use a number of bytes, 0 or more.")
+    if isinstance(record_size, bool) or not isinstance(record_size, int) or record_size < 1:
+        raise OptionError(f"record_size={record_size!r}: use a number of references, 1 or more.")
     fs, path = filesystem_of(target, storage_options)
     if fs.exists(path) and not overwrite:
-        raise OutputExistsError(
-            f"{target}: already exists. Pass overwrite=True (--overwrite) to replace it."
-        )
+        raise OutputExistsError(f"{target}: already exists. Pass overwrite=True to replace it.")
     m: Manifest = getattr(store_or_manifest, "manifest", store_or_manifest)
     try:
         if format == "json":
-            return _write_json(m, fs, path, url, chunks, version, target)
-        return _write_parquet(m, fs, path, url, chunks, record_size, target)
+            refs = references(m, url=url, chunks=chunks, version=version, max_inline=max_inline)
+            return _write_json(m, refs, fs, path, url, version, target)
+        refs = references(
+            m, url=url, chunks=chunks, version=0, inline_missing=True, max_inline=max_inline
+        )
+        return _write_parquet(m, refs, fs, path, record_size, target)
     except TiffStoreError:
         raise  # the source's own errors (a file that changed, a read that failed)
     except OSError as exc:  # no such folder, no permission, a full disk, a refused PUT
@@ -366,11 +430,17 @@ def write_references(
 
 
 def _write_json(
-    m: Manifest, fs: Any, path: str, url: str | None, chunks: ChunkSpec, version: int, target: str
+    m: Manifest,
+    pairs: Iterator[tuple[str, Any]],
+    fs: Any,
+    path: str,
+    url: str | None,
+    version: int,
+    target: str,
 ) -> str:
     refs: dict[str, Any] = {
         key: "base64:" + base64.b64encode(value).decode() if isinstance(value, bytes) else value
-        for key, value in references(m, url=url, chunks=chunks, version=version)
+        for key, value in pairs
     }
     doc: dict[str, Any] = refs
     if version == 1:
@@ -390,25 +460,18 @@ def _write_json(
 
 def _write_parquet(
     m: Manifest,
+    pairs: Iterator[tuple[str, Any]],
     fs: Any,
     path: str,
-    url: str | None,
-    chunks: ChunkSpec,
     record_size: int,
     target: str,
 ) -> str:
     try:
-        from fsspec.implementations.reference import LazyReferenceMapper
-    except ImportError as exc:  # pragma: no cover - fsspec always has it
-        raise OptionError("Parquet references need fsspec's LazyReferenceMapper.") from exc
-    try:
         import fastparquet  # noqa: F401
-        import kerchunk.df  # noqa: F401
         import pandas  # noqa: F401
     except ImportError as exc:
         raise OptionError(
-            "Parquet references need pandas, fastparquet and kerchunk: "
-            "pip install 'tiffstore[parquet]'."
+            "Parquet references need pandas and fastparquet: pip install 'tiffstore[parquet]'."
         ) from exc
     if (m.file_index < 0).any() and m.layout.segments is None:
         # fsspec's Parquet reader takes a missing chunk's empty path for a URL under
@@ -419,14 +482,14 @@ def _write_parquet(
             "references cannot leave out for uncompressed data. Write JSON references "
             "(format='json'), or remove the gaps."
         )
-    # Only now, with the target refused or allowed: create() deletes what is there.
-    out = LazyReferenceMapper.create(path, fs=fs, record_size=record_size)
-    n = 0
-    for key, value in references(m, url=url, chunks=chunks, version=0, inline_missing=True):
-        if key == ".zmetadata":
-            continue  # the Parquet layout's own .zmetadata holds every document
-        out[key] = value.encode() if isinstance(value, str) else value
-        n += 1
-    out.flush()
+    # The metadata (and any refusal of the chunks) before the target is touched.
+    first = next(pairs)
+    try:
+        # Deletes what is at the target first, as fsspec's LazyReferenceMapper.create does.
+        n = write_parquet_references(itertools.chain([first], pairs), fs, path, record_size)
+    except BaseException:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)  # no half-written references left behind
+        raise
     logger.info("wrote %d references to %s", n, target)
     return target

@@ -2,7 +2,8 @@
 
 A :class:`SegmentCodec` says how a file's strips or tiles (its *segments*) are
 encoded, as plain data: the numcodecs configuration of the compressor (numcodecs'
-own ``zlib`` or imagecodecs' ``imagecodecs_*`` codecs) and of the predictor filter.
+own ``zlib`` and ``zstd`` where they decode the bytes, else imagecodecs'
+``imagecodecs_*`` codecs) and of the predictor filter.
 The reader here decodes through exactly these configurations, so a reference-file
 writer can name the same codecs per chunk and fsspec decodes them with no
 tiffstore code. The choices follow tifffile's own ``ZarrTiffStore.write_fsspec``.
@@ -22,7 +23,13 @@ import numcodecs.abc
 import numpy as np
 import tifffile
 
-__all__ = ["SegmentCodec", "register_imagecodecs", "segment_codec"]
+__all__ = [
+    "SegmentCodec",
+    "compression_name",
+    "register_imagecodecs",
+    "segment_codec",
+    "segment_codec_or_reason",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +41,9 @@ _COMPRESSORS: dict[int, str] = {
     50013: "zlib",  # PixTIFF
     32773: "imagecodecs_packbits",
     34925: "imagecodecs_lzma",
-    # numcodecs' zstd cannot decode frames without a content size.
-    50000: "imagecodecs_zstd",
+    # numcodecs' own: reference files need only numcodecs (frames without a content
+    # size decode since numcodecs 0.16).
+    50000: "zstd",
     7: "imagecodecs_jpeg",
     33007: "imagecodecs_jpeg",
     34892: "imagecodecs_jpeg",  # lossy JPEG (DNG)
@@ -237,8 +245,9 @@ def _fit(arr: np.ndarray, shape: tuple[int, int, int], valid: tuple[int, int, in
 
 
 # Codecs to decode with in place of the named ones: libdeflate reads zlib streams
-# faster than Python's zlib, while "zlib" stays the name any numcodecs can decode.
-_FASTER = {"zlib": "imagecodecs_deflate"}
+# faster than Python's zlib, and imagecodecs' zstd decodes into a given buffer, while
+# "zlib" and "zstd" stay the names any numcodecs can decode.
+_FASTER = {"zlib": "imagecodecs_deflate", "zstd": "imagecodecs_zstd"}
 
 
 @functools.cache
@@ -297,10 +306,34 @@ def segment_codec(page: tifffile.TiffPage) -> SegmentCodec | None:
     ...     segment_codec(tif.pages[0])
     SegmentCodec(compressor=(('id', 'imagecodecs_lzw'),), predictor='imagecodecs_delta', ...)
     """
+    codec = segment_codec_or_reason(page)
+    return codec if isinstance(codec, SegmentCodec) else None
+
+
+def compression_name(compression: int) -> str:
+    """A TIFF compression in words: ``"LERC (34887)"``, ``"CCITT Group 4 (4)"``."""
+    try:
+        name = tifffile.COMPRESSION(compression).name
+    except ValueError:
+        return f"compression {compression}"
+    words = _COMPRESSION_WORDS.get(name, name.replace("_", " "))
+    return f"{words} ({compression})"
+
+
+_COMPRESSION_WORDS = {
+    "CCITTRLE": "CCITT modified Huffman",
+    "CCITT_T4": "CCITT Group 3",
+    "CCITT_T6": "CCITT Group 4",
+    "ADOBE_DEFLATE": "Deflate",
+    "OJPEG": "old-style JPEG",
+}
+
+
+def segment_codec_or_reason(page: tifffile.TiffPage) -> SegmentCodec | str:
+    """The codec of a page's segments, or why numcodecs cannot decode them alone."""
     compression = int(page.compression)
     if compression != 1 and compression not in _COMPRESSORS:
-        logger.debug("compression %s has no numcodecs codec here", compression)
-        return None
+        return f"{compression_name(compression)} compression, which no numcodecs codec decodes"
     image = compression in _IMAGE_COMPRESSIONS
     config: dict[str, Any] = {}
     if compression != 1:
@@ -321,8 +354,7 @@ def segment_codec(page: tifffile.TiffPage) -> SegmentCodec | None:
     dist = 1
     if not image and page.predictor != 1:
         if page.predictor not in _PREDICTORS:
-            logger.debug("predictor %s has no numcodecs codec here", page.predictor)
-            return None
+            return f"predictor {int(page.predictor)}, which no numcodecs codec undoes"
         predictor, dist = _PREDICTORS[page.predictor]
     codec = SegmentCodec(tuple(sorted(config.items())), predictor, dist, image)
     try:
@@ -334,5 +366,5 @@ def segment_codec(page: tifffile.TiffPage) -> SegmentCodec | None:
             numcodecs.get_codec(filter_config)
     except ValueError as exc:  # the codec's library is not available
         logger.debug("cannot decode %s: %s", config.get("id"), exc)
-        return None
+        return f"{compression_name(compression)} compression, whose codec is not installed ({exc})"
     return codec

@@ -20,7 +20,7 @@ import tifffile
 
 from tiffstore._compat import open_tiff_file
 from tiffstore.errors import TiffReadError, TiffStoreError
-from tiffstore.tiff.codecs import segment_codec
+from tiffstore.tiff.codecs import SegmentCodec, segment_codec_or_reason
 from tiffstore.tiff.layout import FileLayout, Segments, Storage
 from tiffstore.tiff.scale import read_voxel_size
 
@@ -121,23 +121,27 @@ def _ome_file_part(
     return axes, tuple(extents[k] for k in keep) + tuple(keyframe.shape)
 
 
-def _segments_of(pages: Sequence[Any], keyframe: tifffile.TiffPage, name: str) -> Segments | None:
-    """Every page's strips or tiles, or ``None`` if they cannot be decoded one by one."""
+def _segments_of(pages: Sequence[Any], keyframe: tifffile.TiffPage, name: str) -> Segments | str:
+    """Every page's strips or tiles, or why they cannot be decoded one by one."""
     reasons = []
     if keyframe.imagedepth != 1 or keyframe.tiledepth != 1:
-        reasons.append("volumetric pages")
+        reasons.append("volumetric pages or tiles")
     if keyframe.fillorder != 1:
         reasons.append("reversed bit order")
     if keyframe.bitspersample not in (8, 16, 32, 64) or keyframe.dtype is None:
-        reasons.append(f"{keyframe.bitspersample}-bit samples")
+        packed = " (packed bits)" if keyframe.bitspersample < 8 else ""
+        reasons.append(f"{keyframe.bitspersample}-bit samples{packed}")
     if keyframe.sampleformat not in _PLAIN_SAMPLE_FORMATS:
         reasons.append(f"sample format {keyframe.sampleformat}")
     if keyframe.is_subsampled and keyframe.compression not in (7, 33007, 34892):
         reasons.append("chroma subsampling without JPEG")
-    codec = None if reasons else segment_codec(keyframe)
-    if codec is None:
-        logger.debug("%s: decoding through tifffile (%s)", name, ", ".join(reasons) or "codec")
-        return None
+    codec = segment_codec_or_reason(keyframe)
+    if isinstance(codec, str):
+        reasons.append(codec)
+    if reasons or not isinstance(codec, SegmentCodec):
+        why = ", ".join(reasons)
+        logger.debug("%s: decoding through tifffile (%s)", name, why)
+        return why
     if keyframe.is_tiled:
         segment = (int(keyframe.tilelength), int(keyframe.tilewidth))
     else:
@@ -156,7 +160,7 @@ def _segments_of(pages: Sequence[Any], keyframe: tifffile.TiffPage, name: str) -
         logger.debug(
             "%s: page shape %s is not %s; decoding through tifffile", name, keyframe.shape, expected
         )
-        return None
+        return f"a page tifffile shapes {tuple(keyframe.shape)}, not {expected}"
     per_page = (samples if planar else 1) * math.prod(
         -(-i // s) for i, s in zip(image, segment, strict=True)
     )
@@ -170,9 +174,9 @@ def _segments_of(pages: Sequence[Any], keyframe: tifffile.TiffPage, name: str) -
             logger.debug(
                 "%s: page %d is stored unlike the first; decoding through tifffile", name, k
             )
-            return None
+            return f"page {k} is stored unlike the first"
         if len(page.dataoffsets) != per_page or not _tables_complete(page, per_page):
-            return None
+            return f"page {k}'s strip or tile tables are incomplete"
         if (
             max(page.dataoffsets, default=0) >= _MAX_OFFSET
             or max(page.databytecounts, default=0) >= _MAX_OFFSET
@@ -180,7 +184,9 @@ def _segments_of(pages: Sequence[Any], keyframe: tifffile.TiffPage, name: str) -
             _offset(max(*page.dataoffsets, *page.databytecounts), name)
         offsets[k] = page.dataoffsets
         bytecounts[k] = page.databytecounts
-    return Segments(offsets, bytecounts, image, segment, samples, planar, codec)
+    return Segments(
+        offsets, bytecounts, image, segment, samples, planar, codec, bool(keyframe.is_tiled)
+    )
 
 
 def _tables_complete(page: Any, per_page: int) -> bool:
@@ -254,7 +260,7 @@ def _layout_of(tif: tifffile.TiffFile, name: str) -> FileLayout:
         return layout("contiguous", data_offset=_offset(series.dataoffset, name))
     pages = list(series.pages)
     if len(pages) != n_pages or page_ndim != len(page_shape):
-        return layout("tifffile")
+        return layout("tifffile", why=f"pages tifffile shapes itself (series {axes} {shape})")
     page_nbytes = math.prod(page_shape) * np.dtype(dtype).itemsize
     offsets: list[int] = []
     for page in pages:
@@ -268,10 +274,10 @@ def _layout_of(tif: tifffile.TiffFile, name: str) -> FileLayout:
     if len(offsets) == n_pages:
         return layout("pages", page_offsets=tuple(offsets))
     segments = _segments_of(pages, keyframe, name)
-    if segments is not None:
+    if isinstance(segments, Segments):
         return layout("segments", segments=segments)
     ifds = tuple(int(page.offset) for page in pages if page is not None)
-    return layout("tifffile", page_ifds=ifds if len(ifds) == n_pages else None)
+    return layout("tifffile", page_ifds=ifds if len(ifds) == n_pages else None, why=segments)
 
 
 #: No file holds a byte past this: a larger offset is a corrupt header.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal, NamedTuple
 
@@ -74,6 +74,9 @@ class Segments:
         Whether samples are stored in separate planes.
     codec
         How each segment is encoded.
+    tiled
+        Whether the segments are tiles, which TIFF stores whole (edge tiles padded),
+        rather than strips, whose last one a writer may store short.
     """
 
     offsets: np.ndarray
@@ -83,6 +86,7 @@ class Segments:
     samples: int
     planar: bool
     codec: SegmentCodec
+    tiled: bool = False
 
     def __post_init__(self) -> None:
         for a in (self.offsets, self.bytecounts):
@@ -101,7 +105,7 @@ class Segments:
         return hash((self._geometry(), self.offsets.tobytes(), self.bytecounts.tobytes()))
 
     def _geometry(self) -> tuple[Any, ...]:
-        return (self.image, self.segment, self.samples, self.planar, self.codec)
+        return (self.image, self.segment, self.samples, self.planar, self.codec, self.tiled)
 
     @property
     def planes(self) -> int:
@@ -220,6 +224,9 @@ class FileLayout:
     scale
         What one voxel measures along ``z``, ``y``, ``x``, from the file's metadata
         (see :mod:`tiffstore.tiff.scale`); ``None`` when not read.
+    why
+        For ``tifffile``: why only tifffile decodes the pages, in words (the codec,
+        packed bits, volumetric tiles...), for messages; not compared.
     """
 
     shape: tuple[int, ...]
@@ -233,6 +240,7 @@ class FileLayout:
     samples: int = 1
     page_ifds: tuple[int, ...] | None = None
     scale: VoxelSize | None = None
+    why: str = field(default="", compare=False)
 
     @cached_property
     def leading_shape(self) -> tuple[int, ...]:
