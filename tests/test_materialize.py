@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 import zarr
@@ -17,6 +19,7 @@ import zarr
 import tiffstore
 from tiffstore import MaterializeError, materialize
 from tiffstore.cli.main import main
+from tiffstore.outputs.materialize.journal import stored_bytes
 from tiffstore.outputs.materialize.plan import JOURNAL, default_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,6 +240,136 @@ def test_interrupted_run_is_marked_incomplete_and_resumes(make_sample, tmp_path,
     assert json.loads(capsys.readouterr().out)["complete"] is True
 
 
+#: The name zarr's LocalStore writes a file under before renaming it (32 hex digits).
+HEX = "0123456789abcdef" * 2
+
+
+def _temporary_files(out: Path) -> list[Path]:
+    return [f for f in out.rglob("*") if f.name.endswith(".partial")]
+
+
+@pytest.mark.parametrize("flags", [{}, {"resume": True}, {"overwrite": True}])
+def test_an_output_holding_only_temporary_files_is_begun_afresh(sample_dir, tmp_path, flags):
+    """A run killed while writing its first file left only that file's temporary name."""
+    directory, ref = sample_dir
+    out = tmp_path / "out.zarr"
+    out.mkdir()
+    (out / f".zgroup.{HEX}.partial").write_text('{"zarr_fo')
+    (out / JOURNAL).mkdir()
+    (out / JOURNAL / f"setup.{HEX}.partial").write_text("{")
+    summary = materialize(directory, out, **flags)
+    assert summary.complete and not _temporary_files(out)
+    np.testing.assert_array_equal(image(out), ref)
+
+
+def test_an_output_holding_only_temporary_keys_is_begun_afresh_on_fsspec(sample_dir):
+    directory, ref = sample_dir
+    url = f"memory://materialize-temporary-{os.getpid()}/out.zarr"
+    fs = fsspec.filesystem("memory")
+    fs.pipe(f"{url}/.zgroup.{HEX}.partial", b"{")
+    assert materialize(directory, url, resume=True).complete
+    assert not [k for k in fs.find(url) if k.endswith(".partial")]
+    np.testing.assert_array_equal(image(url), ref)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_setup_cut_short_is_begun_again_on_resume(sample_dir, tmp_path, zarr_format):
+    """Killed after the setup record, in the metadata: nothing there is trusted."""
+    directory, ref = sample_dir
+    whole = tmp_path / "whole.zarr"
+    materialize(directory, whole, zarr_format=zarr_format)
+    out = tmp_path / "out.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        materialize(directory, out, zarr_format=zarr_format, progress=_stop)
+    # As if killed in the metadata: the setup record back, a coordinate without values,
+    # the image without its attributes, the root half written, temporary files.
+    marker = tiffstore.materialize_status(out)
+    (out / JOURNAL / "setup.json").write_text(json.dumps(marker))
+    for chunk in (out / "wavelength").glob("[0-9c]*"):
+        chunk.unlink() if chunk.is_file() else shutil.rmtree(chunk)
+    if zarr_format == 2:
+        (out / "image" / ".zattrs").unlink()
+        (out / ".zattrs").unlink()
+    (out / "image" / f"0.0.{HEX}.partial").write_bytes(b"x" * 5000)
+    (out / f".zattrs.{HEX}.partial").write_text("{")
+    with pytest.raises(MaterializeError, match=r"unfinished materialize output\. Pass resume"):
+        materialize(directory, out, zarr_format=zarr_format)
+    summary = materialize(directory, out, zarr_format=zarr_format, resume=True)
+    assert summary.complete and summary.chunks_skipped == 0
+    assert not _temporary_files(out) and not (out / JOURNAL).exists()
+    np.testing.assert_array_equal(image(out), ref)
+    for name in ("wavelength", "msec"):
+        np.testing.assert_array_equal(image(out, name), image(whole, name))
+
+
+def _stop(phase: str, done: int, total: int) -> None:
+    if done:
+        raise KeyboardInterrupt
+
+
+def test_resume_removes_temporary_files_and_they_are_not_stored_bytes(make_sample, tmp_path):
+    directory, ref = make_sample(channels=2, stacks=4, shape=(8, 32, 32))
+    out = tmp_path / "out.zarr"
+    options = {"chunks": (1, 1, 4, 16, 16), "workers": 1, "open_options": {"chunks": "file"}}
+    with pytest.raises(KeyboardInterrupt):
+        materialize(directory, out, progress=_stop, **options)
+    assert not _temporary_files(out)  # an exception leaves none behind
+    planted = [out / "image" / f"1.0.1.0.{HEX}.partial", out / f".zattrs.{HEX}.partial"]
+    planted[0].write_bytes(b"x" * 7_500_000)
+    planted[1].write_text("{")
+    chunks_only = stored_bytes(out / "image")
+    assert chunks_only is not None and chunks_only < 7_500_000
+    summary = materialize(directory, out, resume=True, **options)
+    assert summary.complete and not _temporary_files(out)
+    chunks = [f for f in (out / "image").iterdir() if not f.name.startswith(".")]
+    assert summary.stored_bytes == sum(f.stat().st_size for f in chunks)
+    np.testing.assert_array_equal(image(out), ref)
+
+
+def test_verify_checks_a_finished_output_without_resume(sample_dir, tmp_path, capsys):
+    directory, _ = sample_dir
+    out = tmp_path / "out.zarr"
+    materialize(directory, out)
+    before = {f: f.stat().st_mtime_ns for f in out.rglob("*")}
+    summary = materialize(directory, out, verify=True)
+    assert summary.verified and summary.complete and summary.chunks_written == 0
+    assert {f: f.stat().st_mtime_ns for f in out.rglob("*")} == before  # only read
+    assert main(["materialize", str(directory), str(out), "--verify"]) == 0
+    printed = capsys.readouterr().out
+    assert "Checked" in printed and "Verified" in printed and "Wrote" not in printed
+    with pytest.raises(MaterializeError, match=r"other settings \(image chunks"):
+        materialize(directory, out, verify=True, chunks=(1, 1, 2, 8, 8))
+    (out / "image" / "0.0.0.0.0").write_bytes(b"not blosc at all")
+    assert main(["materialize", str(directory), str(out), "--verify", "--quiet"]) == 1
+    assert "image/0.0.0.0.0" in capsys.readouterr().err
+    with pytest.raises(MaterializeError, match="unfinished materialize output"):
+        materialize(directory, out, verify=True)
+    repaired = materialize(directory, out, resume=True, verify=True)
+    assert repaired.verified and repaired.complete and repaired.chunks_written > 0
+
+
+def test_refusals_speak_python_and_the_command_speaks_its_options(sample_dir, tmp_path, capsys):
+    directory, _ = sample_dir
+    out = tmp_path / "out.zarr"
+    materialize(directory, out)
+    with pytest.raises(MaterializeError) as finished:
+        materialize(directory, out)
+    assert "overwrite=True" in str(finished.value) and "verify=True" in str(finished.value)
+    assert "--" not in str(finished.value)
+    assert main(["materialize", str(directory), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "--verify" in err and "=True" not in err
+    with pytest.raises(MaterializeError) as other:
+        materialize(directory, out, resume=True, chunks=(1, 1, 2, 8, 8))
+    assert "overwrite=True" in str(other.value) and "--" not in str(other.value)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    for flags in ({}, {"resume": True}, {"overwrite": True}, {"verify": True}):
+        with pytest.raises(MaterializeError, match="not written by tiffstore materialize"):
+            materialize(directory, a_file, **flags)
+    assert a_file.read_text() == "mine"
+
+
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_verify_names_a_corrupted_chunk_and_resume_repairs_it(
     sample_dir, tmp_path, zarr_format, capsys
@@ -270,43 +403,6 @@ def test_verify_names_a_corrupted_chunk_and_resume_repairs_it(
     assert repaired.verified and repaired.complete
     assert 0 < repaired.chunks_written < repaired.chunks_skipped
     np.testing.assert_array_equal(image(out), ref)
-
-
-@pytest.mark.parametrize("zarr_format", [2, 3])
-def test_ome_ngff_validates(make_sample, tmp_path, zarr_format):
-    models = pytest.importorskip(f"ome_zarr_models.v0{4 if zarr_format == 2 else 5}")
-    directory, ref = make_sample(channels=2, stacks=3, shape=(4, 40, 30))
-    out = tmp_path / "ome.zarr"
-    store = tiffstore.open(directory, scale={"z": 2.0, "y": 0.5, "x": 0.5})
-    summary = materialize(
-        store,
-        out,
-        zarr_format=zarr_format,
-        ome=True,
-        levels=3,
-        chunks=(1, 1, 2, 16, 16),
-        shards=(1, 1, 4, 32, 32) if zarr_format == 3 else None,
-        verify=True,
-    )
-    assert summary.verified
-    group = zarr.open_group(out, mode="r")
-    model = models.Image.from_zarr(group)
-    attrs = model.attributes if zarr_format == 2 else model.attributes.ome
-    multiscale = attrs.multiscales[0]
-    assert [a.name for a in multiscale.axes] == ["stack", "ch", "z", "y", "x"]
-    assert [a.type for a in multiscale.axes] == ["time", "channel", "space", "space", "space"]
-    assert [d.path for d in multiscale.datasets] == ["0", "1", "2"]
-    # The voxel size carries over: micrometres along z, y, x, doubled in y, x per level.
-    assert [a.unit for a in multiscale.axes][2:] == ["micrometer"] * 3
-    scales = [d.coordinateTransformations[0].scale for d in multiscale.datasets]
-    assert scales == [[1, 1, 2, 0.5, 0.5], [1, 1, 2, 1, 1], [1, 1, 2, 2, 2]]
-    # Level 0 is the source in OME order (time before channel); level 1 the 2 x 2 mean.
-    np.testing.assert_array_equal(image(out, "0"), ref.transpose(1, 0, 2, 3, 4))
-    level1 = image(out, "1")
-    assert level1.shape == (3, 2, 4, 20, 15)
-    expected = ref.transpose(1, 0, 2, 3, 4)[..., :2, :2].mean(axis=(-1, -2))
-    np.testing.assert_array_equal(level1[..., 0, 0], np.rint(expected).astype(ref.dtype))
-    assert image(out, "2").shape == (3, 2, 4, 10, 8)
 
 
 def test_ome_refuses_dims_it_cannot_name(make_sample, tmp_path):

@@ -1,46 +1,119 @@
-"""OME-NGFF metadata of a materialize output: the axes' order and types, and multiscales."""
+"""OME-NGFF metadata of a materialize output: the axes' order and types, multiscales, channels.
+
+OME-NGFF 0.4 and 0.5 hold an image of 2 to 5 dims: at most one ``time`` axis, first;
+then at most one ``channel`` axis *or* one axis of another (custom) type; then 2 or 3
+``space`` axes. :func:`plan_axes` fits the source's dims into that, saying why for each,
+or refuses; the rest is plain JSON: :func:`multiscales`, :func:`omero` (a label, a
+colour and a display window per channel) and :func:`wavelength_color`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tiffstore.errors import MaterializeError
+from tiffstore.names.axes import axis_kind
 from tiffstore.outputs.materialize.plan import ArrayPlan
 
-__all__ = ["multiscales", "ome_axes"]
+__all__ = [
+    "OmeAxis",
+    "describe_axes",
+    "multiscales",
+    "ome_axes",
+    "omero",
+    "plan_axes",
+    "wavelength_color",
+]
 
-_OME_TYPES = {
-    "t": "time",
-    "time": "time",
-    "stack": "time",
-    "tp": "time",
-    "timepoint": "time",
-    "frame": "time",
-    "c": "channel",
-    "ch": "channel",
-    "channel": "channel",
-    "wavelength": "channel",
-    "z": "space",
-    "y": "space",
-    "x": "space",
-}
-_OME_ORDER = {"time": 0, "channel": 1, "space": 2}
+_SPACE = ("z", "y", "x")
+#: Light-sheet microscopes name each volume of a time series ``stack0000``,
+#: ``stack0001``...: with no time axis of its own, ``stack`` is the time axis.
+_TIME_BY_CONVENTION = ("stack",)
+
+
+@dataclass(frozen=True)
+class OmeAxis:
+    """One axis of the OME-NGFF image: its name, type (``None``: custom), source dim, why."""
+
+    name: str
+    type: str | None
+    source: int
+    why: str
+
+    def entry(self) -> dict[str, str]:
+        """The ``axes`` entry (a custom axis has no ``type``: the spec's null type)."""
+        return {"name": self.name} if self.type is None else {"name": self.name, "type": self.type}
+
+
+def plan_axes(dims: Sequence[str]) -> list[OmeAxis]:
+    """The source's dims as OME-NGFF axes, in the order the output holds them.
+
+    ``z``/``y``/``x`` are space (in the source's order); an axis the names call time
+    (``t``, ``time``, ``tp``, ``frame``...) is time, or else ``stack`` (a light-sheet
+    time point); an axis they call a channel (``c``, ``ch``, ``wavelength``...) is
+    the channel. One axis left over takes the channel's place with no type, where
+    there is no channel; more cannot be written as OME-NGFF and are refused.
+
+    Examples
+    --------
+    >>> [(a.name, a.type) for a in plan_axes(("ch", "stack", "z", "y", "x"))]
+    [('stack', 'time'), ('ch', 'channel'), ('z', 'space'), ('y', 'space'), ('x', 'space')]
+    >>> [(a.name, a.type) for a in plan_axes(("tile", "y", "x"))]
+    [('tile', None), ('y', 'space'), ('x', 'space')]
+    """
+    space = [d for d, name in enumerate(dims) if name.lower() in _SPACE]
+    rest = [d for d in range(len(dims)) if d not in space]
+    kinds = {d: axis_kind(dims[d]) for d in rest}
+    times = [d for d in rest if kinds[d] == "time"][:1]
+    time_why = "its name says time"
+    if not times:
+        times = [d for d in rest if dims[d].lower() in _TIME_BY_CONVENTION][:1]
+        time_why = "a light-sheet stack is one volume of a time series, and nothing else is time"
+    channels = [d for d in rest if kinds[d] == "channel"][:1]
+    channel_why = "its name says channel"
+    if not channels:
+        others = [d for d in rest if d not in times]
+        channels = others[:1] if len(others) == 1 else []
+        channel_why = "no channel: the one axis of another type NGFF allows besides time and space"
+    left = [d for d in rest if d not in times + channels]
+    if left or len(dims) > 5 or not 2 <= len(space) <= 3:
+        raise MaterializeError(
+            f"ome=True needs 2 to 5 dims: z/y/x (2 or 3 of them) and at most one time "
+            f"(t, stack), one channel (c, ch) or one other axis; the array's dims are "
+            f"{tuple(dims)}"
+            + (f" ({', '.join(dims[d] for d in left)} fit no place)" if left else "")
+            + ". Write it without ome=True, or open only part of it, with include=, so "
+            "that the extra axes take one value."
+        )
+    out = [OmeAxis(dims[d], "time", d, time_why) for d in times]
+    out += [
+        OmeAxis(dims[d], "channel" if kinds[d] == "channel" else None, d, channel_why)
+        for d in channels
+    ]
+    out += [OmeAxis(dims[d], "space", d, "a pixel axis") for d in space]
+    return out
 
 
 def ome_axes(dims: Sequence[str]) -> tuple[tuple[int, ...], list[dict[str, str]]]:
-    """The OME-NGFF order of the dims (time, channel, space) and their axes entries."""
-    types = [_OME_TYPES.get(d.lower()) for d in dims]
-    unknown = [d for d, t in zip(dims, types, strict=True) if t is None]
-    if unknown or len(dims) > 5 or types.count("time") > 1 or types.count("channel") > 1:
-        raise MaterializeError(
-            f"ome=True needs at most 5 dims, one time (t, stack), one channel (c, ch) and "
-            f"z/y/x; the array's dims are {tuple(dims)}"
-            + (f" ({', '.join(unknown)} fit none)" if unknown else "")
-            + ". Write it without --ome, or open the source with a pattern that names them so."
-        )
-    order = tuple(sorted(range(len(dims)), key=lambda d: (_OME_ORDER[types[d] or ""], d)))
-    return order, [{"name": dims[d], "type": types[d] or ""} for d in order]
+    """The OME-NGFF order of the dims (as source dims) and their ``axes`` entries."""
+    axes = plan_axes(dims)
+    return tuple(a.source for a in axes), [a.entry() for a in axes]
+
+
+def describe_axes(dims: Sequence[str], axes: Sequence[OmeAxis]) -> str:
+    """One sentence: the order written, and each axis' type and why."""
+    written = tuple(a.name for a in axes)
+    moved = "" if written == tuple(dims) else f", transposed from the source's {tuple(dims)}"
+    why = "; ".join(
+        f"{a.name}: {a.type or 'custom (no type)'}, {a.why}" for a in axes if a.type != "space"
+    )
+    return (
+        f"OME-NGFF orders axes time, channel, space: the image's dims are {written}{moved}"
+        + (f" ({why})" if why else "")
+        + "."
+    )
 
 
 def multiscales(
@@ -51,6 +124,11 @@ def multiscales(
     version: str | None,
     sizes: Sequence[float] | None = None,
 ) -> dict[str, Any]:
+    """The ``multiscales`` entry: one scale per level, pixel size x downsampling.
+
+    Where the pixel size is unknown it is 1: the scale is then, as the spec asks,
+    the factor between a level and the first.
+    """
     sizes = sizes or [1.0] * len(factors)
     datasets = [
         {
@@ -65,6 +143,64 @@ def multiscales(
         for a in arrays
     ]
     doc: dict[str, Any] = {"name": name, "axes": axes, "datasets": datasets}
+    if version:
+        doc["version"] = version
+    return doc
+
+
+def wavelength_color(nm: float) -> str:
+    """The colour of light of a wavelength, as ``RRGGBB``: the hue of the spectrum.
+
+    Dan Bruton's piecewise-linear approximation of the visible spectrum (380-780 nm,
+    gamma 0.8), without its dimming toward either end, so that a channel shows bright:
+    wavelengths below 380 nm show as violet, above 780 nm as red.
+
+    Examples
+    --------
+    >>> [wavelength_color(nm) for nm in (405, 488, 560, 642, 730)]
+    ['A600FF', '00F7FF', 'C3FF00', 'FF1600', 'FF0000']
+    """
+    w = min(max(float(nm), 380.0), 780.0)
+    if w < 440:
+        rgb = ((440 - w) / 60, 0.0, 1.0)
+    elif w < 490:
+        rgb = (0.0, (w - 440) / 50, 1.0)
+    elif w < 510:
+        rgb = (0.0, 1.0, (510 - w) / 20)
+    elif w < 580:
+        rgb = ((w - 510) / 70, 1.0, 0.0)
+    elif w < 645:
+        rgb = (1.0, (645 - w) / 65, 0.0)
+    else:
+        rgb = (1.0, 0.0, 0.0)
+    return "".join(f"{round(255 * c**0.8):02X}" for c in rgb)
+
+
+def omero(
+    labels: Sequence[str],
+    wavelengths: Sequence[float | None],
+    windows: Sequence[Mapping[str, float]],
+    version: str | None,
+    default_z: int = 0,
+) -> dict[str, Any]:
+    """The ``omero`` block: per channel its label, colour (white without a wavelength)
+    and display window (``min``/``max``: the pixel range; ``start``/``end``: shown)."""
+    channels = [
+        {
+            "label": label,
+            "color": "FFFFFF" if nm is None else wavelength_color(nm),
+            "active": True,
+            "coefficient": 1,
+            "family": "linear",
+            "inverted": False,
+            "window": dict(window),
+        }
+        for label, nm, window in zip(labels, wavelengths, windows, strict=True)
+    ]
+    doc: dict[str, Any] = {
+        "channels": channels,
+        "rdefs": {"defaultT": 0, "defaultZ": default_z, "model": "color"},
+    }
     if version:
         doc["version"] = version
     return doc

@@ -31,12 +31,14 @@ __all__ = [
     "Codec",
     "Output",
     "Task",
+    "cut_parts",
     "cut_tasks",
     "default_chunks",
     "plan_arrays",
     "resolve_shape",
     "resolve_shards",
     "task_bytes",
+    "worker_bytes",
 ]
 
 #: Where task records live inside the output while it is being written.
@@ -217,27 +219,85 @@ def _grid(shape: Sequence[int], block: Sequence[int]) -> Iterator[tuple[int, ...
     return itertools.product(*(range(-(-n // b)) for n, b in zip(shape, block, strict=True)))
 
 
-def cut_tasks(plan: ArrayPlan, source_chunks: Sequence[int] | None, itemsize: int) -> list[Task]:
-    """Cut an array into tasks of whole units, grown to cover a source chunk when small."""
-    unit = plan.unit
+def _grown(
+    unit: Sequence[int], shape: Sequence[int], source_chunks: Sequence[int] | None, itemsize: int
+) -> list[int]:
+    """``unit`` grown dim by dim to cover whole source chunks, while under ``TASK_BYTES``."""
     block = list(unit)
-    if source_chunks is not None and plan.shards is None:
+    if source_chunks is not None:
         # Innermost dims first (whole rows, then whole planes): a source chunk covered
         # along a dim is read once there, not once per output chunk across it.
         for d in reversed(range(len(block))):
-            u, n = unit[d], plan.shape[d]
+            u, n = unit[d], shape[d]
             grown = min(-(-max(source_chunks[d], u) // u) * u, -(-n // u) * u)
             if math.prod(block) // block[d] * grown * itemsize <= TASK_BYTES:
                 block[d] = grown
+    return block
+
+
+def _cut(
+    path: str,
+    start: Sequence[int],
+    stop: Sequence[int],
+    block: Sequence[int],
+    chunks: Sequence[int],
+) -> list[Task]:
+    """The region ``start:stop`` cut into blocks of ``block`` (the last ones cut short)."""
     tasks = []
-    for number, index in enumerate(_grid(plan.shape, block)):
-        start = tuple(i * b for i, b in zip(index, block, strict=True))
-        stop = tuple(min(s + b, n) for s, b, n in zip(start, block, plan.shape, strict=True))
-        chunks = math.prod(
-            -(-(e - s) // c) for s, e, c in zip(start, stop, plan.chunks, strict=True)
-        )
-        tasks.append(Task(plan.path, number, start, stop, chunks))
+    extent = [b - a for a, b in zip(start, stop, strict=True)]
+    for number, index in enumerate(_grid(extent, block)):
+        lo = tuple(a + i * b for a, i, b in zip(start, index, block, strict=True))
+        hi = tuple(min(s + b, e) for s, b, e in zip(lo, block, stop, strict=True))
+        count = math.prod(-(-(e - s) // c) for s, e, c in zip(lo, hi, chunks, strict=True))
+        tasks.append(Task(path, number, lo, hi, count))
     return tasks
+
+
+def cut_tasks(plan: ArrayPlan, source_chunks: Sequence[int] | None, itemsize: int) -> list[Task]:
+    """Cut an array into tasks of whole units, grown to cover a source chunk when small.
+
+    A sharded array's task is one whole shard, whatever its size: it is written in
+    :func:`cut_parts` pieces.
+    """
+    block = (
+        list(plan.unit) if plan.shards else _grown(plan.unit, plan.shape, source_chunks, itemsize)
+    )
+    return _cut(plan.path, (0,) * len(plan.shape), plan.shape, block, plan.chunks)
+
+
+def cut_parts(
+    plan: ArrayPlan, task: Task, source_chunks: Sequence[int] | None, itemsize: int
+) -> list[Task]:
+    """The pieces a task is read and encoded in, one after the other: the task itself,
+    or, for a shard, blocks of its chunks grown like tasks (at most ``TASK_BYTES``, or
+    one chunk), so that a worker never holds a whole shard.
+    """
+    if plan.shards is None:
+        return [task]
+    block = _grown(plan.chunks, plan.shape, source_chunks, itemsize)
+    return _cut(task.path, task.start, task.stop, block, plan.chunks)
+
+
+def worker_bytes(plan: ArrayPlan, source_chunk_bytes: int, itemsize: int, local: bool) -> int:
+    """The most one worker holds at once while writing ``plan``: the memory bound.
+
+    Its part's pixels, in output-chunk order (at most ``TASK_BYTES``, or one output
+    chunk where that is bigger); one source chunk as read; the part's encoded chunks
+    until they are put (Blosc adds at most 16 bytes to a chunk), and one more being
+    encoded. A shard is streamed to a local file chunk by chunk, so only its index
+    (16 bytes a chunk, and a checksum) stays; an object store takes whole objects, so
+    there the encoded shard is held until it is put.
+    """
+    chunk = math.prod(plan.chunks) * itemsize
+    part = max(TASK_BYTES, chunk)
+    held = part + source_chunk_bytes + chunk + 16
+    if plan.shards is None:
+        return held + part + 16 * -(-part // chunk)
+    chunks_per_shard = math.prod(s // c for s, c in zip(plan.shards, plan.chunks, strict=True))
+    held += 16 * chunks_per_shard + 4
+    if not local:
+        held += math.prod(plan.shards) * itemsize + 16 * chunks_per_shard
+    return held
 
 
 def plan_arrays(

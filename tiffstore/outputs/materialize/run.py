@@ -22,10 +22,13 @@ whole shard) or a few of them, grown dim by dim to cover whole source chunks whi
 it stays under ``TASK_BYTES``, so peak memory is about ``workers x (task region + a
 source chunk)`` whatever the size of the array.
 
-**Nothing half-made.** Each finished task writes a journal record after its chunks;
-a task without one is redone whole on ``resume=True``. Local chunks and records are
-written to a temporary name and renamed (zarr's ``LocalStore``); object stores (S3)
-put whole objects, so no half-written chunk is ever taken as done.
+**Nothing half-made.** The first write is a setup record saying that tiffstore is
+writing the output; each finished task writes a journal record after its chunks; a
+task without one is redone whole on ``resume=True``. Local files are written to a
+temporary name and renamed (zarr's ``LocalStore``), and a resume removes the
+temporary files of a killed run; object stores (S3) put whole objects. No
+half-written chunk is ever taken as done (:mod:`~tiffstore.outputs.materialize.journal`
+has the protocol).
 
 **Default format.** Zarr format 2: the seed recipe's ``to_zarr`` wrote it, and every
 Zarr reader (zarr-python 2 and 3, tensorstore, Fiji/BigDataViewer N5-Zarr, napari
@@ -42,11 +45,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import zarr
+
 from tiffstore.errors import MaterializeError, OptionError, OutputError, TiffStoreError
 from tiffstore.opening import open as open_store
 from tiffstore.options import OpenOptions
 from tiffstore.outputs.materialize.job import Job
-from tiffstore.outputs.materialize.journal import done_tasks, finish, prepare_output, stored_bytes
+from tiffstore.outputs.materialize.journal import (
+    done_tasks,
+    finish,
+    metadata_written,
+    prepare_output,
+    stored_bytes,
+)
 from tiffstore.outputs.materialize.metadata import coordinates, image_name, write_metadata
 from tiffstore.outputs.materialize.ome import ome_axes
 from tiffstore.outputs.materialize.plan import Codec, Output, plan_arrays
@@ -59,9 +70,8 @@ __all__ = ["SOURCE_REFUSES", "MaterializeSummary", "materialize"]
 #: Open options that do not apply to materialize's source, and what to do instead.
 SOURCE_REFUSES = {
     "zarr_format": "it sets the format the source is served in; the output's format is "
-    "materialize(zarr_format=...) (--zarr-format)",
-    "sharded": "it sets how the source is served; the output's shards are "
-    "materialize(shards=...) (--shards)",
+    "materialize(zarr_format=...)",
+    "sharded": "it sets how the source is served; the output's shards are materialize(shards=...)",
     "kvikio": "materialize reads on the CPU",
 }
 
@@ -178,9 +188,11 @@ def materialize(
         Replace an earlier materialize output at ``out``; only what it wrote is removed.
     resume
         Finish an interrupted run with the same settings: finished tasks are kept,
-        unfinished ones redone whole.
+        unfinished ones redone whole, temporary files of killed writes removed.
     verify
-        Read the output back and compare it with the source chunk by chunk.
+        Read the output back and compare it with the source chunk by chunk. On a
+        finished output (with the same settings), only that: nothing is written unless a
+        chunk differs, and then the output is marked unfinished for ``resume=True``.
     progress
         Called as ``progress(phase, done_bytes, total_bytes)`` as tasks finish.
     storage_options
@@ -198,8 +210,9 @@ def materialize(
     Raises
     ------
     MaterializeError
-        ``out`` is not empty (and neither ``overwrite`` nor ``resume``), is not a
-        materialize output, or was started with other settings.
+        ``out`` is not empty and not a materialize output; is an unfinished one without
+        ``resume`` or ``overwrite``, or a finished one without ``verify``, ``resume`` or
+        ``overwrite``; or was started with other settings.
 
     Examples
     --------
@@ -253,12 +266,22 @@ def materialize(
 
     try:
         store = output.store()
-        found = prepare_output(store, output, settings, overwrite=overwrite, resume=resume)
-        root = write_metadata(store, source, job, marker, codec, zarr_format, coords, axes, found)
-        if found is not None and found.get("complete"):
+        found = prepare_output(
+            store, output, marker, overwrite=overwrite, resume=resume, verify=verify
+        )
+        recorded = set() if found is None else done_tasks(store)
+        # Finished: marked complete with no journal left (a journal is a finish cut short).
+        finished = found is not None and bool(found.get("complete")) and not recorded
+        if finished:
+            root = zarr.open_group(store, mode="r+", use_consolidated=False)
             done = {t.record_key for a in arrays for t in job.tasks(a)}
         else:
-            done = done_tasks(store)
+            root = write_metadata(
+                store, source, job, marker, codec, zarr_format, coords, axes, found
+            )
+            if found is None:
+                metadata_written(store)
+            done = recorded
         runner = Runner(job, workers, scheduler)
         try:
             write_started = time.perf_counter()
@@ -273,8 +296,8 @@ def materialize(
             runner.close()
         if mismatched:
             reopen_mismatched(job, store, root, marker, mismatched)
-        else:
-            finish(store, root, marker, arrays)
+        elif not finished:  # a finished output only checked is left as it was
+            finish(store, output, root, marker, arrays)
     except OSError as exc:
         if isinstance(exc, TiffStoreError):
             raise  # a source file's problem, named already

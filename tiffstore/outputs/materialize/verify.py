@@ -27,7 +27,18 @@ logger = logging.getLogger(__name__)
 
 
 def verify_task(job: Job, task: Task) -> list[str]:
-    """Keys of the task's chunks whose values differ from the source (or cannot be read)."""
+    """Keys of the task's chunks whose values differ from the source (or cannot be read).
+
+    A shard is compared part by part (:meth:`Job.parts`), so that memory stays bounded
+    as when it was written.
+    """
+    bad: list[str] = []
+    for part in job.parts(task):
+        bad += [key for key in _differing(job, part) if key not in bad]
+    return bad
+
+
+def _differing(job: Job, task: Task) -> list[str]:
     expected, _ = job.expected(task)
     arr = job.array(task.path)
     try:
@@ -79,21 +90,28 @@ def reopen_mismatched(
 ) -> None:
     """Mark the output incomplete, with every task done but those holding a bad chunk.
 
-    A later ``resume`` then rewrites just those tasks (and the pyramid above them).
+    A later ``resume`` then rewrites just those tasks (and the pyramid above them). The
+    records of bad tasks go first and the good ones are written last, so that a run
+    killed in between leaves no bad task recorded as done (at worst, good ones redone).
     """
     image = job.arrays[0]
     bad = set(mismatched)
+    tasks = [(t, bool(bad.intersection(job.chunk_keys(t)))) for t in job.tasks(image)]
     record = default_buffer_prototype().buffer.from_bytes(b"{}")
 
-    async def rewrite() -> None:
+    async def forget_bad() -> None:
         for plan in job.arrays[1:]:
             await store.delete_dir(f"{JOURNAL}/{plan.path}")
-        for task in job.tasks(image):
-            if bad.intersection(job.chunk_keys(task)):
+        for task, is_bad in tasks:
+            if is_bad:
                 with contextlib.suppress(FileNotFoundError):
                     await store.delete(task.record_key)
-            else:
+
+    async def record_good() -> None:
+        for task, is_bad in tasks:
+            if not is_bad:
                 await store.set(task.record_key, record)
 
-    zarr_sync(rewrite())
+    zarr_sync(forget_bad())
     mark(store, root, marker, job.arrays, complete=False)
+    zarr_sync(record_good())
