@@ -142,3 +142,28 @@ def test_peak_memory_with_a_shard_much_bigger_than_the_bound(tmp_path: Path, ver
     # old whole-shard write grew by more than the shard (96 MiB).
     assert found["grew"] <= found["bound"] + 16 * 2**20, found
     assert found["bound"] < 96 * 2**20 / 4
+
+
+def test_shards_held_whole_past_half_the_memory_are_refused() -> None:
+    chunks = (1, 1, 64, 256, 256)
+    huge = ArrayPlan("image", (2, 8, 64, 1024, 1024), chunks, (1, 8, 64, 1024, 1024), 0)
+    page = 1024 * 1024 * 2
+    # Streamed to a local file: a few chunks per worker, whatever the shard.
+    plan_module.check_memory([huge], page, 2, local=True, workers=4, memory=2**31)
+    with pytest.raises(tiffstore.MaterializeError, match=r"held whole.*smaller shards="):
+        plan_module.check_memory([huge], page, 2, local=False, workers=4, memory=2**31)
+    plan_module.check_memory([huge], page, 2, local=False, workers=4, memory=None)  # unknown
+
+
+def test_the_refusal_comes_before_anything_is_written(tmp_path: Path, monkeypatch) -> None:
+    import fsspec
+
+    from tiffstore.outputs.materialize import run as run_module
+
+    write_sample(tmp_path / "src", channels=1, stacks=2, shape=(8, 64, 64))
+    monkeypatch.setattr(run_module, "machine_memory", lambda: 2**20)  # 1 MiB
+    with pytest.raises(tiffstore.MaterializeError, match="half of this machine"):
+        tiffstore.materialize(
+            tiffstore.open(tmp_path / "src"), "memory://refused.zarr", zarr_format=3, shards="1MB"
+        )
+    assert not fsspec.filesystem("memory").exists("/refused.zarr")

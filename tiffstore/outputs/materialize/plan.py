@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "Codec",
     "Output",
     "Task",
+    "check_memory",
     "cut_parts",
     "cut_tasks",
     "default_chunks",
@@ -298,6 +300,44 @@ def worker_bytes(plan: ArrayPlan, source_chunk_bytes: int, itemsize: int, local:
     if not local:
         held += math.prod(plan.shards) * itemsize + 16 * chunks_per_shard
     return held
+
+
+def machine_memory() -> int | None:
+    """The machine's physical memory in bytes, where the system says (POSIX)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(
+    plans: Sequence[ArrayPlan],
+    source_chunk_bytes: int,
+    itemsize: int,
+    local: bool,
+    workers: int,
+    memory: int | None,
+) -> None:
+    """Refuse a write whose workers would hold more than half of ``memory`` at once.
+
+    Only shards put whole on an object store can: every other write is bounded by
+    :func:`worker_bytes`, a few output chunks per worker.
+    """
+    if memory is None:
+        return
+    need = workers * max(worker_bytes(p, source_chunk_bytes, itemsize, local) for p in plans)
+    if need > memory // 2:
+        biggest = max(plans, key=lambda p: math.prod(p.shards or p.chunks))
+        raise MaterializeError(
+            f"{workers} workers would hold about {need / 2**30:.1f} GiB at once, more than "
+            f"half of this machine's {memory / 2**30:.1f} GiB: "
+            + (
+                f"a shard of {biggest.shards} is held whole until it is put to the object store"
+                if not local and biggest.shards is not None
+                else f"chunks of {biggest.chunks} are that big"
+            )
+            + ". Use smaller shards= (or chunks=), or fewer workers=."
+        )
 
 
 def plan_arrays(

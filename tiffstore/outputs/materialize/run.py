@@ -60,7 +60,13 @@ from tiffstore.outputs.materialize.journal import (
 )
 from tiffstore.outputs.materialize.metadata import coordinates, image_name, write_metadata
 from tiffstore.outputs.materialize.ome import ome_axes
-from tiffstore.outputs.materialize.plan import Codec, Output, plan_arrays
+from tiffstore.outputs.materialize.plan import (
+    Codec,
+    Output,
+    check_memory,
+    machine_memory,
+    plan_arrays,
+)
 from tiffstore.outputs.materialize.runner import ProgressCallback, Runner, write_all
 from tiffstore.outputs.materialize.verify import reopen_mismatched, verify_all
 from tiffstore.read.store import TiffStore
@@ -242,6 +248,15 @@ def materialize(
 
     output = Output(os.fspath(out), storage_options)
     job = Job(source, output, tuple(arrays), order, spatial, codec)
+    if scheduler is None:  # threads here: this machine's memory bounds them
+        check_memory(
+            arrays,
+            source.manifest.chunk_nbytes,
+            source.dtype.itemsize,
+            output.local is not None,
+            workers or os.cpu_count() or 1,
+            machine_memory(),
+        )
     settings = {
         "source": source.attrs["tiffstore"]["source"],
         "zarr_format": zarr_format,
