@@ -516,3 +516,22 @@ def test_ctrl_c_says_how_to_resume(make_sample, tmp_path):
         == 0
     )
     np.testing.assert_array_equal(image(out), ref)
+
+
+def test_overwrite_never_deletes_the_whole_output_for_a_member_named_dot(tmp_path):
+    """Members come from the output's own attributes, which anyone may edit: "." or
+    ".." would name the whole output (or above it), so they are never deleted."""
+    from tiffstore.sample import write_sample
+
+    write_sample(tmp_path / "src", channels=1, stacks=2, shape=(2, 16, 16))
+    out = tmp_path / "out.zarr"
+    tiffstore.materialize(tiffstore.open(tmp_path / "src"), out)
+    attrs_path = out / ".zattrs"
+    attrs = json.loads(attrs_path.read_text())
+    attrs["tiffstore"]["materialize"]["members"] += [".", ".."]
+    attrs_path.write_text(json.dumps(attrs))
+    (out / "mine.txt").write_text("the user's")  # a file of the user's beside ours
+    (tmp_path / "beside.txt").write_text("the user's")
+    tiffstore.materialize(tiffstore.open(tmp_path / "src"), out, overwrite=True)
+    assert (out / "mine.txt").read_text() == "the user's"
+    assert (tmp_path / "beside.txt").read_text() == "the user's"

@@ -237,3 +237,39 @@ def test_max_inline_is_checked():
     with pytest.raises(tiffstore.OptionError, match="max_inline=-1"):
         write_references(None, "x.json", max_inline=-1)
     assert MAX_INLINE == 2**20
+
+
+def test_uncompressed_tiles_are_referenced_not_inlined(tmp_path):
+    ref = write_positions(tmp_path / "raw", n=2, shape=(2, 100, 90), tile=(32, 32))
+    target = str(tmp_path / "refs.json")
+    write_references(tiffstore.open(tmp_path / "raw"), target)
+    assert not _inlined(target)
+    assert len(_image_refs(target)) == 2 * 2 * 4 * 3
+    np.testing.assert_array_equal(_read_elsewhere(tmp_path, target, "file", {}), ref)
+
+
+def test_edge_tiles_encoded_at_their_valid_size_are_inlined_padded(tmp_path, caplog):
+    """A writer may encode an edge tile at its valid size only: zarr cannot read such a
+    tile as a chunk, so it is decoded, padded and inlined, as a short last strip is."""
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 255, (100, 100), dtype=np.uint8)
+
+    def tiles() -> Any:
+        for r in range(0, 100, 64):
+            for c in range(0, 100, 64):
+                yield imagecodecs.zlib_encode(image[r : r + 64, c : c + 64].tobytes())
+
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    for i in range(2):
+        tifffile.imwrite(
+            folder / f"pos{i}.tif", tiles(), shape=(100, 100), dtype="uint8", tile=(64, 64),
+            compression="zlib", photometric="minisblack",
+        )  # fmt: skip
+    target = str(tmp_path / "refs.json")
+    with caplog.at_level(logging.WARNING, logger="tiffstore"):
+        write_references(tiffstore.open(folder), target)
+    assert len(_inlined(target)) == 2 * 3  # the three edge tiles of each file
+    assert "edge tiles" in caplog.text
+    got = _read_elsewhere(tmp_path, target, "file", {})
+    np.testing.assert_array_equal(got, np.stack([image, image]))

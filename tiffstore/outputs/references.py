@@ -92,31 +92,55 @@ def _url_of(m: Manifest, file: int, prefix: str | None) -> str:
     return posixpath.join(prefix.rstrip("/") + "/", name)
 
 
-def _direct(m: Manifest, plan: ChunkPlan) -> Piece | None:
+def _direct(
+    m: Manifest, plan: ChunkPlan, codecs: ReferenceCodecs, whole: dict[int, bool]
+) -> Piece | None:
     """The one strip or tile that is the whole chunk as zarr decodes it, or ``None``.
 
-    Interior strips and tiles, and edge tiles: TIFF stores every tile whole (edge
-    tiles padded), exactly as zarr stores an edge chunk, for every codec. A last
-    strip is usually stored short, so only whole strips qualify.
+    Interior strips and tiles, uncompressed or not, and edge tiles: TIFF writers
+    store tiles whole (edge tiles padded), exactly as zarr stores an edge chunk. A
+    last strip is usually stored short, so only whole strips qualify; and since a
+    writer may encode an edge tile at its valid size only, one edge tile of each
+    file is decoded first (``whole`` keeps the answer per file).
     """
-    if len(plan.pieces) != 1 or plan.pieces[0].kind != "decode":
+    if len(plan.pieces) != 1:
         return None
     p = plan.pieces[0]
     seg = m.layout.segments
-    if p.nbytes <= 0 or seg is None or math.prod(p.shape) != math.prod(plan.shape):
+    if p.kind not in ("decode", "raw") or p.nbytes <= 0 or seg is None:
+        return None
+    if math.prod(p.shape) != math.prod(plan.shape):
         return None
     if not plan.complete and any(s.start != 0 for s in (*p.select, *p.dest)):
         return None
-    return p if p.valid == p.shape or seg.tiled else None
+    if p.kind == "raw":  # uncompressed: whole only if every byte of the segment is there
+        return p if p.nbytes == math.prod(p.shape) * m.dtype.itemsize else None
+    if p.valid == p.shape:
+        return p
+    if not seg.tiled:
+        return None
+    if p.file not in whole:
+        (data,) = m.source.read_ranges(m.files[p.file], [(p.offset, p.nbytes)])
+        try:
+            codecs.decode(bytes(data), plan.shape, m.dtype)
+            whole[p.file] = True
+        except Exception:
+            whole[p.file] = False  # stored at its valid size: re-encoded padded instead
+    return p if whole[p.file] else None
 
 
 def _chunk_value(
-    m: Manifest, plan: ChunkPlan, reader: ChunkReader, codecs: ReferenceCodecs, urls: list[str]
+    m: Manifest,
+    plan: ChunkPlan,
+    reader: ChunkReader,
+    codecs: ReferenceCodecs,
+    urls: list[str],
+    whole: dict[int, bool],
 ) -> bytes | list[Any]:
     piece = plan.one_range()
     if piece is not None:
         return [urls[piece.file], piece.offset, piece.nbytes]
-    direct = _direct(m, plan)
+    direct = _direct(m, plan, codecs, whole)
     if direct is not None:
         return [urls[direct.file], direct.offset, direct.nbytes]
     # An edge chunk the TIFF stores short (a last strip), or a strip never written:
@@ -176,7 +200,7 @@ class _Inlined:
         return (
             f"{m.source.url('')}: with chunks {tuple(m.chunks)} the references would inline more "
             f"than {self.limit:,} bytes of pixels ({self.count:,} chunks"
-            f"{' so far' if done else ''}, {self.nbytes:,} bytes): chunks the TIFFs store short (a last strip, or pages "
+            f"{' so far' if done else ''}, {self.nbytes:,} bytes): chunks the TIFFs store short (a last strip, an edge tile, or pages "
             f"padded past a file's end) are no byte range and must be copied into the "
             f"reference file. {fix}."
         )
@@ -184,8 +208,9 @@ class _Inlined:
     def report(self) -> None:
         if self.count:
             logger.warning(
-                "%s: %d chunks stored short in the TIFFs (last strips) were re-encoded and "
-                "inlined into the references: %d bytes in all (max_inline=%d).",
+                "%s: %d chunks stored short in the TIFFs (last strips, or edge tiles encoded "
+                "at their valid size) were re-encoded and inlined into the references: %d "
+                "bytes in all (max_inline=%d).",
                 self.m.source.url(""),
                 self.count,
                 self.nbytes,
@@ -292,6 +317,7 @@ def _chunk_pairs(
                 yield key, inlined.add(fill)
         return
     reader = ChunkReader(m)
+    whole: dict[int, bool] = {}  # per file: are its edge tiles stored whole?
     for index in np.ndindex(*m.chunk_grid):
         key = f"{image}/" + ".".join(map(str, index))
         plan = reader.plan(index)
@@ -301,7 +327,7 @@ def _chunk_pairs(
                     fill = codecs.encode(np.full(plan.shape, m.fill_value, m.dtype))
                 yield key, inlined.add(fill)
             continue
-        value = _chunk_value(m, plan, reader, codecs, urls)
+        value = _chunk_value(m, plan, reader, codecs, urls, whole)
         yield key, inlined.add(value) if isinstance(value, bytes) else value
 
 

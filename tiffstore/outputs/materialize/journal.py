@@ -282,7 +282,9 @@ def _begin(
         if earlier is None:
             return
         # Records first, so that no task counts as done once any chunk is gone.
-        safe = [m for m in members if m and "/" not in m and not m.startswith("..")]
+        # Only plain names an array or coordinate of ours can have: never "." or "..",
+        # which would name the whole output (or above it).
+        safe = [m for m in members if isinstance(m, str) and m and "/" not in m and m[0] != "."]
         for member in safe:
             await store.delete_dir(f"{JOURNAL}/{member}")
         for member in safe:
