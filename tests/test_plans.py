@@ -311,3 +311,19 @@ def test_open_reports_progress_per_header(make_sample):
     headers = [done for step, done, total in seen if step == "headers" and total == 12]
     assert headers[0] == 0 and headers[-1] == 12 and headers == sorted(headers)
     assert len(headers) == 13  # the start, then one per file
+
+
+@pytest.mark.parametrize(
+    ("pages", "default"),
+    [(50, 25), (64, 32), (201, 10), (96, 32), (40, 40), (33, 33), (3, 3)],
+)
+def test_default_chunks_are_equal_runs_near_the_target(tmp_path, pages, default):
+    """16 MiB of 512 KiB pages is 32: the divisor nearest it within 2x gives equal runs (40
+    pages: one run of 40), else 32
+    (201's divisors 3 and 67 are both too far from 10, its 1.5 MiB pages' target)."""
+    from tiffstore.manifest.chunking import resolve_chunks
+    from tiffstore.tiff.layout import FileLayout
+
+    page = (1024, 768) if pages == 201 else (512, 512)
+    lay = FileLayout((pages, *page), "<u2", ("z", "y", "x"), 2, "contiguous", data_offset=8)
+    assert resolve_chunks(None, (), lay)[0] == default

@@ -64,14 +64,17 @@ def _sparse_stacks(folder: Path, n: int, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def test_default_references_of_50_page_stacks_are_ranges_of_a_few_kb_per_file(tmp_path):
-    """The newcomer's (50, 512, 512) stacks: the store's 32-page chunks would leave an
-    18-page chunk per file, padded and inlined; references take runs of 25 instead."""
+    """The newcomer's (50, 512, 512) stacks: 32-page chunks would leave an 18-page
+    chunk per file, padded and inlined; references take runs of 25 instead."""
     ref = _sparse_stacks(tmp_path / "raw", 3, (50, 512, 512))
-    store = tiffstore.open(tmp_path / "raw")
-    assert store.chunks[1] == 32  # the store's own default: 32 + 18
+    store = tiffstore.open(tmp_path / "raw", chunks=32)  # 32 + 18
     target = str(tmp_path / "refs.json")
     write_references(store, target)
     assert reference_chunks(store.manifest).chunks == (1, 25, 512, 512)
+    # The store's own default chunks are balanced already: the references keep them.
+    default = tiffstore.open(tmp_path / "raw")
+    assert default.chunks == (1, 25, 512, 512)
+    assert reference_chunks(default.manifest) == default.manifest
     refs = _image_refs(target)
     assert not _inlined(target)
     assert all(isinstance(v, list) and v[2] == 25 * 512 * 512 * 2 for v in refs.values())

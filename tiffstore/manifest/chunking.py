@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "SMALL_FILE_RATIO",
     "ChunkSpec",
+    "balanced_run",
     "checked_chunks",
     "describe_chunks",
     "even_page_runs",
@@ -49,7 +50,9 @@ def resolve_chunks(
 ) -> tuple[int, ...]:
     """Turn a chunk request into a chunk shape over all dims.
 
-    ``None`` groups whole pages up to ``target_bytes`` (continuing across files
+    ``None`` groups whole pages up to ``target_bytes``, in equal runs where a divisor
+    of the page count lies within a factor of 2 of that (:func:`balanced_run`; 25 +
+    25 of 50 pages, not 32 + 18), continuing across files
     along a spatial name axis next to the files' dims, such as 2-D planes named by
     ``z``); ``"page"`` is one page; ``"file"`` one file; ``"native"`` one of the
     files' own strips or tiles (one page where pages are stored uncompressed and
@@ -94,8 +97,12 @@ def resolve_chunks(
         )
     lead: list[int] = []
     budget = pages
-    for n in reversed(layout.leading_shape):
+    for k, n in enumerate(reversed(layout.leading_shape)):
         take = min(n, budget)
+        if k == 0 and (spec is None or spec == "auto") and take < n:
+            # Balanced: equal runs (25 + 25 of 50 pages, not 32 + 18) where a divisor
+            # of the page count lies within a factor of 2 of the target.
+            take = balanced_run(n, take)
         lead.insert(0, max(take, 1))
         budget = budget // n if take == n else 1
     name_chunks = [1] * nn
@@ -142,6 +149,32 @@ def even_page_runs(layout: FileLayout, target_bytes: int = DEFAULT_CHUNK_BYTES) 
         lead.insert(0, take)
         budget = budget // n if take == n else 1
     return tuple(lead)
+
+
+def balanced_run(n: int, target: int) -> int:
+    """Pages per chunk along a dim of ``n`` pages, near ``target``: the divisor of ``n``
+    nearest ``target`` (by ratio) within a factor of 2, so that every run is the same
+    length; else ``target`` itself (the last run shorter).
+
+    Examples
+    --------
+    >>> balanced_run(50, 32), balanced_run(64, 32), balanced_run(201, 10)
+    (25, 32, 10)
+    """
+    if target >= n or target < 1:
+        return min(max(target, 1), n)
+    near = [d for d in _divisors(n) if target / 2 <= d <= target * 2]
+    if not near:
+        return target
+    return min(near, key=lambda d: (abs(math.log(d / target)), d))
+
+
+def _divisors(n: int) -> list[int]:
+    out: set[int] = set()
+    for d in range(1, math.isqrt(n) + 1):
+        if n % d == 0:
+            out.update((d, n // d))
+    return sorted(out)
 
 
 def _largest_divisor(n: int, at_most: int) -> int:
