@@ -5,6 +5,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
+import zarr
 
 import tiffstore
 
@@ -32,5 +33,9 @@ def test_compute_with_two_worker_processes(make_sample, options):
         # Reads really happened in other processes.
         pids = set(client.run(lambda: __import__("os").getpid()).values())
         assert len(pids) == 2
+        # Unpickling the store imported tiffstore there, which chose its codec pipeline
+        # for zarr as it did here.
+        paths = client.run(lambda: __import__("zarr").config.get("codec_pipeline.path"))
+        assert set(paths.values()) == {zarr.config.get("codec_pipeline.path")}
         total = client.compute(arr.sum(dtype="u8")).result()
         assert total == ref.sum(dtype="u8")

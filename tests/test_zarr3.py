@@ -15,6 +15,7 @@ from zarr.core.sync import sync
 
 import tiffstore
 from tiffstore.errors import ReadOnlyError
+from tiffstore.read.pipeline import PIPELINE_PATH, ZARR_PIPELINE_PATH
 
 PLANE = 32 * 24 * 2  # bytes of one (32, 24) uint16 page of the sample
 
@@ -207,11 +208,10 @@ def test_materialize_a_format3_store(sharded, sample_dir, tmp_path):
     assert copy["wavelength"][...].tolist() == [488, 560, 642]
 
 
-@pytest.mark.parametrize("pipeline", [None, tiffstore.PIPELINE_PATH], ids=["zarr", "tiffstore"])
+@pytest.mark.parametrize("pipeline", [ZARR_PIPELINE_PATH, PIPELINE_PATH], ids=["zarr", "tiffstore"])
 def test_a_file_truncated_after_open_raises_naming_it(make_sample, pipeline):
     directory, _ = make_sample(channels=2, stacks=2)
-    settings = {"codec_pipeline.path": pipeline} if pipeline else {}
-    with zarr.config.set(settings):
+    with zarr.config.set({"codec_pipeline.path": pipeline}):
         store = tiffstore.open(directory, zarr_format=3, chunks="file")
         arr = zarr.open_array(store, mode="r")
     name = store.manifest.files[int(store.manifest.file_index[0, 0])]

@@ -4,7 +4,9 @@ The public API is what this module exports: :func:`open` (folders, globs, lists,
 URLs, reference files) giving a :class:`TiffStore`, with its options as one
 :class:`OpenOptions`; :func:`write_references`; :func:`materialize`; the plain-data
 description of the array (:class:`Manifest`, its :class:`ChunkPlan` s of
-:class:`Piece` s, made by :func:`plan_chunk`); and the errors. Everything else
+:class:`Piece` s, made by :func:`plan_chunk`); :func:`use_codec_pipeline` (importing
+tiffstore makes its codec pipeline zarr's, for TiffStore arrays only, unless another
+was chosen or ``TIFFSTORE_CODEC_PIPELINE=0``); and the errors. Everything else
 (the stage folders' modules, and names starting with an underscore) may change
 between releases.
 
@@ -39,7 +41,7 @@ from tiffstore.options import OpenOptions
 from tiffstore.outputs.materialize.journal import materialize_status
 from tiffstore.outputs.materialize.run import MaterializeSummary, materialize
 from tiffstore.outputs.references import write_references
-from tiffstore.read.pipeline import PIPELINE_PATH, TiffCodecPipeline
+from tiffstore.read.pipeline import PIPELINE_PATH, TiffCodecPipeline, use_codec_pipeline
 from tiffstore.read.store import TiffMapping, TiffStore
 from tiffstore.sources.settings import RemoteSettings
 
@@ -74,6 +76,7 @@ __all__ = [
     "materialize_status",
     "open",
     "plan_chunk",
+    "use_codec_pipeline",
     "verify_manifest",
     "write_references",
 ]

@@ -6,16 +6,18 @@ byte moves twice, and the second move is serial however many threads dask runs.
 :class:`TiffCodecPipeline` is the same pipeline, except that a chunk of a
 :class:`TiffStore` that the read wants whole (what ``dask.array.from_zarr`` asks
 for) is read with one ranged read per file straight into its place in the output,
-in a worker thread. Everything else (other stores, compressed or transposing
-codecs, part of a chunk, a byte order other than the files') goes through the
-default pipeline unchanged.
+in a worker thread. Everything else (compressed or transposing codecs, part of a
+chunk, a byte order other than the files') goes through the default pipeline
+unchanged, and an array of any other store gets zarr's own ``BatchedCodecPipeline``
+itself, not this class.
 
-Opt in through zarr's own configuration::
-
-    zarr.config.set({"codec_pipeline.path": tiffstore.PIPELINE_PATH})
-
-It is safe to set for a whole program: arrays of other stores get the default
-pipeline's behaviour.
+``import tiffstore`` makes it zarr's pipeline (:func:`use_codec_pipeline`) when
+nothing else chose one: zarr's ``codec_pipeline.path`` still holds zarr's default,
+``BatchedCodecPipeline``, and no ``ZARR_CODEC_PIPELINE__PATH`` environment variable
+or zarr configuration file sets it. A pipeline the user chose (zarrs', zarr's
+``FusedCodecPipeline``) is left alone, and so is a zarr whose default is another
+pipeline. ``TIFFSTORE_CODEC_PIPELINE=0`` in the environment, or
+``tiffstore.use_codec_pipeline(False)``, leaves zarr's own.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import zarr
 from zarr.codecs import BytesCodec, ShardingCodec
 from zarr.registry import register_pipeline
 from zarr.storage import StorePath
@@ -49,10 +53,22 @@ if TYPE_CHECKING:
 
     from tiffstore._compat import ArrayMetadata, ArraySpec, SelectorTuple
 
-__all__ = ["PIPELINE_PATH", "TiffCodecPipeline"]
+__all__ = ["PIPELINE_PATH", "SWITCH_VARIABLE", "TiffCodecPipeline", "use_codec_pipeline"]
 
 #: The value of zarr's ``codec_pipeline.path`` setting that selects this pipeline.
 PIPELINE_PATH = "tiffstore.read.pipeline.TiffCodecPipeline"
+
+#: zarr's own pipeline, the only default that ``import tiffstore`` replaces.
+ZARR_PIPELINE_PATH = "zarr.core.codec_pipeline.BatchedCodecPipeline"
+
+#: The environment variable that, set to ``0`` (or ``false``, ``no``, ``off``), keeps
+#: ``import tiffstore`` from choosing this pipeline.
+SWITCH_VARIABLE = "TIFFSTORE_CODEC_PIPELINE"
+
+_OFF = frozenset({"0", "false", "no", "off"})
+
+# What use_codec_pipeline(True) replaced, for use_codec_pipeline(False) to put back.
+_replaced: list[str] = []
 
 ReadItem = tuple[Any, "ArraySpec", "SelectorTuple", "SelectorTuple", bool]
 
@@ -85,8 +101,8 @@ class TiffCodecPipeline(BatchedCodecPipeline):
 
     Examples
     --------
-    >>> with zarr.config.set({"codec_pipeline.path": PIPELINE_PATH}):  # doctest: +SKIP
-    ...     total = dask.array.from_zarr(tiffstore.open("raw/")).sum().compute()
+    >>> import tiffstore  # makes it zarr's pipeline, unless another was chosen
+    >>> total = dask.array.from_zarr(tiffstore.open("raw/")).sum().compute()  # doctest: +SKIP
     """
 
     store: TiffStore | None = None
@@ -95,20 +111,39 @@ class TiffCodecPipeline(BatchedCodecPipeline):
     def from_array_metadata_and_store(cls, array_metadata: ArrayMetadata, store: Store) -> Self:
         # docstring inherited
         if not isinstance(store, TiffStore):
-            raise NotImplementedError("not a TiffStore: zarr builds the default pipeline")
+            # zarr then builds the pipeline with from_codecs: its own class.
+            raise NotImplementedError("not a TiffStore: zarr builds its own pipeline")
         if isinstance(array_metadata, ArrayV3Metadata):
-            pipeline = cls.from_codecs(array_metadata.codecs)
+            codecs = list(array_metadata.codecs)
         elif isinstance(array_metadata, ArrayV2Metadata):
-            codec = V2Codec(filters=array_metadata.filters, compressor=array_metadata.compressor)
-            pipeline = cls.from_codecs([codec])
+            codecs = [V2Codec(filters=array_metadata.filters, compressor=array_metadata.compressor)]
         else:
             raise NotImplementedError(f"unknown metadata {type(array_metadata).__name__}")
-        direct = _passes_bytes_through(list(pipeline), store.dtype)
-        return dataclasses.replace(pipeline, store=store if direct else None)
+        return cls._reading(codecs, store)
+
+    @classmethod
+    def from_codecs(  # type: ignore[override]
+        cls, codecs: Iterable[Any], *, batch_size: int | None = None
+    ) -> BatchedCodecPipeline:
+        """zarr's own ``BatchedCodecPipeline``: what zarr builds for anything not a TiffStore's array.
+
+        zarr asks the configured class for the pipelines of other stores' arrays and
+        of shards' inner chunks; they get zarr's class itself, not this subclass.
+        """
+        return BatchedCodecPipeline.from_codecs(codecs, batch_size=batch_size)
+
+    @classmethod
+    def _reading(cls, codecs: Iterable[Any], store: TiffStore | None) -> Self:
+        """This pipeline over ``codecs``, reading whole chunks of ``store`` in place where it can."""
+        pipeline = super().from_codecs(codecs)
+        if store is None or not _passes_bytes_through(list(pipeline), store.dtype):
+            return pipeline
+        return dataclasses.replace(pipeline, store=store)
 
     def evolve_from_array_spec(self, array_spec: ArraySpec) -> Self:
         # docstring inherited
-        return dataclasses.replace(super().evolve_from_array_spec(array_spec), store=self.store)
+        codecs = [c.evolve_from_array_spec(array_spec=array_spec) for c in self]
+        return self._reading(codecs, self.store)
 
     async def read(  # type: ignore[override,unused-ignore]
         self,
@@ -187,4 +222,68 @@ def _read_into(store: TiffStore, index: tuple[int, ...], view: np.ndarray) -> bo
     return True
 
 
+def use_codec_pipeline(on: bool = True) -> bool:
+    """Make :class:`TiffCodecPipeline` zarr's codec pipeline, or put back the one it replaced.
+
+    ``import tiffstore`` calls ``use_codec_pipeline(True)`` when nothing else chose a
+    pipeline (see this module's docstring). A pipeline is chosen when zarr opens an
+    array: arrays already open keep theirs. Arrays of stores other than a
+    :class:`TiffStore` get zarr's own ``BatchedCodecPipeline`` either way.
+
+    Parameters
+    ----------
+    on
+        ``True``: set zarr's ``codec_pipeline.path`` to :data:`PIPELINE_PATH`.
+        ``False``: if it is set to that, set it back to what it replaced (zarr's
+        default if nothing is known to have been replaced).
+
+    Returns
+    -------
+    bool
+        Whether tiffstore's pipeline was zarr's before the call.
+
+    Examples
+    --------
+    >>> was_on = tiffstore.use_codec_pipeline(False)  # zarr's own pipeline from now on
+    >>> _ = tiffstore.use_codec_pipeline(was_on)  # as it was
+    """
+    current = zarr.config.get("codec_pipeline.path")
+    was_on = bool(current == PIPELINE_PATH)
+    if on and not was_on:
+        _replaced[:] = [current]
+        zarr.config.set({"codec_pipeline.path": PIPELINE_PATH})
+    elif not on and was_on:
+        previous = _replaced.pop() if _replaced else _zarrs_default()
+        zarr.config.set({"codec_pipeline.path": previous or ZARR_PIPELINE_PATH})
+    return was_on
+
+
+def _zarrs_default() -> str | None:
+    """zarr's own default ``codec_pipeline.path`` (``None`` if zarr declares none)."""
+    for defaults in reversed(zarr.config.defaults):
+        path = defaults.get("codec_pipeline", {}).get("path")
+        if path is not None:
+            return str(path)
+    return None
+
+
+def _chosen_outside() -> bool:
+    """Whether an environment variable or a zarr configuration file sets the pipeline."""
+    collected = zarr.config.collect()
+    return any("path" in (collected.get(key) or {}) for key in ("codec_pipeline", "codec-pipeline"))
+
+
+def _use_by_default() -> None:
+    """``use_codec_pipeline(True)`` unless switched off or a pipeline was chosen elsewhere."""
+    if os.environ.get(SWITCH_VARIABLE, "").strip().lower() in _OFF:
+        return
+    default = _zarrs_default()
+    # A zarr whose default is another pipeline keeps it: this one extends the batched one.
+    if default != ZARR_PIPELINE_PATH or zarr.config.get("codec_pipeline.path") != default:
+        return
+    if not _chosen_outside():
+        use_codec_pipeline(True)
+
+
 register_pipeline(TiffCodecPipeline)
+_use_by_default()
