@@ -13,7 +13,15 @@ import pytest
 import tifffile
 
 import tiffstore
-from tiffstore.apps.napari_reader import contrast_limits, get_reader, layer_data
+from tiffstore.apps.grid import AcquisitionGrid
+from tiffstore.apps.napari_reader import (
+    SAMPLE_PLANES,
+    contrast_limits,
+    get_reader,
+    layer_data,
+    sample_indices,
+)
+from tiffstore.colors import wavelength_colormap
 from tiffstore.detect import REFERENCE_SUFFIXES, TIFF_SUFFIXES
 
 MANIFEST = Path(tiffstore.__file__).with_name("napari.yaml")
@@ -56,19 +64,26 @@ def test_reader_layers(sample_dir):
     assert kwargs["channel_axis"] == 0
     assert kwargs["name"] == ["488 nm", "560 nm", "642 nm"]
     assert kwargs["rgb"] is False
-    assert "scale" not in kwargs  # the sample files carry no voxel size
+    assert "scale" not in kwargs and "units" not in kwargs  # the sample files carry none
+    assert kwargs["axis_labels"] == [("stack", "z", "y", "x")] * 3
+    assert kwargs["colormap"] == ["green", "red", "magenta"]  # 488, 560, 642 nm
+    assert kwargs["blending"] == ["additive"] * 3 and kwargs["rendering"] == "mip"
+    meta = [m["tiffstore"] for m in kwargs["metadata"]]
+    assert [m["wavelength"] for m in meta] == [488.0, 560.0, 642.0]
+    assert meta[0]["contrast_limits_range"] == (0.0, 65535.0)  # the dtype's, not the limits
+    assert meta[0]["coords"]["msec"]["values"][0][1] == 10123  # each stack's time
     limits = kwargs["contrast_limits"]
     assert len(limits) == 3
     for c, (lo, hi) in enumerate(limits):
-        # Within the channel's real range (the missing cell's 0 is not sampled)...
-        assert ref[c].min() <= lo < hi <= ref[c].max()
-        # ...and exactly the range of the two sampled planes.
-        stacks = [0, 3]
-        sample = ref[c, stacks, ref.shape[2] // 2]
-        assert (lo, hi) == (sample.min(), sample.max())
+        present = [s for s in range(ref.shape[1]) if (c, s) != (1, 2)]
+        data = ref[c, present]
+        # Within the channel's real range (the missing cell's 0 is not sampled), and
+        # above its 99.9th percentile: bright pixels anywhere are not flat-topped.
+        assert data.min() <= lo < hi <= data.max()
+        assert lo <= np.percentile(data, 0.1) and hi >= np.percentile(data, 99.9)
 
 
-def test_contrast_sample_reads_a_few_planes_only(make_sample, monkeypatch):
+def test_contrast_sample_spreads_over_stacks_and_z(make_sample, monkeypatch):
     directory, _ = make_sample(channels=2, stacks=6, shape=(8, 16, 12))
     store = tiffstore.open(directory, chunks="page")
     reads: list[tuple[int, ...]] = []
@@ -80,14 +95,24 @@ def test_contrast_sample_reads_a_few_planes_only(make_sample, monkeypatch):
 
     monkeypatch.setattr(store.reader, "read_chunk", counting)
     contrast_limits(store)
-    assert sorted(reads) == [(c, s, 4, 0, 0) for c in (0, 1) for s in (0, 5)]
+    # One plane per stack and z on a diagonal: first to last of each, 8 per channel.
+    diagonal = [(round(i * 5 / 7), round(i * 7 / 7)) for i in range(8)]
+    assert sorted(reads) == sorted((c, s, z, 0, 0) for c in (0, 1) for s, z in diagonal)
+
+
+def test_sample_indices_bounded(make_sample):
+    directory, _ = make_sample(channels=1, stacks=50, shape=(40, 4, 4))
+    grid = AcquisitionGrid.of(tiffstore.open(directory))
+    picks = sample_indices(grid, None)
+    assert len(picks) == SAMPLE_PLANES
+    assert picks[0][:2] == (0, 0) and picks[-1][:2] == (49, 39)
 
 
 def test_missing_first_stack_is_not_sampled(make_sample):
     directory, ref = make_sample(channels=2, stacks=3, missing=[(1, 0)])
     limits = contrast_limits(tiffstore.open(directory))
     assert limits[1][0] > 0  # the fill value of the missing stack 0 is not the minimum
-    assert limits[1] == (ref[1, 1:, 3].min(), ref[1, 1:, 3].max())
+    assert ref[1, 1:].min() <= limits[1][0] < limits[1][1] <= ref[1, 1:].max()
 
 
 def test_one_channel_and_file_list(make_sample):
@@ -119,7 +144,34 @@ def test_scale_from_store(sample_dir, monkeypatch):
         type(store), "scale", {"z": 2.5, "y": (0.65, "um"), "x": 0.65}, raising=False
     )
     [(_, kwargs, _)] = layer_data(store)
-    assert kwargs["scale"] == (1.0, 2.5, 0.65, 0.65)  # stack, z, y, x: ch is split off
+    assert kwargs["scale"] == [(1.0, 2.5, 0.65, 0.65)] * 3  # stack, z, y, x: ch split off
+    assert kwargs["units"] == [("pixel", "pixel", "um", "pixel")] * 3
+
+
+def test_wavelength_colormaps_by_band():
+    assert [wavelength_colormap(nm) for nm in (350, 405, 445, 488, 514, 532, 561, 594)] == [
+        "blue",
+        "blue",
+        "cyan",
+        "green",
+        "yellow",
+        "yellow",
+        "red",
+        "red",
+    ]
+    assert wavelength_colormap(640) == wavelength_colormap(900) == "magenta"
+
+
+def test_a_failure_names_the_path_on_its_first_line(tmp_path):
+    tifffile.imwrite(tmp_path / "a_ch0_t0.tif", np.zeros((4, 8), np.uint8))
+    (tmp_path / "a_ch1_t0.tif").write_bytes(b"not a tiff")
+    reader = get_reader(str(tmp_path))
+    assert reader is not None  # a TIFF folder is tiffstore's: its failure is shown
+    with pytest.raises(tiffstore.TiffStoreError) as caught:
+        reader(str(tmp_path))
+    first = str(caught.value).splitlines()[0]
+    assert first.startswith(f"tiffstore cannot open {tmp_path}: ")
+    assert "a_ch1_t0.tif" in first
 
 
 def test_get_reader_declines_what_it_cannot_open(tmp_path):
@@ -153,7 +205,7 @@ def test_channels_inside_the_files(hyperstacks):
     [(data, kwargs, _)] = layer_data(store)
     assert kwargs["channel_axis"] == 2
     assert kwargs["name"] == ["c 0", "c 1"]
+    assert "colormap" not in kwargs  # no wavelengths: napari's own cycle
     for c, (lo, hi) in enumerate(kwargs["contrast_limits"]):
-        sample = ref[[0, 2], 2, c]  # middle z of the first and last time point
-        assert (lo, hi) == (sample.min(), sample.max())
+        assert ref[:, :, c].min() <= lo < hi <= ref[:, :, c].max()
     np.testing.assert_array_equal(data.compute(), ref)

@@ -64,6 +64,9 @@ class AcquisitionGrid:
     channel_labels
         One label per channel: ``"488 nm"`` from a wavelength, the channel name, or
         ``"ch 0"``.
+    channel_wavelengths
+        One wavelength (nm) per channel where a coordinate over the channel gives them,
+        else empty.
     cell_coords
         The coordinates with one value per cell (timestamps over ``ch``/``stack``...):
         name -> ``{"dims", "values", "units"}``, as in ``attrs["tiffstore"]["coords"]``.
@@ -78,6 +81,7 @@ class AcquisitionGrid:
     channel_labels: tuple[str, ...]
     axis_values: Mapping[str, Sequence[Any]]
     cell_coords: Mapping[str, Mapping[str, Any]]
+    channel_wavelengths: tuple[float, ...] = ()
 
     @classmethod
     def of(cls, store: TiffStore) -> AcquisitionGrid:
@@ -111,8 +115,12 @@ class AcquisitionGrid:
             if None not in where:
                 present[where] = False
         labels: tuple[str, ...] = ()
+        wavelengths: tuple[float, ...] = ()
         if channel_dim is not None:
             labels = _channel_labels(dims[channel_dim], values[dims[channel_dim]], desc["coords"])
+            wave = _wavelength_coord(dims[channel_dim], desc["coords"])
+            if wave is not None and all(isinstance(v, (int, float)) for v in wave["values"]):
+                wavelengths = tuple(float(v) for v in wave["values"])
         name_dim_names = {dims[i] for i in name_dims}
         channel_only = [dims[channel_dim]] if channel_dim is not None else None
         cell_coords = {
@@ -130,6 +138,7 @@ class AcquisitionGrid:
             labels,
             values,
             cell_coords,
+            wavelengths,
         )
 
     @property
@@ -180,19 +189,36 @@ class AcquisitionGrid:
         return ", ".join(parts)
 
 
-def _channel_labels(
-    channel_name: str, values: Sequence[Any], coords: Mapping[str, Mapping[str, Any]]
-) -> tuple[str, ...]:
-    """A label per channel: its wavelength, its name, or ``ch 0``."""
-    per_channel = {
+def _per_channel(
+    channel_name: str, coords: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Mapping[str, Any]]:
+    return {
         name: c
         for name, c in coords.items()
         if c["dims"] == [channel_name] and name != channel_name
     }
-    wave = next(
-        (c for name, c in per_channel.items() if "wave" in name.lower() or c.get("units") == "nm"),
+
+
+def _wavelength_coord(
+    channel_name: str, coords: Mapping[str, Mapping[str, Any]]
+) -> Mapping[str, Any] | None:
+    """The coordinate over the channel alone that holds wavelengths (by name or ``nm``)."""
+    return next(
+        (
+            c
+            for name, c in _per_channel(channel_name, coords).items()
+            if "wave" in name.lower() or c.get("units") == "nm"
+        ),
         None,
     )
+
+
+def _channel_labels(
+    channel_name: str, values: Sequence[Any], coords: Mapping[str, Mapping[str, Any]]
+) -> tuple[str, ...]:
+    """A label per channel: its wavelength, its name, or ``ch 0``."""
+    per_channel = _per_channel(channel_name, coords)
+    wave = _wavelength_coord(channel_name, coords)
     if wave is not None:
         units = wave.get("units", "")
         return tuple(f"{_label_value(v)} {units}".strip() for v in wave["values"])

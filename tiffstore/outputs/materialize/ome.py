@@ -4,7 +4,8 @@ OME-NGFF 0.4 and 0.5 hold an image of 2 to 5 dims: at most one ``time`` axis, fi
 then at most one ``channel`` axis *or* one axis of another (custom) type; then 2 or 3
 ``space`` axes. :func:`plan_axes` fits the source's dims into that, saying why for each,
 or refuses; the rest is plain JSON: :func:`multiscales`, :func:`omero` (a label, a
-colour and a display window per channel) and :func:`wavelength_color`.
+colour and a display window per channel; the colour from
+:func:`tiffstore.colors.wavelength_color`, re-exported here).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tiffstore.colors import wavelength_color
 from tiffstore.errors import MaterializeError
 from tiffstore.names.axes import axis_kind
 from tiffstore.outputs.materialize.plan import ArrayPlan
@@ -146,34 +148,6 @@ def multiscales(
     if version:
         doc["version"] = version
     return doc
-
-
-def wavelength_color(nm: float) -> str:
-    """The colour of light of a wavelength, as ``RRGGBB``: the hue of the spectrum.
-
-    Dan Bruton's piecewise-linear approximation of the visible spectrum (380-780 nm,
-    gamma 0.8), without its dimming toward either end, so that a channel shows bright:
-    wavelengths below 380 nm show as violet, above 780 nm as red.
-
-    Examples
-    --------
-    >>> [wavelength_color(nm) for nm in (405, 488, 560, 642, 730)]
-    ['A600FF', '00F7FF', 'C3FF00', 'FF1600', 'FF0000']
-    """
-    w = min(max(float(nm), 380.0), 780.0)
-    if w < 440:
-        rgb = ((440 - w) / 60, 0.0, 1.0)
-    elif w < 490:
-        rgb = (0.0, (w - 440) / 50, 1.0)
-    elif w < 510:
-        rgb = (0.0, 1.0, (510 - w) / 20)
-    elif w < 580:
-        rgb = ((w - 510) / 70, 1.0, 0.0)
-    elif w < 645:
-        rgb = (1.0, (645 - w) / 65, 0.0)
-    else:
-        rgb = (1.0, 0.0, 0.0)
-    return "".join(f"{round(255 * c**0.8):02X}" for c in rgb)
 
 
 def omero(
