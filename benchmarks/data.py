@@ -11,6 +11,7 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,33 +240,34 @@ class Context:
             self._datasets[key] = write_many(self.workdir / key, n, shape=(2, 32, 32))
         return self._datasets[key]
 
+    def _once(self, key: str, message: str, make: Callable[[Path], Dataset]) -> Dataset:
+        """The dataset ``key``, written into the work folder by ``make`` on first use."""
+        if key not in self._datasets:
+            self.log(message)
+            self._datasets[key] = make(self.workdir / key)
+        return self._datasets[key]
+
     def many_files(self, n: int) -> Dataset:
         """``n`` small uniform files, for the open benchmarks."""
-        key = f"many-{n}"
-        if key not in self._datasets:
-            self.log(f"writing {n:,} small files ...")
-            self._datasets[key] = write_many(self.workdir / key, n)
-        return self._datasets[key]
+        return self._once(
+            f"many-{n}", f"writing {n:,} small files ...", lambda path: write_many(path, n)
+        )
 
     def acquisition(self, name: str, channels: int, stacks: int, shape: tuple[int, ...]) -> Dataset:
         """``channels x stacks`` uncompressed sample stacks of ``shape``, written once."""
-        key = f"{name}-{channels}x{stacks}x{'x'.join(map(str, shape))}"
-        if key not in self._datasets:
-            self.log(f"writing {name} data: {channels} x {stacks} x {shape} ...")
-            self._datasets[key] = write_stacks(
-                self.workdir / key, channels, stacks, shape, self.dtype
-            )
-        return self._datasets[key]
+        return self._once(
+            f"{name}-{channels}x{stacks}x{'x'.join(map(str, shape))}",
+            f"writing {name} data: {channels} x {stacks} x {shape} ...",
+            lambda path: write_stacks(path, channels, stacks, shape, self.dtype),
+        )
 
     def sparse(self, name: str, channels: int, stacks: int, shape: tuple[int, ...]) -> Dataset:
         """``channels x stacks`` sparse files of ``shape`` (see :func:`write_sparse`)."""
-        key = f"{name}-{channels}x{stacks}x{'x'.join(map(str, shape))}"
-        if key not in self._datasets:
-            self.log(f"writing {name} sparse files: {channels} x {stacks} x {shape} ...")
-            self._datasets[key] = write_sparse(
-                self.workdir / key, channels, stacks, shape, self.dtype
-            )
-        return self._datasets[key]
+        return self._once(
+            f"{name}-{channels}x{stacks}x{'x'.join(map(str, shape))}",
+            f"writing {name} sparse files: {channels} x {stacks} x {shape} ...",
+            lambda path: write_sparse(path, channels, stacks, shape, self.dtype),
+        )
 
     def drop(self, ds: Dataset) -> None:
         """Delete a dataset that no later group needs (100,000 files are slow to keep)."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,11 +23,12 @@ from typing import Any
 
 from tiffstore.detect import is_reference_file
 from tiffstore.errors import OptionError, SourceError, TiffStoreError
+from tiffstore.manifest.reference_file import ReferenceFile
 from tiffstore.manifest.saved import load_manifest
 from tiffstore.options import OpenOptions
 from tiffstore.sources.checksums import ChecksummedSource
 from tiffstore.sources.listing import resolve_source
-from tiffstore.sources.network import filesystem_of, info_within, open_filesystem, version_of
+from tiffstore.sources.network import info_within, open_filesystem, version_of
 from tiffstore.sources.settings import RemoteSettings
 from tiffstore.tiff.header import read_layout
 from tiffstore.tiff.layout import FileLayout
@@ -47,22 +47,11 @@ class FileProblem:
 def _made_from(target: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
     """The ``tiffstore`` attributes of a reference file (JSON or Parquet folder) that hold
     a ``made_from`` record."""
-    fs, path = filesystem_of(target, storage_options)
+    attrs = ReferenceFile(target, storage_options).document(".zattrs")
     try:
-        if fs.isdir(path):
-            with fs.open(f"{path.rstrip('/')}/.zmetadata", "rb") as fh:
-                attrs = json.load(fh)["metadata"][".zattrs"]
-        else:
-            with fs.open(path, "rb") as fh:
-                doc = json.load(fh)
-            refs = doc.get("refs", doc)
-            attrs = refs[".zattrs"]
-            attrs = json.loads(attrs) if isinstance(attrs, str) else attrs
         info = attrs["tiffstore"]
         info["made_from"]["root"]
-    except FileNotFoundError as exc:
-        raise SourceError(f"{target}: no such reference file.") from exc
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError) as exc:
         raise SourceError(
             f"{target}: not a reference file written by tiffstore (no tiffstore.made_from "
             f"in its attributes: {type(exc).__name__}: {exc})."

@@ -179,15 +179,7 @@ def _divisors(n: int) -> list[int]:
 
 def _largest_divisor(n: int, at_most: int) -> int:
     """The largest divisor of ``n`` that is at most ``at_most`` (1 at least)."""
-    if n <= at_most:
-        return n
-    best = 1
-    for d in range(1, math.isqrt(n) + 1):
-        if n % d == 0:
-            for k in (d, n // d):
-                if best < k <= at_most:
-                    best = k
-    return best
+    return max(d for d in _divisors(n) if d <= max(at_most, 1))
 
 
 def describe_chunks(m: Manifest) -> str:

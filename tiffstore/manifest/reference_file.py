@@ -176,7 +176,7 @@ class ReferenceFile:
         # Every key at once (a dim at a time: fast), unless the grid is far larger than
         # the records there are (a damaged file): then only the records' own keys.
         every = (
-            np.array(_chunk_keys(f"{image}/", grid), object)
+            np.array(chunk_keys(f"{image}/", grid), object)
             if total <= (len(records) + 1) * size
             else None
         )
@@ -192,29 +192,49 @@ class ReferenceFile:
                 ) from exc
             base = record * size
             stop = min(base + size, total)
-            keys = every[base:stop] if every is not None else _range_keys(image, grid, base, stop)
+            keys = (
+                every[base:stop]
+                if every is not None
+                else np.array(chunk_keys(f"{image}/", grid, base, stop), object)
+            )
             _add_rows(out, frame, keys)
         return out
 
 
-def _chunk_keys(prefix: str, grid: tuple[int, ...]) -> list[str]:
-    """Every chunk's key in C order (the order of Parquet records): the inner dims'
-    indices first (usually few), then each key once, whole."""
-    if not grid:
-        return [f"{prefix}0"]
-    inner = [""]
-    for n in reversed(grid[1:]):
-        inner = [f".{i}{rest}" for i in range(n) for rest in inner]
-    return [f"{prefix}{i}{rest}" for i in range(grid[0]) for rest in inner]
+def chunk_keys(
+    prefix: str, grid: tuple[int, ...], start: int = 0, stop: int | None = None
+) -> list[str]:
+    """The keys ``prefix`` + ``"i.j.k"`` of chunks ``start`` to ``stop`` (all by default)
+    of ``grid``, in C order: the order of Parquet records and of the writers' pairs.
 
+    All of them are built a dim at a time, the inner dims' indices first (usually few);
+    a range from its indices, each distinct index turned to text once.
 
-def _range_keys(image: str, grid: tuple[int, ...], start: int, stop: int) -> np.ndarray:
-    """The keys of the chunks ``start`` to ``stop`` in C order, one by one."""
+    Examples
+    --------
+    >>> chunk_keys("image/", (2, 2))
+    ['image/0.0', 'image/0.1', 'image/1.0', 'image/1.1']
+    >>> chunk_keys("", (2, 3), 2, 4)
+    ['0.2', '1.0']
+    """
     if not grid:
-        return np.array([f"{image}/0"][start:stop], object)
-    index = np.unravel_index(np.arange(start, stop), grid)
-    digits = [list(map(str, a.tolist())) for a in index]
-    return np.array([f"{image}/" + ".".join(c) for c in zip(*digits, strict=True)], object)
+        return [f"{prefix}0"][start:stop]
+    total = math.prod(grid)
+    stop = total if stop is None else min(stop, total)
+    if start == 0 and stop == total:
+        inner = [""]
+        for n in reversed(grid[1:]):
+            inner = [f".{i}{rest}" for i in range(n) for rest in inner]
+        return [f"{prefix}{i}{rest}" for i in range(grid[0]) for rest in inner]
+    n = max(stop - start, 0)
+    columns = []
+    for index in np.unravel_index(np.arange(start, start + n), grid):
+        unique, inverse = np.unique(index, return_inverse=True)
+        names = [str(u) for u in unique.tolist()]
+        columns.append(
+            names * n if len(names) == 1 else list(map(names.__getitem__, inverse.tolist()))
+        )
+    return [prefix + ".".join(parts) for parts in zip(*columns, strict=True)]
 
 
 def _add_rows(out: ParquetChunks, frame: Any, keys: np.ndarray) -> None:

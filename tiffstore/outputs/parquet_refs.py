@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from tiffstore.errors import OptionError, ReferenceError
+from tiffstore.manifest.reference_file import chunk_keys
 
 __all__ = ["CATEGORICAL_THRESHOLD", "write_parquet_references"]
 
@@ -165,7 +166,10 @@ class _ArrayRecords:
     def check(self) -> None:
         """Check the block's keys follow in C order; write the records it completes."""
         n, start = len(self.keys), self.last + 1
-        if start + n <= math.prod(self.grid) and self._expected(start, n) == self.keys:
+        if (
+            start + n <= math.prod(self.grid)
+            and chunk_keys("", self.grid, start, start + n) == self.keys
+        ):
             numbers = np.arange(start, start + n)
         else:  # gaps, or keys out of order
             numbers = np.array([self._number(key) for key in self.keys], dtype=np.int64)
@@ -185,17 +189,6 @@ class _ArrayRecords:
             del block[:]
         self.raws = {}
         self._write(final=False)
-
-    def _expected(self, start: int, n: int) -> list[str]:
-        """The keys of chunks ``start`` to ``start + n - 1``."""
-        columns = []
-        for index in np.unravel_index(np.arange(start, start + n), self.grid):
-            unique, inverse = np.unique(index, return_inverse=True)
-            names = [str(u) for u in unique.tolist()]
-            columns.append(
-                names * n if len(names) == 1 else list(map(names.__getitem__, inverse.tolist()))
-            )
-        return list(map(".".join, zip(*columns, strict=True)))
 
     def _number(self, key: str) -> int:
         parts = key.split(".")

@@ -48,6 +48,7 @@ from tiffstore.manifest.documents import Documents, array_attributes, array_meta
 from tiffstore.manifest.headers import verify_manifest
 from tiffstore.manifest.model import Manifest
 from tiffstore.manifest.plans import ChunkPlan, Piece, page_run_table
+from tiffstore.manifest.reference_file import chunk_keys
 from tiffstore.manifest.saved import chunk_digest, dump_manifest
 from tiffstore.outputs.parquet_refs import write_parquet_references
 from tiffstore.outputs.reference_chunks import (
@@ -200,9 +201,9 @@ class _Inlined:
         return (
             f"{m.source.url('')}: with chunks {tuple(m.chunks)} the references would inline more "
             f"than {self.limit:,} bytes of pixels ({self.count:,} chunks"
-            f"{' so far' if done else ''}, {self.nbytes:,} bytes): chunks the TIFFs store short (a last strip, an edge tile, or pages "
-            f"padded past a file's end) are no byte range and must be copied into the "
-            f"reference file. {fix}."
+            f"{' so far' if done else ''}, {self.nbytes:,} bytes): chunks the TIFFs store short "
+            "(a last strip, an edge tile, or pages padded past a file's end) are no byte range "
+            f"and must be copied into the reference file. {fix}."
         )
 
     def report(self) -> None:
@@ -263,15 +264,17 @@ def references(
     attrs["tiffstore"]["references"] = {"version": __version__, "image": image, "url": url}
     # The whole manifest, so that tiffstore.open(this file) needs no listing or header.
     attrs["tiffstore"]["manifest"] = base64.b64encode(dump_manifest(saved)).decode()
-    pairs: Iterable[tuple[str, Any]] = _chunk_pairs(m, image, urls, codecs, inlined, inline_missing)
-    if page_run_table(m) is None:
+    table = page_run_table(m)
+    pairs: Iterable[tuple[str, Any]] = _chunk_pairs(
+        m, table, image, urls, codecs, inlined, inline_missing
+    )
+    if table is None:
         pairs = list(pairs)  # each value made once (a chunk may be read and inlined)
         digest = chunk_digest(pairs, image)
     else:
         # Cheap to make twice, with no read: once for the digest, once to write.
-        digest = chunk_digest(
-            _chunk_pairs(m, image, urls, codecs, _Inlined(m, max_inline), inline_missing), image
-        )
+        again = _chunk_pairs(m, table, image, urls, codecs, _Inlined(m, max_inline), inline_missing)
+        digest = chunk_digest(again, image)
     # A digest of the chunk references (URLs left out): tiffstore.open(this file)
     # refuses references changed since (combined with others, edited).
     attrs["tiffstore"]["references"]["digest"] = digest
@@ -292,20 +295,23 @@ def references(
 
 def _chunk_pairs(
     m: Manifest,
+    table: tuple[np.ndarray, np.ndarray, int] | None,
     image: str,
     urls: list[str],
     codecs: ReferenceCodecs,
     inlined: _Inlined,
     inline_missing: bool,
 ) -> Iterator[tuple[str, Any]]:
-    """The image's chunk references, in C order: byte ranges, or inlined bytes."""
+    """The image's chunk references, in C order: byte ranges, or inlined bytes.
+
+    ``table`` is :func:`~tiffstore.manifest.plans.page_run_table` of ``m``: every
+    reference at once where it is not ``None``, else a plan per chunk."""
     # Zarr reads a missing key as the fill value: only Parquet needs missing cells inlined.
     fill: bytes | None = None
-    table = page_run_table(m)
     if table is not None:
         # Every chunk whole pages of one file: the references at once, no plan each.
         files, offsets, nbytes = table
-        keys = _chunk_keys(image, m.chunk_grid)
+        keys = chunk_keys(f"{image}/", m.chunk_grid)
         for key, file, offset in zip(
             keys, files.ravel().tolist(), offsets.ravel().tolist(), strict=True
         ):
@@ -329,15 +335,6 @@ def _chunk_pairs(
             continue
         value = _chunk_value(m, plan, reader, codecs, urls, whole)
         yield key, inlined.add(value) if isinstance(value, bytes) else value
-
-
-def _chunk_keys(image: str, grid: tuple[int, ...]) -> list[str]:
-    """Every chunk key of the image, in C order, built a dim at a time."""
-    keys = [f"{image}/"]
-    for k, n in enumerate(grid):
-        sep = "." if k else ""
-        keys = [f"{key}{sep}{i}" for key in keys for i in range(n)]
-    return keys
 
 
 def _as_read_from(m: Manifest, url: str | None) -> Manifest:
