@@ -57,6 +57,30 @@ def test_the_bound_does_not_grow_with_local_shards() -> None:
     assert worker_bytes(unsharded, page, 2, local=True) < 2 * plan_module.TASK_BYTES + 2**24
 
 
+def test_a_pyramid_level_holds_what_its_bound_says() -> None:
+    import tracemalloc
+
+    from tiffstore.outputs.materialize.job import _downsample
+    from tiffstore.outputs.materialize.plan import downsample_bytes
+
+    # One output chunk of a level: the 2 x 2 chunks below it, odd along x (padded).
+    below = np.arange(16 * 512 * 513, dtype=np.uint16).reshape(16, 512, 513)
+    chunk = 16 * 256 * 257 * 2
+    tracemalloc.start()
+    try:
+        out = _downsample(below, (1, 2))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (16, 256, 257) and out.dtype == np.uint16
+    # The output chunk itself is the worker's part, counted apart.
+    assert below.nbytes + peak - out.nbytes <= downsample_bytes(chunk, 2)
+    level = ArrayPlan("1", (1, 16, 256, 257), (1, 16, 256, 257), None, 1)
+    assert worker_bytes(level, 0, 2, True) - worker_bytes(
+        ArrayPlan("0", (1, 16, 256, 257), (1, 16, 256, 257), None, 0), 0, 2, True
+    ) == downsample_bytes(chunk, 2)
+
+
 def test_shards_with_missing_files_and_edges(make_sample, tmp_path: Path) -> None:
     # stack 2 of both channels is missing: shard (., 2:4) holds fill value chunks,
     # and the odd y/x make edge chunks and shards overhanging the array.

@@ -205,9 +205,10 @@ def _downsample(data: np.ndarray, axes: Sequence[int]) -> np.ndarray:
             pairs.append(len(shape) - 1)
         else:
             shape.append(n)
+    # numpy sums in buffered float64 pieces: the mean is the one float64 array held.
     mean = data.reshape(shape).mean(axis=tuple(pairs), dtype=np.float64)
     if data.dtype.kind in "iub":
-        return np.rint(mean).astype(data.dtype)
+        np.rint(mean, out=mean)
     return mean.astype(data.dtype)
 
 

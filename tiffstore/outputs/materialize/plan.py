@@ -36,6 +36,7 @@ __all__ = [
     "cut_parts",
     "cut_tasks",
     "default_chunks",
+    "downsample_bytes",
     "plan_arrays",
     "resolve_shape",
     "resolve_shards",
@@ -288,11 +289,14 @@ def worker_bytes(plan: ArrayPlan, source_chunk_bytes: int, itemsize: int, local:
     until they are put (Blosc adds at most 16 bytes to a chunk), and one more being
     encoded. A shard is streamed to a local file chunk by chunk, so only its index
     (16 bytes a chunk, and a checksum) stays; an object store takes whole objects, so
-    there the encoded shard is held until it is put.
+    there the encoded shard is held until it is put. A pyramid level's worker also holds
+    what :func:`downsample_bytes` says.
     """
     chunk = math.prod(plan.chunks) * itemsize
     part = max(TASK_BYTES, chunk)
     held = part + source_chunk_bytes + chunk + 16
+    if plan.level:
+        held += downsample_bytes(chunk, itemsize)
     if plan.shards is None:
         return held + part + 16 * -(-part // chunk)
     chunks_per_shard = math.prod(s // c for s, c in zip(plan.shards, plan.chunks, strict=True))
@@ -300,6 +304,16 @@ def worker_bytes(plan: ArrayPlan, source_chunk_bytes: int, itemsize: int, local:
     if not local:
         held += math.prod(plan.shards) * itemsize + 16 * chunks_per_shard
     return held
+
+
+def downsample_bytes(chunk: int, itemsize: int) -> int:
+    """What a pyramid level's worker holds to make one output chunk of ``chunk`` bytes.
+
+    The level below's region (2 x 2 chunks: ``4 chunk``), its copy padded at an odd edge
+    (``4 chunk`` more), and the mean of each 2 x 2 block in float64 (``8 chunk / itemsize``).
+    A level's parts are one output chunk each.
+    """
+    return 8 * chunk + 8 * (chunk // itemsize)
 
 
 def machine_memory() -> int | None:
