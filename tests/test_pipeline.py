@@ -134,3 +134,30 @@ def test_one_plane_of_page_chunks_is_read_in_place(pipeline, sample_dir, chunk_g
     assert chunk_gets == []
     np.testing.assert_array_equal(arr[2, 1, 3, 4:9], ref[2, 1, 3, 4:9])  # part of a page
     assert chunk_gets
+
+
+def test_pages_of_a_shard_are_read_in_place(pipeline, sample_dir, chunk_gets):
+    directory, ref = sample_dir
+    store = tiffstore.open(directory, zarr_format=3)
+    assert store.shards is not None and store.shards.inner[2] == 1
+    arr = zarr.open_array(store, mode="r")
+    np.testing.assert_array_equal(arr[2, 1, 3], ref[2, 1, 3])  # one page: no shard index
+    np.testing.assert_array_equal(arr[1, 2, 3], ref[1, 2, 3])  # the missing file
+    np.testing.assert_array_equal(arr[0, 1, 2:5], ref[0, 1, 2:5])  # pages of one shard
+    np.testing.assert_array_equal(arr[:, :, 4], ref[:, :, 4])  # one page of each shard
+    assert chunk_gets == []
+    # Part of a page goes through zarr's sharding codec (the index, then the bytes).
+    np.testing.assert_array_equal(arr[2, 1, 3, 4:9], ref[2, 1, 3, 4:9])
+    assert chunk_gets
+
+
+def test_pages_at_the_edge_of_the_array(pipeline, make_sample, chunk_gets):
+    # 7 planes in shards of 4 planes: the last shard overhangs the array.
+    directory, ref = make_sample(channels=2, stacks=2, shape=(7, 16, 16))
+    store = tiffstore.open(directory, zarr_format=3, chunks=(1, 1, 4, 16, 16))
+    assert store.shards is not None
+    arr = zarr.open_array(store, mode="r")
+    np.testing.assert_array_equal(arr[1, 1, 4:7], ref[1, 1, 4:7])
+    np.testing.assert_array_equal(arr[:, :, 6], ref[:, :, 6])
+    np.testing.assert_array_equal(arr[...], ref)
+    assert chunk_gets == []

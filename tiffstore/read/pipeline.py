@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -43,6 +44,7 @@ from tiffstore._compat import (
     GetResult,
     V2Codec,
 )
+from tiffstore.read.assemble import ChunkReader
 from tiffstore.read.store import TiffStore
 
 if TYPE_CHECKING:
@@ -156,14 +158,14 @@ class TiffCodecPipeline(BatchedCodecPipeline):
         target = out.as_ndarray_like()
         if store is None or not isinstance(target, np.ndarray) or target.dtype != store.dtype:
             return await super().read(batch_info, out, drop_axes)  # type: ignore[func-returns-value,unused-ignore]
-        places: list[tuple[tuple[int, ...], np.ndarray] | None] = []
+        places: list[list[_Place] | None] = []
         rest: list[ReadItem] = []
         for item in batch_info:
             place = self._in_place(store, item, target)
             places.append(place)
             if place is None:
                 rest.append(item)
-        reads = [_read(store, *p) for p in places if p is not None]
+        reads = [_read(store, p) for p in places if p is not None]
         if rest:
             reads.append(super().read(rest, out, drop_axes))
         results = await asyncio.gather(*reads)
@@ -178,10 +180,13 @@ class TiffCodecPipeline(BatchedCodecPipeline):
         )
 
     @staticmethod
-    def _in_place(
-        store: TiffStore, item: ReadItem, target: np.ndarray
-    ) -> tuple[tuple[int, ...], np.ndarray] | None:
-        """The chunk index and its place in ``target`` when the item wants a whole chunk."""
+    def _in_place(store: TiffStore, item: ReadItem, target: np.ndarray) -> list[_Place] | None:
+        """Where the item's chunks go in ``target``, when it wants whole chunks of the files.
+
+        A whole chunk; or, of a format 3 shard, whole inner chunks (pages): one plane
+        ``a[c, s, z]`` is then one page read straight into the output, with no shard
+        index fetched (the store makes the index up from the manifest anyway).
+        """
         byte_getter, _spec, chunk_selection, out_selection, _complete = item
         if not isinstance(byte_getter, StorePath) or byte_getter.store is not store:
             return None
@@ -191,35 +196,75 @@ class TiffCodecPipeline(BatchedCodecPipeline):
             return None
         if len(chunk_selection) != len(chunks):
             return None
-        for sel, n in zip(chunk_selection, chunks, strict=True):
-            # The whole extent of the dim: all of it, or its one index (``a[c, s, z]``
-            # of one-page chunks; zarr then drops the dim from the output).
-            whole = (
-                (sel.start or 0, sel.stop, sel.step or 1) == (0, n, 1)
-                if isinstance(sel, slice)
-                else isinstance(sel, int | np.integer) and n == 1 and sel == 0
-            )
-            if not whole:
-                return None
-        view = target[out_selection]
-        if view.size != math.prod(chunks) or not view.flags.c_contiguous:
+        shards = store.shard_reader
+        inner = chunks if shards is None else shards.layout.inner
+        found = [
+            _inner_range(sel, n, i)
+            for sel, n, i in zip(chunk_selection, chunks, inner, strict=True)
+        ]
+        ranges = [r for r in found if r is not None]
+        if len(ranges) != len(found):
             return None
-        return key.index, view.reshape(chunks)
+        view = target[out_selection]
+        wanted = math.prod((b - a) * i for (a, b), i in zip(ranges, inner, strict=True))
+        if not view.flags.c_contiguous or view.size != wanted:
+            return None
+        whole = all(r == (0, -(-n // i)) for r, n, i in zip(ranges, chunks, inner, strict=True))
+        if shards is None or whole:
+            # (A whole shard is its chunk: one plan reads every page of a file at once.)
+            return [(store.reader, key.index, view.reshape(chunks))]
+        # The view in inner-chunk blocks: (n0, i0, n1, i1, ...), n the inner chunks taken.
+        taken = [b - a for a, b in ranges]
+        blocks = view.reshape([x for n, i in zip(taken, inner, strict=True) for x in (n, i)])
+        per = shards.layout.per_shard
+        places: list[_Place] = []
+        for k in itertools.product(*(range(a, b) for a, b in ranges)):
+            page = tuple(o * p + j for o, p, j in zip(key.index, per, k, strict=True))
+            block = blocks[
+                tuple(x for j, (a, _) in zip(k, ranges, strict=True) for x in (j - a, slice(None)))
+            ]
+            places.append((shards.page_reader, page, block))
+        return places
 
 
-async def _read(store: TiffStore, index: tuple[int, ...], view: np.ndarray) -> bool:
+#: A chunk read in place: its reader, its index, and its place in the output.
+_Place = tuple[ChunkReader, tuple[int, ...], np.ndarray]
+
+
+def _inner_range(sel: Any, n: int, inner: int) -> tuple[int, int] | None:
+    """The inner chunks (``[a, b)``) a dim's selection covers whole, or ``None``.
+
+    ``sel`` selects along a dim of extent ``n`` of a chunk cut into pieces of ``inner``:
+    a step-1 slice on their boundaries, or one index where they are one element
+    (zarr drops such a dim from the output).
+    """
+    if isinstance(sel, slice):
+        start, stop, step = sel.start or 0, n if sel.stop is None else sel.stop, sel.step or 1
+        if step != 1 or start % inner or (stop % inner and stop != n) or stop <= start:
+            return None
+        return start // inner, -(-stop // inner)
+    if isinstance(sel, int | np.integer) and inner == 1 and 0 <= sel < n:
+        return int(sel), int(sel) + 1
+    return None
+
+
+async def _read(store: TiffStore, places: list[_Place]) -> bool:
     """:func:`_read_into` in a worker thread, or here when that costs less than the hop."""
-    if store.manifest.chunk_nbytes <= store.inline_read_bytes and not store.manifest.source.remote:
-        return _read_into(store, index, view)
-    return await asyncio.to_thread(_read_into, store, index, view)
+    nbytes = sum(view.nbytes for _, _, view in places)
+    if nbytes <= store.inline_read_bytes and not store.manifest.source.remote:
+        return _read_into(store, places)
+    return await asyncio.to_thread(_read_into, store, places)
 
 
-def _read_into(store: TiffStore, index: tuple[int, ...], view: np.ndarray) -> bool:
-    """Read chunk ``index`` into ``view``; ``False`` (and the fill value) where no file contributes."""
-    if store.reader.read_chunk(index, out=view) is None:
-        view[...] = store.manifest.fill_value
-        return False
-    return True
+def _read_into(store: TiffStore, places: list[_Place]) -> bool:
+    """Read each chunk into its view; ``False`` (and the fill value) where no file contributes."""
+    found = False
+    for reader, index, view in places:
+        if reader.read_chunk(index, out=view) is None:
+            view[...] = store.manifest.fill_value
+        else:
+            found = True
+    return found
 
 
 def use_codec_pipeline(on: bool = True) -> bool:
