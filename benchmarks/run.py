@@ -9,6 +9,8 @@ Usage::
     python benchmarks/run.py --only materialize   # optional: writes Zarr copies (minutes)
     python benchmarks/run.py --only checksum --size 0.5   # what checksum=True costs
     python benchmarks/run.py --only refsize       # reference-file kB per file, default vs page
+    python benchmarks/run.py --only refresh --many 10000,100000   # refresh after 1% new files
+    python benchmarks/run.py --only icechunk --many 1000,10000   # optional: Icechunk builds
 
 Prints one table (figure, ratio to the limit, ratio to the best peer) and the
 targets, and writes everything as JSON (``--out``). Data are written into a
@@ -36,10 +38,12 @@ if __package__ in (None, ""):
 from benchmarks import (
     checksum,
     compressed,
+    icechunk_repository,
     limits,
     open_many,
     peers,
     references,
+    refresh,
     scaling,
     small_files,
     tiffstore_read,
@@ -64,15 +68,18 @@ GROUPS: dict[str, ModuleType] = {
     "peers": peers,
     "compressed": compressed,
     "open": open_many,
+    "refresh": refresh,
     "scaling": scaling,
     "small": small_files,
     "references": references,
     "refsize": refsize,
     "checksum": checksum,
     "materialize": materialize_bench,
+    # (Not benchmarks/icechunk.py: run as a script, it would shadow the icechunk package.)
+    "icechunk": icechunk_repository,
 }
 #: Groups that run only when asked for with ``--only``.
-OPTIONAL = {"materialize"}
+OPTIONAL = {"materialize", "icechunk"}
 
 DOCS_BEGIN = "<!-- results: begin -->"
 DOCS_END = "<!-- results: end -->"

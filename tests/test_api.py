@@ -158,6 +158,8 @@ def test_a_truncated_file_is_named_at_open_without_validate(make_sample, caplog)
     victim = directory / sample_name(1, 0)
     victim.write_bytes(victim.read_bytes()[: end - 10])  # cut inside the pixel data
     store = tiffstore.open(directory, chunks="file")  # the other files' chunks stay whole
-    assert store.truncated == [victim.name]
-    assert "1 file is truncated" in caplog.text and victim.name in caplog.text
+    assert store.incomplete == (victim.name,) and store.truncated == []
+    assert "1 file that looks still being written" in caplog.text and victim.name in caplog.text
     np.testing.assert_array_equal(store.to_dask()[0].compute(), ref[0])
+    assert not store.to_dask()[1, 0].compute().any()
+    assert pickle.loads(pickle.dumps(store)).incomplete == (victim.name,)

@@ -74,6 +74,7 @@ def test_quick_run_writes_every_row(tmp_path: Path) -> None:
     assert any(k.startswith("open/") and k.endswith("/tiffstore") for k in rows)
     assert any(k.startswith("scaling/") for k in rows)
     assert rows["small/200/default"]["figure"] > 0  # the small-files group, on 200 files
+    assert rows["refresh/40/tiffstore"]["figure"] > 0  # refresh after new files, 40 files
     assert {t["name"] for t in doc["targets"]} >= {"full read >= 0.6 of the copy limit"}
     assert doc["machine"]["cores"] >= 1
     # The table was printed, and the docs section replaced, keeping what is around it.

@@ -301,6 +301,7 @@ COMMANDS: dict[str, tuple[set[str], set[str]]] = {
     "serve": ({"kvikio"}, set()),
     "preview": ({"zarr_format", "sharded", "kvikio"}, set()),
     "refs": ({"zarr_format", "sharded", "kvikio"}, {"chunks"}),
+    "icechunk": ({"zarr_format", "sharded", "kvikio"}, {"chunks"}),
     "materialize": ({"sharded", "kvikio"}, {"chunks", "zarr_format"}),
     "check": (
         {
@@ -325,6 +326,7 @@ def _argv(command: str, tiles: Path, tmp_path: Path) -> list[str]:
         "serve": ["serve", str(tiles), "--port", "0"],
         "preview": ["preview", str(tiles), str(tmp_path / "p.png"), "--json"],
         "refs": ["refs", str(tiles), str(tmp_path / "r.json")],
+        "icechunk": ["icechunk", str(tiles), str(tmp_path / "r.icechunk")],
         "materialize": ["materialize", str(tiles), str(tmp_path / "m.zarr"), "--quiet"],
         "check": ["check", str(tiles), "--json"],
     }[command]
@@ -354,7 +356,7 @@ def test_command(
     flag = VALUES[name][1]
     assert flag is not None
     argv = _argv(command, tiles, tmp_path)
-    if command == "materialize" and name == "storage_options":
+    if command in ("materialize", "icechunk") and name == "storage_options":
         # There --storage-options are the output's; the source's have a flag of their own.
         flag = flag.replace("--storage-options", "--source-storage-options")
     if name == "sharded":
@@ -362,6 +364,8 @@ def test_command(
     argv += shlex.split(flag)
     if name == "storage_options" and command != "check":
         argv[1] = _memory_copy(tiles)
+        if command == "icechunk":  # a repository reads its chunks from a real location
+            argv += ["--url", tiles.as_uri() + "/"]
     if name in offered_not:
         with pytest.raises(SystemExit) as exit_info:
             main(argv)

@@ -2,11 +2,12 @@
 
 The public API is what this module exports: :func:`open` (folders, globs, lists,
 URLs, reference files) giving a :class:`TiffStore`, with its options as one
-:class:`OpenOptions`; :func:`write_references`; :func:`materialize`; the plain-data
-description of the array (:class:`Manifest`, its :class:`ChunkPlan` s of
-:class:`Piece` s, made by :func:`plan_chunk`); :func:`use_codec_pipeline` (importing
-tiffstore makes its codec pipeline zarr's, for TiffStore arrays only, unless another
-was chosen or ``TIFFSTORE_CODEC_PIPELINE=0``); and the errors. Everything else
+:class:`OpenOptions`; :func:`write_references`; :func:`materialize`;
+:func:`to_icechunk` (with the ``icechunk`` extra); the plain-data description of
+the array (:class:`Manifest`, its :class:`ChunkPlan` s of :class:`Piece` s, made by
+:func:`plan_chunk`); :func:`use_codec_pipeline` (importing tiffstore makes its codec
+pipeline zarr's, for TiffStore arrays only, unless another was chosen or
+``TIFFSTORE_CODEC_PIPELINE=0``); and the errors. Everything else
 (the stage folders' modules, and names starting with an underscore) may change
 between releases.
 
@@ -14,6 +15,8 @@ between releases.
 >>> store = tiffstore.open("raw/")  # doctest: +SKIP
 >>> array = da.from_zarr(store)  # doctest: +SKIP
 """
+
+from typing import Any
 
 from tiffstore._version import __version__
 from tiffstore.errors import (
@@ -76,7 +79,17 @@ __all__ = [
     "materialize_status",
     "open",
     "plan_chunk",
+    "to_icechunk",
     "use_codec_pipeline",
     "verify_manifest",
     "write_references",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # to_icechunk needs the icechunk extra: imported on first use, not by every import.
+    if name == "to_icechunk":
+        from tiffstore.outputs.icechunk.write import to_icechunk
+
+        return to_icechunk
+    raise AttributeError(f"module 'tiffstore' has no attribute {name!r}")

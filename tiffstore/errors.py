@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "FileChangedError",
     "GpuError",
+    "GrowthError",
     "LayoutMismatchError",
     "MaterializeError",
     "NamingError",
@@ -49,6 +50,11 @@ class TiffReadError(TiffStoreError, OSError):
 
 class FileChangedError(TiffReadError):
     """A file was replaced, grown, cut, touched or removed after the store was opened."""
+
+
+class GrowthError(TiffStoreError, ValueError):
+    """A source changed in a way that does not grow its array: files rewritten or removed,
+    a new value in the middle of an axis, another shape, dtype or chunks."""
 
 
 class OptionError(TiffStoreError, ValueError):

@@ -18,13 +18,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tiffstore.detect import is_reference_file
-from tiffstore.manifest.build import build_manifest, with_fill_value, with_scale
+from tiffstore.manifest.build import build_with_incomplete, with_fill_value, with_scale
 from tiffstore.manifest.chunking import rechunk
+from tiffstore.manifest.incomplete import incomplete_warning
 from tiffstore.manifest.model import Manifest
 from tiffstore.manifest.saved import manifest_of_references
 from tiffstore.names.grid import NameGrid, understand_names
@@ -33,10 +34,12 @@ from tiffstore.read.store import TiffStore
 from tiffstore.sources.base import FileSource, SourceFile
 from tiffstore.sources.checksums import ChecksummedSource, compute_checksums
 from tiffstore.sources.listing import resolve_source
+from tiffstore.tiff.layout import FileLayout
 
 __all__ = [
     "REFERENCE_FILE_REFUSES",
     "Listing",
+    "OpenedFrom",
     "Progress",
     "list_files",
     "make_store",
@@ -65,6 +68,18 @@ REFERENCE_FILE_REFUSES = {
     "validate": "its headers were all checked when it was written; `tiffstore check` "
     "compares the files with it now",
 }
+
+
+@dataclass(frozen=True)
+class OpenedFrom:
+    """How a store was opened: the source as given and the options, for a refresh.
+
+    Plain, picklable data that the open hands the store (``store.opened_from``); the
+    refresh stage (:mod:`tiffstore.refresh`) lists and reads the source again with it.
+    """
+
+    source: str | os.PathLike[str] | tuple[str | os.PathLike[str], ...]
+    options: OpenOptions
 
 
 @dataclass(frozen=True)
@@ -147,13 +162,25 @@ def take_checksums(listing: Listing, progress: Progress | None = None) -> Listin
 
 
 def read_headers(
-    listing: Listing, grid: NameGrid, options: OpenOptions, progress: Progress | None = None
-) -> Manifest:
-    """The header stage: the files' headers read into the manifest, the options applied."""
+    listing: Listing,
+    grid: NameGrid,
+    options: OpenOptions,
+    progress: Progress | None = None,
+    known: Mapping[str, FileLayout] | None = None,
+) -> tuple[Manifest, tuple[str, ...]]:
+    """The header stage: the files' headers read into the manifest, the options applied.
+
+    Files that look still being written (empty, a header not yet parseable, data
+    ending before the header's last offset, a size changing while read, fewer pages
+    than their siblings) are left out of the manifest with one warning, and their
+    names returned: ``(manifest, incomplete)``; their grid cells read as the fill
+    value. With ``validate=True`` such a file fails the open instead. ``known`` maps
+    names to layouts of headers read before, which are not read again.
+    """
     n = len(listing.files)
     what = "every header" if options.validate else "the headers"
     _step(progress, "headers", n, f"reading {what} of {n:,} files")
-    manifest = build_manifest(
+    manifest, incomplete = build_with_incomplete(
         listing.source,
         listing.files,
         grid,
@@ -161,21 +188,37 @@ def read_headers(
         fill_value=options.fill_value,
         validate=options.validate,
         tiles=options.tiles,
+        known=known,
         progress=None if progress is None else lambda done: progress("headers", done, n),
     )
+    if incomplete:
+        logger.warning(incomplete_warning(incomplete))
     if options.scale:
         manifest = with_scale(manifest, options.scale)
-    return manifest
+    return manifest, tuple(incomplete)
 
 
-def make_store(manifest: Manifest, options: OpenOptions, left_out: Sequence[str] = ()) -> TiffStore:
-    """The last stage: the zarr store over ``manifest``, truncated files named in a warning."""
+def make_store(
+    manifest: Manifest,
+    options: OpenOptions,
+    left_out: Sequence[str] = (),
+    incomplete: Sequence[str] = (),
+    opened_from: OpenedFrom | None = None,
+) -> TiffStore:
+    """The last stage: the zarr store over ``manifest``, truncated files named in a warning.
+
+    ``left_out`` (stray names) and ``incomplete`` (files still being written) are
+    recorded on the store as ``store.left_out`` and ``store.incomplete``;
+    ``opened_from`` as ``store.opened_from``, for ``store.refresh()``.
+    """
     store = TiffStore(
         manifest,
         left_out=left_out,
+        incomplete=incomplete,
         zarr_format=options.zarr_format,
         sharded=options.sharded,
         kvikio=options.kvikio,
+        opened_from=opened_from,
     )
     truncated = store.truncated
     if truncated:
@@ -262,8 +305,15 @@ def open(
     -----
     Stray files, whose name has a part the others lack (``..._thumb.tif`` beside the
     acquisition), are left out with a warning and listed in ``store.left_out``.
-    Files whose header points past their end (truncated) are named in a warning and
-    in ``store.truncated``; reading them raises :class:`~tiffstore.TiffReadError`.
+    Files that look still being written (empty; a header not yet parseable; pixel
+    data ending before the header's last offset; a size changing while the header is
+    read; an ImageJ or tifffile file holding fewer pages than its siblings in fewer
+    bytes) are left out with one warning naming them and listed in
+    ``store.incomplete``; their grid cells read as the fill value, and none decides
+    the array's shape or dtype. With ``validate=True`` such a file fails the open
+    instead, and when every file looks so the open fails too. ``store.truncated``
+    names files cut short since a reference file was written (empty for an open of
+    TIFF files, which leaves such files out).
     With ``checksum=True`` every byte is read at the open and a CRC-32 of each block
     of 256 KiB is kept; every later read is checked against them, and bytes that
     differ raise :class:`~tiffstore.FileChangedError`. A reference file written from
@@ -295,5 +345,7 @@ def open(
     listing, grid = read_names(listing, options, progress)
     if options.checksum:
         listing = take_checksums(listing, progress)
-    manifest = read_headers(listing, grid, options, progress)
-    return make_store(manifest, options, grid.left_out)
+    manifest, incomplete = read_headers(listing, grid, options, progress)
+    given = source if isinstance(source, (str, os.PathLike)) else tuple(source)
+    opened = OpenedFrom(given, options)
+    return make_store(manifest, options, grid.left_out, incomplete=incomplete, opened_from=opened)

@@ -18,17 +18,26 @@ control characters and overlong keys are refused with ``400``.
 The viewer page lives at ``/_viewer/``; store keys never start with an underscore
 (metadata keys start with a dot, chunk keys with a digit, and group members are the
 image and the coordinates), and :func:`make_app` refuses a store where one would.
+
+With ``watch=`` seconds the served store is swapped for its refresh
+(:meth:`~tiffstore.read.store.TiffStore.refresh`) at that interval while files
+arrive: the metadata grows, each key's ETag changes only when its bytes may have
+(:class:`StoreIdentity`), and the viewer page polls the metadata and extends its
+sliders.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import html
 import ipaddress
 import logging
 import re
 import socket
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
 
@@ -43,9 +52,18 @@ from starlette.routing import Route
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest
 
 from tiffstore.errors import ServeError, TiffStoreError
+from tiffstore.manifest.model import unstitch
 from tiffstore.read.store import TiffStore
 
-__all__ = ["VIEWER_PATH", "StoreIdentity", "make_app", "open_socket", "parse_range", "serve"]
+__all__ = [
+    "VIEWER_PATH",
+    "LiveStore",
+    "StoreIdentity",
+    "make_app",
+    "open_socket",
+    "parse_range",
+    "serve",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -130,32 +148,117 @@ def byte_request(start: int, stop: int, size: int) -> ByteRequest | None:
 
 @dataclass(frozen=True)
 class StoreIdentity:
-    """A digest of what a store serves, from which each key's ETag is made.
+    """What each key of a store serves, as ETags: the same bytes, the same ETag.
 
-    It covers the array's metadata (shape, dtype, chunks, dims, coordinates, the file
-    names) and the source and each file's size, so a server started again on the same
-    files gives the same ETags and one started on changed files gives new ones. It
-    does not read the pixels: a file rewritten in place with the same size and the
-    same header keeps its ETags until the server is restarted on a fresh open.
+    ``digest`` covers how every chunk is encoded (the source, the Zarr format, shards,
+    dtype, chunks, fill value, the files' geometry) but not which files there are, so
+    that an array that grows keeps the ETags of what did not change. A document's
+    ETag is its bytes' digest; a chunk's digests the files of its grid cells (name,
+    size, modification time or version; a missing cell as such) and how many cells it
+    covers, so a chunk changes its ETag when a file arrives in it or the array grows
+    into it. A server started again on the same files gives the same ETags. The pixels
+    are not read: a file rewritten in place with the same size and time keeps its ETags.
     """
 
     digest: str
+    store: TiffStore = field(compare=False, repr=False)
+    _documents: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, store: TiffStore) -> StoreIdentity:
         m = store.manifest
         h = hashlib.sha256()
-        for key in (".zarray", ".zattrs"):
-            value = store.get_bytes_sync(key)
-            h.update(value or b"")
-        h.update(m.source.url("").encode())
-        h.update("\0".join(m.files).encode())
-        h.update(repr(tuple(m.file_sizes)).encode())
-        return cls(h.hexdigest()[:20])
+        for part in (
+            m.source.url(""),
+            store.zarr_format,
+            store.shards,
+            m.dtype.str,
+            m.chunks,
+            m.fill_value,
+            m.file_dims,
+            m.stitched,
+            m.layouts,
+        ):
+            h.update(repr(part).encode() + b"\0")
+        return cls(h.hexdigest()[:20], store)
 
     def etag(self, key: str) -> str:
         """The strong ETag (quoted) of ``key``."""
-        return '"' + hashlib.sha256(f"{self.digest}/{key}".encode()).hexdigest()[:32] + '"'
+        h = hashlib.sha256(f"{self.digest}/{key}".encode())
+        store = self.store
+        chunk = store.keys.chunk_key(key)
+        if chunk is not None:
+            self._chunk_files(chunk.index, h)
+        else:
+            known = self._documents.get(key)
+            if known is not None:
+                return known
+            h.update(store.get_bytes_sync(key) or b"")
+        etag = '"' + h.hexdigest()[:32] + '"'
+        if chunk is None:
+            self._documents[key] = etag  # a store's documents never change
+        return etag
+
+    def _chunk_files(self, index: tuple[int, ...], h: Any) -> None:
+        m = self.store.manifest
+        starts, stops, _ = unstitch(m, *m.chunk_bounds(index))
+        nn = len(m.name_axes)
+        cells = m.file_index[
+            tuple(slice(a, b) for a, b in zip(starts[:nn], stops[:nn], strict=True))
+        ]
+        h.update(repr(cells.shape).encode())
+        mtimes = m.file_mtimes
+        for i in cells.ravel().tolist():
+            if i < 0:
+                h.update(b"\0-")
+                continue
+            mtime = -1 if mtimes is None else int(mtimes[i])
+            version = m.file_versions[i] if m.file_versions else ""
+            h.update(f"\0{m.files[i]}\0{int(m.file_sizes[i])}\0{mtime}\0{version}".encode())
+
+
+class LiveStore:
+    """The store being served, and its ETags; swapped for a refresh while watching.
+
+    Requests take :attr:`current` once, so each is answered by one store, whole.
+    """
+
+    def __init__(self, store: TiffStore) -> None:
+        self.current: tuple[TiffStore, StoreIdentity] = (store, StoreIdentity.of(store))
+
+    @property
+    def store(self) -> TiffStore:
+        return self.current[0]
+
+    def swap(self, store: TiffStore) -> None:
+        self.current = (store, StoreIdentity.of(store))
+
+    async def watch(
+        self, interval: float, on_change: Callable[[TiffStore], None] | None = None
+    ) -> None:
+        """Refresh every ``interval`` seconds, forever; swap in each store that changed.
+
+        A refresh that fails (the source no longer grows: a file rewritten or removed)
+        is logged once and the store served so far stays.
+        """
+        said = ""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                new = await asyncio.to_thread(self.store.refresh)
+            except TiffStoreError as exc:
+                if str(exc) != said:
+                    said = str(exc)
+                    logger.error("refresh failed, still serving the array as it was: %s", exc)
+                continue
+            said = ""
+            growth = new.growth
+            if growth is None or (not growth.changed and new.incomplete == self.store.incomplete):
+                continue
+            self.swap(new)
+            logger.info("the array grew: %s", growth.summary())
+            if on_change is not None:
+                on_change(new)
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -190,13 +293,23 @@ def viewer_html() -> str:
     return files("tiffstore.apps").joinpath("viewer/index.html").read_text(encoding="utf-8")
 
 
-def make_app(store: TiffStore) -> Starlette:
+def make_app(
+    store: TiffStore,
+    *,
+    watch: float | None = None,
+    on_change: Callable[[TiffStore], None] | None = None,
+) -> Starlette:
     """An ASGI application serving ``store`` read-only, and the viewer page.
 
     Parameters
     ----------
     store
         The store to serve (see :func:`tiffstore.open`).
+    watch
+        Seconds between refreshes of the store while files arrive (``None``: never).
+        The viewer page then polls the metadata as often and extends its sliders.
+    on_change
+        Called with each refreshed store that is served from then on.
 
     Returns
     -------
@@ -215,8 +328,10 @@ def make_app(store: TiffStore) -> Starlette:
             f"Cannot serve {store!r}: its group members {clash} start with '_', which is "
             "kept for the viewer page. Rename the field with pattern= (a template)."
         )
-    identity = StoreIdentity.of(store)
-    page = viewer_html()
+    live = LiveStore(store)
+    # The page polls the metadata as often as the store is refreshed (0: never).
+    poll = 0 if watch is None else max(int(watch * 1000), 100)
+    page = viewer_html().replace('<body data-poll="0">', f'<body data-poll="{poll}">')
 
     async def root(request: Request) -> Response:
         return RedirectResponse(VIEWER_PATH, status_code=307)
@@ -230,6 +345,7 @@ def make_app(store: TiffStore) -> Starlette:
         key = _SLASHES.sub("/", request.path_params["key"]).lstrip("/")
         folder = key.endswith("/")
         key = key.rstrip("/")
+        store, identity = live.current
         why = check_key(key)
         if why is not None:
             logger.info("refused key %r: %s", key[:80], why)
@@ -304,7 +420,23 @@ def make_app(store: TiffStore) -> Starlette:
         expose_headers=["Content-Range", "Content-Length", "ETag", "Accept-Ranges"],
         max_age=600,
     )
-    return Starlette(routes=routes, middleware=[cors])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if watch is None:
+            yield
+            return
+        task = asyncio.create_task(live.watch(watch, on_change))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = Starlette(routes=routes, middleware=[cors], lifespan=lifespan)
+    app.state.live = live
+    return app
 
 
 def is_loopback(host: str) -> bool:
@@ -349,6 +481,8 @@ def serve(
     sock: socket.socket,
     *,
     log_level: str = "warning",
+    watch: float | None = None,
+    on_change: Callable[[TiffStore], None] | None = None,
     **uvicorn_options: Any,
 ) -> None:
     """Serve ``store`` on a listening socket with uvicorn until interrupted.
@@ -361,6 +495,9 @@ def serve(
         A listening socket, from :func:`open_socket`.
     log_level
         uvicorn's log level (``"info"`` logs every request).
+    watch, on_change
+        Refresh the store at this interval in seconds while files arrive, and call
+        ``on_change`` with each grown store (see :func:`make_app`).
     **uvicorn_options
         Passed to ``uvicorn.Config``.
 
@@ -369,5 +506,6 @@ def serve(
     >>> sock = open_socket("127.0.0.1", 8000)  # doctest: +SKIP
     >>> serve(tiffstore.open("raw/"), sock)  # doctest: +SKIP
     """
-    config = uvicorn.Config(make_app(store), log_level=log_level, **uvicorn_options)
+    app = make_app(store, watch=watch, on_change=on_change)
+    config = uvicorn.Config(app, log_level=log_level, **uvicorn_options)
     uvicorn.Server(config).run(sockets=[sock])

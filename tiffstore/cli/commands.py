@@ -1,4 +1,5 @@
-"""The subcommands that write or serve: ``materialize``, ``refs``, ``preview``, ``check``, ``serve``.
+"""The subcommands that write or serve: ``materialize``, ``refs``, ``icechunk``, ``preview``,
+``check``, ``serve``.
 
 Each parses nothing itself (see :mod:`tiffstore.cli.parser`) and prints only what
 it is asked to: the work is the library's.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -34,6 +36,7 @@ from tiffstore.outputs.references import describe_reference_chunks, write_refere
 
 __all__ = [
     "check_command",
+    "icechunk_command",
     "materialize_command",
     "preview_command",
     "refs_command",
@@ -150,6 +153,44 @@ def refs_command(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def icechunk_command(args: argparse.Namespace, console: Console) -> int:
+    """``tiffstore icechunk SOURCE REPO``: a commit of virtual references; prints its id."""
+    # Imported here: the icechunk extra is needed by this command only.
+    from tiffstore.outputs.icechunk.write import to_icechunk
+
+    opened = time.perf_counter()
+    options = open_options(args)
+    # --chunks are the references' chunks, checked to be one byte range each.
+    chunks, options = options.chunks, options.replace(chunks=None)
+    store = open_with_status(args.source, options, args.quiet)
+    snapshot = to_icechunk(
+        store,
+        args.repo,
+        url=args.url,
+        storage_options=args.repo_storage_options,
+        message=args.message,
+        append=args.append,
+        force=args.force,
+        chunks=chunks,
+        branch=args.branch,
+        **({} if args.max_native is None else {"max_native": args.max_native}),
+    )
+    seconds = time.perf_counter() - opened
+    if args.json:
+        files = len(store.manifest.files)
+        summary = {"snapshot": snapshot, "repo": args.repo, "files": files, "seconds": seconds}
+        print(json.dumps(summary))
+    else:
+        print(snapshot)  # the one line on stdout: snapshot=$(tiffstore icechunk ...)
+        if not args.quiet:
+            make_console(stderr=True).print(
+                f"Committed {len(store.manifest.files):,} files to {args.repo} "
+                f"({args.branch}) in {seconds:.1f} s",
+                highlight=False,
+            )
+    return EXIT_OK
+
+
 def preview_command(args: argparse.Namespace, console: Console) -> int:
     """``tiffstore preview SOURCE OUT``: a contact sheet of max projections."""
     options = open_options(args)
@@ -232,8 +273,14 @@ def serve_command(args: argparse.Namespace, console: Console) -> int:
             f"[bold yellow]warning:[/bold yellow] listening on {host}: anyone who can reach "
             "this address can read the data."
         )
+
+    def grew(new: Any) -> None:
+        print(f"Grew: {new.growth.summary()} -> {new!r}", flush=True)
+
+    watch = args.interval if args.watch else None
+    level = "info" if args.verbose else "warning"
     try:
-        serve(store, sock, log_level="info" if args.verbose else "warning")
+        serve(store, sock, log_level=level, watch=watch, on_change=grew)
     except KeyboardInterrupt:  # uvicorn shuts down cleanly, then re-raises Ctrl-C
         print("Stopped.", flush=True)
     return EXIT_OK

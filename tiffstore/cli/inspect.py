@@ -75,6 +75,7 @@ def inspect_report(store: TiffStore) -> dict[str, Any]:
         "fill_value": m.fill_value,
         "left_out": list(store.left_out),
         "truncated": store.truncated,
+        "incomplete": list(store.incomplete),
         "scale": {d: {"size": v, "units": u} for d, (v, u) in store.scale.items()},
         "layouts": [
             {"storage": lay.storage, "shape": list(lay.shape), "dtype": lay.dtype}
@@ -152,6 +153,12 @@ def print_inspect(console: Console, store: TiffStore, show_files: bool = False) 
     else:
         console.print("[bold]Missing[/bold] none: every grid cell has a file")
     for key, title, why in (
+        (
+            "incomplete",
+            "Still being written",
+            "left out at the open (empty, cut short or changing), their cells served as "
+            "the fill value among the missing; open again once they are complete",
+        ),
         (
             "truncated",
             "Truncated",

@@ -19,13 +19,14 @@ from tiffstore.cli.arguments import (
 )
 from tiffstore.cli.commands import (
     check_command,
+    icechunk_command,
     materialize_command,
     preview_command,
     refs_command,
     serve_command,
 )
 from tiffstore.cli.demo import demo_command
-from tiffstore.cli.inspect import inspect_command
+from tiffstore.cli.watch import DEFAULT_INTERVAL, inspect_or_watch
 from tiffstore.outputs.references import MAX_INLINE
 
 __all__ = ["EPILOG", "build_parser"]
@@ -42,6 +43,7 @@ examples:
   tiffstore inspect raw/                        axes, coordinates, chunks, a template
   tiffstore inspect raw/ --exclude 'MIPs/*'     leave a folder of derived files out
   tiffstore inspect raw/ --chunks native --json
+  tiffstore inspect raw/ --watch                print what arrives until Ctrl-C
 """
 
 _RAW = argparse.RawDescriptionHelpFormatter
@@ -86,7 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--files", action="store_true", help="list every file with its place in the grid"
     )
-    p.set_defaults(func=inspect_command)
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep watching: print what arrives until Ctrl-C (--json: a JSON line per change)",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=DEFAULT_INTERVAL,
+        metavar="S",
+        help=f"with --watch: seconds between looks (default {DEFAULT_INTERVAL:g})",
+    )
+    p.set_defaults(func=inspect_or_watch)
 
     d = sub.add_parser(
         "demo", help="write sample data and show tiffstore at work", parents=[verbosity]
@@ -192,6 +206,65 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print a summary as JSON")
     r.set_defaults(func=refs_command)
 
+    i = sub.add_parser(
+        "icechunk",
+        parents=[
+            verbosity,
+            listing_parent("--source-storage-options"),
+            reading,
+            chunks_parent(
+                "page, file, native, or a shape; each chunk must be one byte range (default: "
+                "as for refs)"
+            ),
+            values,
+        ],
+        help="commit the TIFFs to an Icechunk repository as virtual chunk references",
+        description=(
+            "Commit the array to an Icechunk repository (created if needed): Zarr format 3 "
+            "metadata, coordinates, and one virtual reference per chunk into the TIFFs, read "
+            "from where they are now or from --url. Prints the snapshot id. With --append, "
+            "commits only the files that are new since the last commit."
+        ),
+        epilog=(
+            "examples:\n"
+            "  tiffstore icechunk raw/ raw.icechunk\n"
+            "  tiffstore icechunk s3://bucket/raw/ s3://bucket/raw.icechunk\n"
+            "  tiffstore icechunk raw/ raw.icechunk --append     (after new files arrived)\n"
+            "read it back with icechunk + zarr alone: see docs/icechunk.md"
+        ),
+        formatter_class=_RAW,
+    )
+    i.add_argument("source", help="folder, glob, or URL of the TIFF files")
+    i.add_argument("repo", help="the repository: a local folder or s3://bucket/prefix")
+    i.add_argument(
+        "--append", action="store_true", help="commit the files new since the last commit"
+    )
+    i.add_argument(
+        "--url", help="where the files will be read from (s3://bucket/raw/); default: here"
+    )
+    i.add_argument("--message", "-m", help="the commit message (default: what was added)")
+    i.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a repository tiffstore did not write, or replace its array",
+    )
+    i.add_argument("--branch", default="main", help="the branch to commit to (default main)")
+    i.add_argument(
+        "--storage-options",
+        dest="repo_storage_options",
+        type=json_object,
+        metavar="JSON",
+        help="fsspec-style options for REPO, as JSON ('{\"anon\": false}')",
+    )
+    i.add_argument(
+        "--max-native",
+        type=parse_size,
+        metavar="SIZE",
+        help="pixels the repository may store for chunks no TIFF byte range is (default 1MiB)",
+    )
+    i.add_argument("--json", action="store_true", help="print a summary as JSON")
+    i.set_defaults(func=icechunk_command)
+
     v = sub.add_parser(
         "preview",
         parents=[verbosity, listing, reading, chunks, values],
@@ -273,5 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to listen on (default 127.0.0.1: this machine only)",
     )
     s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    s.add_argument(
+        "--watch",
+        action="store_true",
+        help="grow the served array as files arrive; the viewer's sliders follow",
+    )
+    s.add_argument(
+        "--interval",
+        type=float,
+        default=DEFAULT_INTERVAL,
+        metavar="S",
+        help=f"with --watch: seconds between looks (default {DEFAULT_INTERVAL:g})",
+    )
     s.set_defaults(func=serve_command)
     return parser

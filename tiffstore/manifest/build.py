@@ -20,9 +20,9 @@ from tiffstore.manifest.chunking import ChunkSpec, checked_chunks, resolve_chunk
 from tiffstore.manifest.headers import (
     check_plausible,
     check_same_array,
-    check_truncated,
     scan_headers,
 )
+from tiffstore.manifest.incomplete import split_incomplete
 from tiffstore.manifest.model import Manifest
 from tiffstore.manifest.tables import columnize
 from tiffstore.names.axes import Axis, Coordinate
@@ -31,7 +31,14 @@ from tiffstore.sources.base import FileSource, SourceFile
 from tiffstore.tiff.layout import FileLayout
 from tiffstore.tiff.scale import VoxelSize, unit_name
 
-__all__ = ["ScaleSpec", "build_manifest", "checked_fill_value", "with_fill_value", "with_scale"]
+__all__ = [
+    "ScaleSpec",
+    "build_manifest",
+    "build_with_incomplete",
+    "checked_fill_value",
+    "with_fill_value",
+    "with_scale",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +158,9 @@ def build_manifest(
 ) -> Manifest:
     """Describe the virtual array that a list of TIFF files forms.
 
+    Files that look still being written are left out (their cells read as the fill
+    value); :func:`build_with_incomplete` also says which and why.
+
     Parameters
     ----------
     source, files
@@ -170,19 +180,68 @@ def build_manifest(
     validate
         Parse every file's header now instead of trusting same-size files whose
         header bytes match a parsed one, and check that each file holds all the
-        pixel data its header points to.
+        pixel data its header points to: a file that looks still being written
+        raises :class:`~tiffstore.errors.TiffReadError` instead of being left out.
     workers
         Threads for header parsing.
     progress
         Called with the number of files whose header has been read or checked so far.
     """
+    manifest, _ = build_with_incomplete(
+        source,
+        files,
+        grid,
+        chunks=chunks,
+        fill_value=fill_value,
+        validate=validate,
+        tiles=tiles,
+        workers=workers,
+        progress=progress,
+    )
+    return manifest
+
+
+def build_with_incomplete(
+    source: FileSource,
+    files: Sequence[SourceFile],
+    grid: NameGrid,
+    *,
+    chunks: ChunkSpec = None,
+    fill_value: int | float | None = None,
+    validate: bool = False,
+    tiles: str = "keep",
+    workers: int = 16,
+    known: Mapping[str, FileLayout] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Manifest, dict[str, str]]:
+    """:func:`build_manifest`, and the files left out as still being written.
+
+    Returns ``(manifest, incomplete)``: ``incomplete`` maps each such file's name to
+    why it looks still being written (see
+    :func:`tiffstore.manifest.incomplete.split_incomplete`). The grid keeps their
+    cells (the names decide the array's shape), which read as the fill value; they
+    are not among ``manifest.files``, and no header of theirs decides the array's
+    shape or dtype. ``known`` maps names to layouts of headers read before (a
+    refresh), which are taken as they are. The other parameters are
+    :func:`build_manifest`'s.
+    """
     names = [f.name for f in files]
     if len(grid.positions) != len(names) or any(p is None for p in grid.positions):
         raise ValueError("build_manifest: the grid must place every file given, in order")
-    scan = scan_headers(source, files, validate, workers, progress)
-    check_same_array(source, files, scan.layouts)
-    check_plausible(source, files, scan.layouts)
-    geometries, file_layout, tables = columnize(scan.layouts)
+    scan = scan_headers(source, files, validate, workers, progress, known)
+    why = split_incomplete(source, files, scan, validate=validate)
+    incomplete = {names[i]: w for i, w in why.items()}
+    if why:
+        keep = [i for i in range(len(files)) if i not in why]
+        files = [files[i] for i in keep]
+        names = [names[i] for i in keep]
+        scan = scan.subset(keep)
+        grid = dataclasses.replace(grid, positions=tuple(grid.positions[i] for i in keep))
+    full = [lay for lay in scan.layouts if lay is not None]
+    assert len(full) == len(files)
+    check_same_array(source, files, full)
+    check_plausible(source, files, full)
+    geometries, file_layout, tables = columnize(full)
     layout = geometries[0]
     stitched = _stitch_plan(tiles, grid.axes, layout)
     name_axes = _rename_collisions(grid.axes, layout.dims)
@@ -219,8 +278,6 @@ def build_manifest(
         file_mtimes=_mtimes(files),
         file_versions=_versions(files),
     )
-    if validate:
-        check_truncated(manifest)
     logger.info(
         "%d files -> array %s %s of dims %s, chunks %s",
         len(files),
@@ -229,7 +286,7 @@ def build_manifest(
         manifest.dims,
         manifest.chunks,
     )
-    return manifest
+    return manifest, incomplete
 
 
 def with_scale(manifest: Manifest, scale: ScaleSpec) -> Manifest:

@@ -5,6 +5,23 @@ compares the header bytes of a sample of each group with it; with
 ``validate=True`` it parses every header. A file accepted on its group's word is
 checked on its first read (:func:`check_file`), or all at once by
 :func:`verify_manifest`.
+
+A header that cannot be read does not raise here: files still being written are
+left out, not failed on, by :func:`tiffstore.manifest.incomplete.split_incomplete`
+(empty, a header tifffile cannot parse yet, data ending before the header's last
+offset, a size that changed while the header was read, or fewer pages than their
+siblings in a smaller file). The contract of the open's header stage is::
+
+    opening.read_headers(listing, grid, options, progress=None, known=None)
+        -> (manifest, incomplete)
+
+``incomplete`` is a ``tuple[str, ...]`` of the listing's names left out as still
+being written (their grid cells read as the fill value; they are not in
+``manifest.files``); ``known`` optionally maps names to the
+:class:`~tiffstore.tiff.layout.FileLayout` of headers read before, which are then
+not read again (nor judged: they count as siblings).
+``make_store(manifest, options, left_out, incomplete=...)`` records them as
+``store.incomplete``.
 """
 
 from __future__ import annotations
@@ -14,21 +31,28 @@ import logging
 import math
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from tiffstore.errors import LayoutMismatchError, TiffReadError
+from tiffstore.errors import FileChangedError, LayoutMismatchError, TiffReadError
 from tiffstore.manifest.model import Manifest
 from tiffstore.manifest.tables import columnize
 from tiffstore.sources.base import FileSource, SourceFile
-from tiffstore.tiff.header import read_layout
+from tiffstore.tiff.header import HeaderRead, read_header, read_layout
 from tiffstore.tiff.layout import FileLayout
 
-__all__ = ["HeaderScan", "check_file", "check_truncated", "scan_headers", "verify_manifest"]
+__all__ = [
+    "HeaderScan",
+    "check_file",
+    "check_truncated",
+    "data_end",
+    "scan_headers",
+    "verify_manifest",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +65,33 @@ MAX_SIGNATURE_BYTES = 64 * 2**10
 class HeaderScan:
     """What :func:`scan_headers` found.
 
-    ``layouts[i]`` is file ``i``'s layout; files accepted on their group's header
-    bytes share one object. ``file_signature[i]`` numbers the group's header bytes
-    in ``signatures`` (-1 where the file's own header was parsed).
+    ``layouts[i]`` is file ``i``'s layout (``None`` where its header cannot be read);
+    files accepted on their group's header bytes share one object.
+    ``file_signature[i]`` numbers the group's header bytes in ``signatures`` (-1
+    where the file's own header was parsed). ``reads`` holds, for files whose header
+    failed or made tifffile log something, what the parse said; ``known`` the files
+    whose layout was given (read before), not read now.
     """
 
-    layouts: list[FileLayout]
+    layouts: list[FileLayout | None]
     signatures: list[bytes]
     file_signature: np.ndarray
     verified: np.ndarray
+    reads: dict[int, HeaderRead] = dataclasses.field(default_factory=dict)
+    known: frozenset[int] = frozenset()
+
+    def subset(self, keep: Sequence[int]) -> HeaderScan:
+        """The scan of the files ``keep`` (in that order) only."""
+        index = np.asarray(keep, np.int64)
+        renumber = {old: new for new, old in enumerate(keep)}
+        return HeaderScan(
+            [self.layouts[i] for i in keep],
+            self.signatures,
+            self.file_signature[index],
+            self.verified[index],
+            {renumber[i]: r for i, r in self.reads.items() if i in renumber},
+            frozenset(renumber[i] for i in self.known if i in renumber),
+        )
 
 
 Progress = Callable[[int], None]
@@ -74,13 +116,21 @@ class _Counter:
 
 def _parse_all(
     source: FileSource, names: Sequence[str], workers: int, counter: _Counter | None = None
-) -> list[FileLayout]:
-    def parse(name: str) -> FileLayout:
-        with source.open(name) as fh:
-            layout = read_layout(fh, source.url(name))
+) -> list[HeaderRead]:
+    def parse(name: str) -> HeaderRead:
+        try:
+            with source.open(name) as fh:
+                read = read_header(fh, source.url(name))
+        except TiffReadError as exc:
+            if not isinstance(exc, FileChangedError) and not isinstance(
+                exc.__cause__, FileNotFoundError
+            ):
+                raise
+            # Listed, then gone or replaced before its header was read: a writer is at it.
+            read = HeaderRead(None, exc, cut=True)
         if counter is not None:
             counter.add()
-        return layout
+        return read
 
     if len(names) == 1 or workers <= 1:
         return [parse(n) for n in names]
@@ -98,49 +148,92 @@ def _heads(source: FileSource, names: Sequence[str], n: int, workers: int) -> li
         return list(pool.map(head, names))
 
 
+def data_end(layout: FileLayout) -> int:
+    """The byte just past a file's last pixel data, by its header (0 when only tifffile
+    knows: pages it decodes itself)."""
+    if layout.storage == "contiguous" and layout.data_offset is not None:
+        return layout.data_offset + layout.n_pages * layout.page_nbytes
+    if layout.storage == "pages" and layout.page_offsets:
+        return max(layout.page_offsets) + layout.page_nbytes
+    if layout.storage == "segments" and layout.segments is not None:
+        seg = layout.segments
+        return int((seg.offsets + seg.bytecounts).max(initial=0))
+    return 0
+
+
+def _sound(read: HeaderRead, size: int) -> bool:
+    """Whether a group's reference header can speak for its same-size members."""
+    return read.layout is not None and not read.notes and data_end(read.layout) <= size
+
+
 def scan_headers(
     source: FileSource,
     files: Sequence[SourceFile],
     validate: bool,
     workers: int,
     progress: Progress | None = None,
+    known: Mapping[str, FileLayout] | None = None,
 ) -> HeaderScan:
     """Find every file's layout, parsing one header per group of same-size files.
 
     Files of one size whose header bytes (everything before the pixel data) match
     a parsed reference share its layout; a few of each group are compared at open
-    and the rest on their first read. ``validate=True`` parses every header.
+    and the rest on their first read. ``validate=True`` parses every header. Files
+    named in ``known`` take the layout given there, unread. A header that cannot be
+    read does not raise here: its file's layout is ``None`` and ``reads`` says why
+    (:func:`tiffstore.manifest.incomplete.split_incomplete` judges it).
     """
+    known = known or {}
     by_size: dict[int, list[int]] = defaultdict(list)
-    for i, f in enumerate(files):
-        by_size[f.size].append(i)
     layouts: list[FileLayout | None] = [None] * len(files)
-    signatures: list[bytes] = []
-    file_signature = np.full(len(files), -1, np.int32)
+    reads: dict[int, HeaderRead] = {}
     verified = np.zeros(len(files), dtype=bool)
     counter = _Counter(progress)
+    empty = HeaderRead(None, None, cut=True)
+    for i, f in enumerate(files):
+        if f.name in known:
+            layouts[i] = known[f.name]
+            verified[i] = True
+        elif f.size == 0:
+            reads[i] = empty  # nothing to parse
+        else:
+            by_size[f.size].append(i)
+    unread = len(files) - sum(map(len, by_size.values()))
+    if unread:
+        counter.add(unread)
+    signatures: list[bytes] = []
+    file_signature = np.full(len(files), -1, np.int32)
     refs = [members[0] for members in by_size.values()]
-    ref_layouts = _parse_all(source, [files[i].name for i in refs], workers, counter)
+    ref_reads = _parse_all(source, [files[i].name for i in refs], workers, counter)
     to_parse: list[int] = []
-    for members, ref_layout in zip(by_size.values(), ref_layouts, strict=True):
+    for members, ref_read in zip(by_size.values(), ref_reads, strict=True):
         ref = members[0]
         verified[ref] = True
-        layouts[ref] = ref_layout
+        layouts[ref] = ref_layout = ref_read.layout
+        if ref_read.layout is None or ref_read.notes:
+            reads[ref] = ref_read
         rest = members[1:]
         if not rest:
             continue
-        end = ref_layout.data_offset
         if (
             validate
+            or ref_layout is None
+            or not _sound(ref_read, files[ref].size)
             or ref_layout.storage != "contiguous"
-            or end is None
-            or end > MAX_SIGNATURE_BYTES
+            or ref_layout.data_offset is None
+            or ref_layout.data_offset > MAX_SIGNATURE_BYTES
         ):
             to_parse.extend(rest)
             continue
-        sig = source.read_header(files[ref].name, end)
+        end = ref_layout.data_offset
         sample = sorted({members[len(members) // 2], members[-1]} - {ref})
-        if any(h != sig for h in _heads(source, [files[i].name for i in sample], end, workers)):
+        try:
+            sig = source.read_header(files[ref].name, end)
+            heads = _heads(source, [files[i].name for i in sample], end, workers)
+        except FileChangedError:
+            to_parse.extend(rest)  # one of them changed since the listing: parse each
+            continue
+        if any(h != sig for h in heads):
             to_parse.extend(rest)
             continue
         verified[sample] = True
@@ -151,12 +244,13 @@ def scan_headers(
             layouts[i] = ref_layout
     if to_parse:
         parsed = _parse_all(source, [files[i].name for i in to_parse], workers, counter)
-        for i, layout in zip(to_parse, parsed, strict=True):
+        for i, read in zip(to_parse, parsed, strict=True):
             verified[i] = True
-            layouts[i] = layout
-    full = [lay for lay in layouts if lay is not None]
-    assert len(full) == len(files)
-    return HeaderScan(full, signatures, file_signature, verified)
+            layouts[i] = read.layout
+            if read.layout is None or read.notes:
+                reads[i] = read
+    given = frozenset(i for i, f in enumerate(files) if f.name in known)
+    return HeaderScan(layouts, signatures, file_signature, verified, reads, given)
 
 
 def check_same_array(

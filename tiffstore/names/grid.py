@@ -25,7 +25,7 @@ import numpy as np
 from tiffstore.errors import NamingError
 from tiffstore.names.axes import Axis, Coordinate, Value, axis_kind
 from tiffstore.names.fields import Role, fields_from_columns
-from tiffstore.names.hints import structure_error
+from tiffstore.names.hints import experiment_hint, structure_error
 from tiffstore.names.search import (
     check_unambiguous,
     choose_axes,
@@ -157,7 +157,18 @@ def understand_names(names: Sequence[str], pattern: str | None = None) -> NameGr
                 raise NamingError(structure_error(names, signatures_of(stems)))
         fields = fields_from_columns(names, cols)
     else:
-        fields = fields_from_pattern(names, pattern)
+        try:
+            fields = fields_from_pattern(names, pattern)
+        except NamingError:
+            strays = find_strays(names)
+            if not strays:
+                raise
+            if not _fit_without(names, strays, pattern):
+                fields_from_pattern(names, pattern, strays)  # raises, suggesting without them
+                raise
+            # Only the strays miss the template (it was written for the acquisition,
+            # as the suggestion in this very message is): leave them out, as inferred.
+            return _leave_out(names, strays, pattern)
         if n == 1 and not any(f.role == "axis" for f in fields):
             return NameGrid(axes=(), positions=((),), template=pattern)
     if not fields:
@@ -213,11 +224,25 @@ def understand_names(names: Sequence[str], pattern: str | None = None) -> NameGr
         template=template,
         fields=tuple(f.name for f in fields),
     )
+    if pattern is None:
+        hint = experiment_hint(names, grid.axes, positions)
+        if hint:
+            logger.warning(hint)
     logger.debug("understood %d names as %s %s", n, grid.dims, grid.shape)
     return grid
 
 
-def _leave_out(names: Sequence[str], strays: Sequence[str]) -> NameGrid:
+def _fit_without(names: Sequence[str], strays: Sequence[str], pattern: str) -> bool:
+    """Whether the names other than ``strays`` all match ``pattern``."""
+    out = set(strays)
+    try:
+        fields_from_pattern([n for n in names if n not in out], pattern)
+    except NamingError:
+        return False
+    return True
+
+
+def _leave_out(names: Sequence[str], strays: Sequence[str], pattern: str | None = None) -> NameGrid:
     """The grid of the names without ``strays``, which are listed as left out."""
     out = set(strays)
     shown = ", ".join(strays[:5]) + (f" ... and {len(strays) - 5} more" if len(strays) > 5 else "")
@@ -228,7 +253,7 @@ def _leave_out(names: Sequence[str], strays: Sequence[str]) -> NameGrid:
         "" if len(strays) == 1 else "s",
         shown,
     )
-    grid = understand_names([n for n in names if n not in out])
+    grid = understand_names([n for n in names if n not in out], pattern)
     placed = iter(grid.positions)
     positions = tuple(None if n in out else next(placed) for n in names)
     return replace(grid, positions=positions, left_out=tuple(strays) + grid.left_out)

@@ -9,13 +9,21 @@ import itertools
 import re
 from collections.abc import Sequence
 
+from tiffstore.names.axes import Axis
 from tiffstore.names.templates import suggest_template
 
-__all__ = ["glob_hint", "structure_error"]
+__all__ = ["experiment_hint", "glob_hint", "spelled", "structure_error"]
 
 
 def _folder(name: str) -> str:
     return name.rsplit("/", 1)[0] if "/" in name else ""
+
+
+def spelled(option: str, globs: Sequence[str]) -> str:
+    """``include=['a*'] (--include 'a*')``: an option as Python and the shell write it."""
+    lib = ", ".join(f"{g!r}" for g in globs)
+    cli = " ".join(f"--{option} '{g}'" for g in globs)
+    return f"{option}=[{lib}] ({cli})"
 
 
 def glob_hint(main: Sequence[str], others: Sequence[str]) -> str:
@@ -23,12 +31,6 @@ def glob_hint(main: Sequence[str], others: Sequence[str]) -> str:
     messages; empty when no simple glob tells them apart."""
     main_dirs = {_folder(n) for n in main}
     other_dirs = {_folder(n) for n in others}
-
-    def spelled(option: str, globs: Sequence[str]) -> str:
-        lib = ", ".join(f"{g!r}" for g in globs)
-        cli = " ".join(f"--{option} '{g}'" for g in globs)
-        return f"{option}=[{lib}] ({cli})"
-
     if not main_dirs & other_dirs:
         if main_dirs == {""}:
             tops = sorted({n.split("/", 1)[0] for n in others})
@@ -83,3 +85,71 @@ def structure_error(names: Sequence[str], signatures: list[tuple[str, ...]]) -> 
         f"{examples}\n" + choose + "give pattern= with a template; "
         f"for names like the first, start from:\n  {suggest_template(main)}"
     )
+
+
+#: Labels of a name part that names an experiment or a run rather than a dimension.
+EXPERIMENT_LABELS = frozenset({"ex", "exp", "expt", "experiment", "acq", "acquisition", "run"})
+
+#: The leading part of a name: its first folder, else its file name up to ``_`` or a space.
+_LEAD = re.compile(r"^([^/]+)/|^([^_ /]+)[_ ]")
+
+#: An experiment's name: letters and digits (``ex6-2``, ``exp03``, ``run1b``).
+_NAME_LIKE = re.compile(r"(?=.*[^\W\d_])(?=.*\d)")
+
+
+def _escaped(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def experiment_hint(
+    names: Sequence[str], axes: Sequence[Axis], positions: Sequence[tuple[int, ...] | None]
+) -> str:
+    """A warning when the names differ only in a leading part that looks like the name of
+    an experiment (``ex6-2_...`` and ``ex7-1_...``), made an axis of one array: such
+    files are more likely two acquisitions in one folder. Empty when not so.
+
+    The message shows the ``include=`` glob that opens each acquisition alone.
+
+    Examples
+    --------
+    >>> from tiffstore.names.grid import understand_names
+    >>> names = [f"ex{e}_ch0_t{t}.tif" for e in ("6-2", "7-1") for t in range(2)]
+    >>> g = understand_names(names)
+    >>> "include=['ex6-2_*']" in experiment_hint(names, g.axes, g.positions)
+    True
+    """
+    suspects = [
+        k
+        for k, a in enumerate(axes)
+        if a.kind == "other"
+        and (re.fullmatch(r"field\d+", a.name) or (a.label or a.name).lower() in EXPERIMENT_LABELS)
+    ]
+    if not suspects:
+        return ""
+    leads: list[str] = []
+    folders = False
+    for name in names:
+        m = _LEAD.match(name)
+        if m is None:
+            return ""
+        folders = folders or m.group(1) is not None
+        leads.append(m.group(1) or m.group(2))
+    distinct = sorted(set(leads))
+    if not 2 <= len(distinct) <= 12 or not all(_NAME_LIKE.match(lead) for lead in distinct):
+        return ""
+    for k in suspects:
+        pairs = {(lead, pos[k]) for lead, pos in zip(leads, positions, strict=True) if pos}
+        if len(pairs) != len(distinct) or len({v for _, v in pairs}) != len(distinct):
+            continue  # the leading part does not alone decide this axis
+        shown = distinct[:4]
+        globs = [_escaped(lead) + ("/*" if folders else "_*") for lead in shown]
+        each = "; ".join(spelled("include", [g]) for g in globs)
+        more = f"; ... and {len(distinct) - 4} more" if len(distinct) > 4 else ""
+        return (
+            f"The file names differ in a leading part that looks like the name of an "
+            f"experiment ({', '.join(shown)}{', ...' if len(distinct) > 4 else ''}), made "
+            f"the axis {axes[k].name!r} of one array. If these are separate acquisitions, "
+            f"open each alone: {each}{more}. If they belong together, give pattern= to name "
+            "the axis, which silences this."
+        )
+    return ""

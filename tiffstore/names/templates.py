@@ -73,8 +73,13 @@ def _template_regex(
     return re.compile("".join(parts)), fields
 
 
-def fields_from_pattern(names: Sequence[str], pattern: str) -> list[NameField]:
-    """Match every name against a template or a regex with named groups."""
+def fields_from_pattern(
+    names: Sequence[str], pattern: str, strays: Sequence[str] = ()
+) -> list[NameField]:
+    """Match every name against a template or a regex with named groups.
+
+    ``strays`` are left out of the template suggested when names do not match.
+    """
     if "(?P<" in pattern:
         try:
             regex = re.compile(pattern)
@@ -100,7 +105,7 @@ def fields_from_pattern(names: Sequence[str], pattern: str) -> list[NameField]:
         more = f"\n  ... and {len(failed) - 5} more" if len(failed) > 5 else ""
         raise NamingError(
             f"{len(failed)} of {len(names)} files do not match pattern {pattern!r}:\n{shown}{more}\n"
-            + inferred_hint(names)
+            + inferred_hint(names, strays)
             + "\nFix the pattern, or select only the acquisition's files with a narrower glob."
         )
     return [
@@ -136,8 +141,19 @@ def render_template(
     return "".join(out) + names[0][len(stem) :]
 
 
-def suggest_template(names: Sequence[str]) -> str:
-    """A template for names, with every varying part a field (parts of a well kept apart)."""
+def _without(names: Sequence[str], strays: Sequence[str]) -> list[str]:
+    out = set(strays)
+    return [n for n in names if n not in out] if out else list(names)
+
+
+def suggest_template(names: Sequence[str], strays: Sequence[str] = ()) -> str:
+    """A template for names, with every varying part a field (parts of a well kept apart).
+
+    ``strays`` (names with a part the others lack, ``..._thumb.tif`` beside the
+    acquisition: see :func:`tiffstore.names.strays.find_strays`) are left out: their
+    extra part is no field of the acquisition.
+    """
+    names = _without(names, strays)
     found = fields_from_names(names)
     if found is None:
         return "{_}_{field1}_{field2}.tif"
@@ -145,9 +161,18 @@ def suggest_template(names: Sequence[str]) -> str:
     return render_template(names, cols, fields, {f.name: "auto" for f in fields if f.width == 1})
 
 
-def inferred_hint(names: Sequence[str]) -> str:
-    """The fields found without a template and a template to start from, for messages."""
+def inferred_hint(names: Sequence[str], strays: Sequence[str] = ()) -> str:
+    """The fields found without a template and a template to start from, for messages
+    (``strays`` left out, and said so)."""
+    names = _without(names, strays)
     found = fields_from_names(names)
     if found is None:
         return ""
-    return f"{fields_table(found[0])}\nStart from:\n  {suggest_template(names)}"
+    left_out = ""
+    if strays:
+        them = ", ".join(strays[:3]) + (" ..." if len(strays) > 3 else "")
+        left_out = (
+            f" (leaving out {len(strays)} stray file{'s' if len(strays) > 1 else ''} whose "
+            f"name has a part the others lack: {them})"
+        )
+    return f"{fields_table(found[0])}\nStart from{left_out}:\n  {suggest_template(names)}"

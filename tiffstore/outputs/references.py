@@ -23,15 +23,12 @@ pixels, and inlined, up to ``max_inline`` bytes in all (:data:`MAX_INLINE`).
 from __future__ import annotations
 
 import base64
-import dataclasses
 import itertools
 import json
 import logging
 import math
-import posixpath
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
-from urllib.parse import quote
 
 import numpy as np
 
@@ -47,9 +44,10 @@ from tiffstore.manifest.chunking import ChunkSpec
 from tiffstore.manifest.documents import Documents, array_attributes, array_metadata
 from tiffstore.manifest.headers import verify_manifest
 from tiffstore.manifest.model import Manifest
-from tiffstore.manifest.plans import ChunkPlan, Piece, page_run_table
+from tiffstore.manifest.plans import ChunkPlan, page_run_table
 from tiffstore.manifest.reference_file import chunk_keys
 from tiffstore.manifest.saved import chunk_digest, dump_manifest
+from tiffstore.outputs.chunk_ranges import as_read_from, chunk_range, file_url, source_at
 from tiffstore.outputs.parquet_refs import write_parquet_references
 from tiffstore.outputs.reference_chunks import (
     ReferenceCodecs,
@@ -59,11 +57,7 @@ from tiffstore.outputs.reference_chunks import (
     reference_codecs,
 )
 from tiffstore.read.assemble import ChunkReader
-from tiffstore.sources.base import FileSource
-from tiffstore.sources.checksums import ChecksummedSource
-from tiffstore.sources.local import LocalSource
 from tiffstore.sources.network import filesystem_of
-from tiffstore.sources.remote import FsspecSource
 
 __all__ = [
     "MAX_INLINE",
@@ -84,52 +78,6 @@ Format = Literal["json", "parquet"]
 MAX_INLINE = 2**20
 
 
-def _url_of(m: Manifest, file: int, prefix: str | None) -> str:
-    if prefix is None:
-        return m.url(file)
-    name = m.files[file]
-    if prefix.startswith(("http://", "https://")):
-        name = quote(name, safe="/")
-    return posixpath.join(prefix.rstrip("/") + "/", name)
-
-
-def _direct(
-    m: Manifest, plan: ChunkPlan, codecs: ReferenceCodecs, whole: dict[int, bool]
-) -> Piece | None:
-    """The one strip or tile that is the whole chunk as zarr decodes it, or ``None``.
-
-    Interior strips and tiles, uncompressed or not, and edge tiles: TIFF writers
-    store tiles whole (edge tiles padded), exactly as zarr stores an edge chunk. A
-    last strip is usually stored short, so only whole strips qualify; and since a
-    writer may encode an edge tile at its valid size only, one edge tile of each
-    file is decoded first (``whole`` keeps the answer per file).
-    """
-    if len(plan.pieces) != 1:
-        return None
-    p = plan.pieces[0]
-    seg = m.layout.segments
-    if p.kind not in ("decode", "raw") or p.nbytes <= 0 or seg is None:
-        return None
-    if math.prod(p.shape) != math.prod(plan.shape):
-        return None
-    if not plan.complete and any(s.start != 0 for s in (*p.select, *p.dest)):
-        return None
-    if p.kind == "raw":  # uncompressed: whole only if every byte of the segment is there
-        return p if p.nbytes == math.prod(p.shape) * m.dtype.itemsize else None
-    if p.valid == p.shape:
-        return p
-    if not seg.tiled:
-        return None
-    if p.file not in whole:
-        (data,) = m.source.read_ranges(m.files[p.file], [(p.offset, p.nbytes)])
-        try:
-            codecs.decode(bytes(data), plan.shape, m.dtype)
-            whole[p.file] = True
-        except Exception:
-            whole[p.file] = False  # stored at its valid size: re-encoded padded instead
-    return p if whole[p.file] else None
-
-
 def _chunk_value(
     m: Manifest,
     plan: ChunkPlan,
@@ -138,12 +86,9 @@ def _chunk_value(
     urls: list[str],
     whole: dict[int, bool],
 ) -> bytes | list[Any]:
-    piece = plan.one_range()
+    piece = chunk_range(m, plan, codecs, whole)
     if piece is not None:
         return [urls[piece.file], piece.offset, piece.nbytes]
-    direct = _direct(m, plan, codecs, whole)
-    if direct is not None:
-        return [urls[direct.file], direct.offset, direct.nbytes]
     # An edge chunk the TIFF stores short (a last strip), or a strip never written:
     # encode the padded chunk as zarr will decode it.
     chunk = reader.execute(plan)
@@ -240,7 +185,7 @@ def references(
     inlined = _Inlined(m, max_inline)
     inlined.check_padded_runs()
     root = url if url is not None else m.source.url("")
-    urls = [_url_of(m, i, url) for i in range(len(m.files))]
+    urls = [file_url(m, i, url) for i in range(len(m.files))]
     if version == 1:
         prefix = root.rstrip("/") + "/"
         urls = ["{{u}}/" + u[len(prefix) :] if u.startswith(prefix) else u for u in urls]
@@ -249,7 +194,7 @@ def references(
     zarray = dict(array_metadata(m), compressor=codecs.compressor, filters=codecs.filters)
     # No fill value where it is 0 (zarr's default): xarray would mask real zeros.
     zarray["fill_value"] = None if m.fill_value == 0 else zarray["fill_value"]
-    saved = _as_read_from(m, url)
+    saved = as_read_from(m, url)
     attrs = array_attributes(saved)
     dims = attrs.pop("_ARRAY_DIMENSIONS")
     attrs["tiffstore"]["made_from"] = {
@@ -335,34 +280,6 @@ def _chunk_pairs(
             continue
         value = _chunk_value(m, plan, reader, codecs, urls, whole)
         yield key, inlined.add(value) if isinstance(value, bytes) else value
-
-
-def _as_read_from(m: Manifest, url: str | None) -> Manifest:
-    """The manifest as a reference file saves it: read from ``url`` when given.
-
-    No path of the writing machine is kept: the files are named relative to the
-    root, and a copy elsewhere has its own times and versions, so the originals'
-    are left out (they would only fail every check against the copy).
-    """
-    if url is None or _same_place(url, m.source.url("")):
-        return m
-    return dataclasses.replace(
-        m, source=source_at(url, m.source), file_mtimes=None, file_versions=()
-    )
-
-
-def source_at(url: str, like: FileSource) -> FileSource:
-    """A source that reads ``like``'s files from ``url`` (opens no connection)."""
-    if isinstance(like, ChecksummedSource):
-        # The files' checksums hold for copies of them.
-        return dataclasses.replace(like, inner=source_at(url, like.inner))
-    if "://" in url and not url.startswith("file://"):
-        return FsspecSource(url, url.split("://", 1)[0])
-    return LocalSource(url.removeprefix("file://"))
-
-
-def _same_place(a: str, b: str) -> bool:
-    return a.removeprefix("file://").rstrip("/") == b.removeprefix("file://").rstrip("/")
 
 
 def write_references(

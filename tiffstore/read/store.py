@@ -11,6 +11,7 @@ right bytes of the right TIFF.
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from zarr.buffer import default_buffer_prototype
 
 from tiffstore.errors import ReadOnlyError
 from tiffstore.manifest.documents import Documents, ShardLayout
+from tiffstore.manifest.growth import Growth
 from tiffstore.manifest.model import Manifest
 from tiffstore.read.assemble import ChunkReader
 from tiffstore.read.dask_array import to_dask
@@ -84,6 +86,9 @@ class TiffStore(Store):
         Must be ``True``: the store never writes.
     left_out
         Stray files of the source that were not placed on the grid.
+    incomplete
+        Files of the source left out because they look still being written; their
+        grid cells read as the fill value.
     zarr_format
         2 (default) or 3. The format is the store's, not the manifest's: the same
         manifest serves both.
@@ -96,6 +101,9 @@ class TiffStore(Store):
         Reads into GPU memory: ``None`` (default) reads uncompressed chunks of local
         files with KvikIO when it is installed, ``False`` never, ``True`` always (a
         :class:`~tiffstore.errors.GpuError` where it is missing).
+    opened_from
+        How the store was opened (a picklable record the open gives it), for
+        :meth:`refresh`; ``None`` for a store from a reference file or a manifest.
 
     Examples
     --------
@@ -120,9 +128,11 @@ class TiffStore(Store):
         *,
         read_only: bool = True,
         left_out: Sequence[str] = (),
+        incomplete: Sequence[str] = (),
         zarr_format: int = 2,
         sharded: bool = True,
         kvikio: bool | None = None,
+        opened_from: Any = None,
     ) -> None:
         if not read_only:
             raise ReadOnlyError(
@@ -135,8 +145,14 @@ class TiffStore(Store):
         #: Stray files of the source that were not placed on the grid (see
         #: :func:`tiffstore.names.strays.find_strays`).
         self.left_out: tuple[str, ...] = tuple(left_out)
+        #: Files left out at the open because they look still being written (empty,
+        #: header or data cut short, size changing); their cells read as the fill value.
+        self.incomplete: tuple[str, ...] = tuple(incomplete)
         #: Whether reads into GPU memory use KvikIO (see the ``kvikio`` parameter).
         self.kvikio = kvikio
+        self.opened_from = opened_from
+        #: What grew since the store this one refreshed (set by :meth:`refresh`).
+        self.growth: Growth | None = None
         self.documents = Documents(manifest, zarr_format, sharded)
         self.keys = KeySpace(manifest, self.documents)
         self._sharded = sharded
@@ -179,9 +195,12 @@ class TiffStore(Store):
 
     @property
     def truncated(self) -> list[str]:
-        """Files whose header points past their end (cut short, or still being written).
+        """Files whose header points past their end (cut short after the open's listing).
 
         Costs no I/O: the listing gave each file's size, the header its data's end.
+        An open from TIFF files leaves such files out (see :attr:`incomplete`), so this
+        is empty for those stores; a store from a reference file names here files cut
+        short since the reference was written.
         """
         m = self.manifest
         return [m.files[i] for i in m.truncated_files()]
@@ -213,6 +232,14 @@ class TiffStore(Store):
         ``gpu=True`` (or ``meta=`` a CuPy array) gives CuPy chunks in GPU memory.
         """
         return to_dask(self, name, **options)
+
+    def to_icechunk(self, repo: str, **options: Any) -> str:
+        """Commit the array to an Icechunk repository as virtual chunk references; the
+        snapshot id (:func:`tiffstore.outputs.icechunk.write.to_icechunk`)."""
+        # A stage above: imported here, as xarray's Dataset.to_zarr imports its backend.
+        from tiffstore.outputs.icechunk.write import to_icechunk
+
+        return to_icechunk(self, repo, **options)
 
     @property
     def reader(self) -> ChunkReader:
@@ -255,18 +282,22 @@ class TiffStore(Store):
         return {
             "manifest": self.manifest,
             "left_out": self.left_out,
+            "incomplete": self.incomplete,
             "zarr_format": self.zarr_format,
             "sharded": self._sharded,
             "kvikio": self.kvikio,
+            "opened_from": self.opened_from,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(  # type: ignore[misc]
             state["manifest"],
             left_out=state.get("left_out", ()),
+            incomplete=state.get("incomplete", ()),
             zarr_format=state.get("zarr_format", 2),
             sharded=state.get("sharded", True),
             kvikio=state.get("kvikio"),
+            opened_from=state.get("opened_from"),
         )
 
     def with_read_only(self, read_only: bool = False) -> TiffStore:
@@ -275,10 +306,23 @@ class TiffStore(Store):
             self.manifest,
             read_only=read_only,
             left_out=self.left_out,
+            incomplete=self.incomplete,
             zarr_format=self.zarr_format,
             sharded=self._sharded,
             kvikio=self.kvikio,
+            opened_from=self.opened_from,
         )
+
+    def refresh(self, progress: Any = None) -> TiffStore:
+        """A new store over the source as it is now, its ``growth`` saying what was added
+        (see :func:`tiffstore.refresh.refresh`); this one keeps reading as it did.
+
+        The read layer cannot import the stages above it that list and open, so the
+        open hands the store a picklable record (``opened_from``: source and options),
+        and the refresh stage is found here by its module name, as a plug-in is.
+        """
+        refreshed: TiffStore = importlib.import_module("tiffstore.refresh").refresh(self, progress)
+        return refreshed
 
     # -- reading ----------------------------------------------------------
 

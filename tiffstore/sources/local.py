@@ -65,6 +65,15 @@ class LocalSource(FileSource):
             "as it is now."
         )
 
+    def stamp(self, name: str) -> tuple[int, int] | None:
+        """The file's ``(size, mtime_ns)`` now, or ``None`` when it is gone: compared with
+        the listing's after a header is read, to tell a file still being written."""
+        try:
+            st = os.stat(self.url(name))
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns
+
     def __getstate__(self) -> dict[str, Any]:
         return {"root": self.root}
 

@@ -11,7 +11,10 @@ import logging
 import math
 import os
 import struct
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import IO, Any
 from xml.etree import ElementTree
 
@@ -19,12 +22,19 @@ import numpy as np
 import tifffile
 
 from tiffstore._compat import open_tiff_file
-from tiffstore.errors import TiffReadError, TiffStoreError
+from tiffstore.errors import FileChangedError, TiffReadError, TiffStoreError
 from tiffstore.tiff.codecs import SegmentCodec, segment_codec_or_reason
 from tiffstore.tiff.layout import FileLayout, Segments, Storage
 from tiffstore.tiff.scale import read_voxel_size
 
-__all__ = ["read_layout"]
+__all__ = [
+    "HeaderRead",
+    "first_ifd_offset",
+    "is_tiff_start",
+    "read_header",
+    "read_layout",
+    "walk_pages",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +234,7 @@ def _page_geometry(page: tifffile.TiffPage) -> tuple[Any, ...]:
 
 def _layout_of(tif: tifffile.TiffFile, name: str) -> FileLayout:
     if not tif.series:
-        raise TiffReadError(f"{name}: the TIFF holds no image series.")
+        raise _FileFault(f"{name}: the TIFF holds no image series.")
     series = tif.series[0]
     keyframe = series.keyframe
     axes, shape = series.axes, tuple(int(n) for n in series.shape)
@@ -235,7 +245,7 @@ def _layout_of(tif: tifffile.TiffFile, name: str) -> FileLayout:
         if part is not None:
             axes, shape = part
     if not shape or math.prod(shape) == 0 or series.dtype is None:
-        raise TiffReadError(
+        raise _FileFault(
             f"{name}: the TIFF's image holds no pixels (shape {shape}, dtype {series.dtype}): "
             "its header is corrupt or incomplete."
         )
@@ -288,10 +298,116 @@ def _offset(value: Any, name: str) -> int:
     """A byte offset from the header, checked to be one a file can hold."""
     offset = int(value)
     if not 0 <= offset < _MAX_OFFSET:
-        raise TiffReadError(
+        raise _FileFault(
             f"{name}: the header points at byte {offset}, past any file: it is corrupt."
         )
     return offset
+
+
+@dataclass(frozen=True)
+class HeaderRead:
+    """One header as tifffile read it, without raising for the file's own faults.
+
+    Attributes
+    ----------
+    layout
+        The file's layout, or ``None`` when its header cannot be read.
+    error
+        Why the header cannot be read (``None`` when it was).
+    cut
+        Whether the bytes ended before the header did (a file cut short or still
+        being written), as opposed to bytes that are no TIFF header at all.
+    notes
+        What tifffile logged while parsing (``invalid page offset ...``), kept here
+        instead of reaching the user, to be said once in tiffstore's own words.
+    """
+
+    layout: FileLayout | None
+    error: TiffReadError | None = None
+    cut: bool = False
+    notes: tuple[str, ...] = ()
+
+
+class _TifffileNotes(logging.Filter):
+    """Holds what tifffile logs while a thread parses a header, instead of letting it
+    reach the user beside tiffstore's own message (threads parse headers at once).
+
+    While any thread collects, tifffile's logger is opened to warnings even where an
+    application silenced it (the CLI does), and this filter keeps the silence for the
+    records of threads that are not collecting.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.collecting = 0
+        self.level = logging.NOTSET  # the logger's own level, restored when done
+        self.effective = logging.NOTSET  # the level it let through, kept for others
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        notes: list[str] | None = getattr(self.local, "notes", None)
+        if notes is None:
+            return record.levelno >= self.effective
+        notes.append(record.getMessage())
+        return False
+
+    @contextmanager
+    def kept(self) -> Iterator[list[str]]:
+        tifffile_logger = logging.getLogger("tifffile")
+        with self.lock:
+            if self not in tifffile_logger.filters:
+                tifffile_logger.addFilter(self)
+            if self.collecting == 0:
+                self.level = tifffile_logger.level
+                self.effective = tifffile_logger.getEffectiveLevel()
+                if self.effective > logging.WARNING:
+                    tifffile_logger.setLevel(logging.WARNING)
+            self.collecting += 1
+        outer = getattr(self.local, "notes", None)
+        notes: list[str] = []
+        self.local.notes = notes
+        try:
+            yield notes
+        finally:
+            self.local.notes = outer
+            with self.lock:
+                self.collecting -= 1
+                if self.collecting == 0:
+                    tifffile_logger.setLevel(self.level)
+                    self.effective = logging.NOTSET
+
+
+_NOTES = _TifffileNotes()
+
+
+def read_header(fh: IO[bytes] | str, name: str) -> HeaderRead:
+    """Parse one TIFF header with tifffile: its layout, or why it cannot be read.
+
+    Unlike :func:`read_layout`, a file that is no readable TIFF does not raise: the
+    caller decides whether it looks still being written (``cut``, or what tifffile
+    noted) or is broken. What tifffile logs meanwhile is kept in ``notes``.
+
+    Raises
+    ------
+    TiffReadError
+        Only when the storage fails (a network timeout, a permission, a remote read
+        that keeps failing): not the file's fault, so no verdict on it.
+    """
+    with _NOTES.kept() as notes:
+        try:
+            layout = _parse(fh, name)
+        except _HeaderCut as cut:
+            return HeaderRead(None, cut.error, cut=True, notes=tuple(notes))
+        except FileChangedError as exc:
+            # Replaced, grown or cut while its header was read: a writer is at it.
+            return HeaderRead(None, exc, cut=True, notes=tuple(notes))
+        except _FileFault as exc:
+            plain = TiffReadError(*exc.args)
+            plain.__cause__ = exc.__cause__
+            return HeaderRead(None, plain, notes=tuple(notes))
+        # Any other TiffReadError is the storage's (a timeout, a permission): raised.
+    return HeaderRead(layout, notes=tuple(notes))
 
 
 def read_layout(fh: IO[bytes] | str, name: str) -> FileLayout:
@@ -315,6 +431,29 @@ def read_layout(fh: IO[bytes] | str, name: str) -> FileLayout:
     ...     read_layout(fh, "stack.tif")
     <FileLayout (z=6, y=32, x=24) uint16 little-endian contiguous>
     """
+    read = read_header(fh, name)
+    if read.layout is None:
+        assert read.error is not None
+        raise read.error
+    if read.notes:
+        logger.info("%s: tifffile: %s", name, "; ".join(read.notes))
+    return read.layout
+
+
+class _FileFault(TiffReadError):
+    """A header that is the file's own fault (not the storage's); said to the user as a
+    plain :class:`TiffReadError`."""
+
+
+class _HeaderCut(Exception):
+    """The header's bytes end before the header does."""
+
+    def __init__(self, error: TiffReadError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _parse(fh: IO[bytes] | str, name: str) -> FileLayout:
     try:
         with open_tiff_file(fh) as tif:
             return _layout_of(tif, name)
@@ -324,10 +463,12 @@ def read_layout(fh: IO[bytes] | str, name: str) -> FileLayout:
         # The storage failed (a network timeout, a permission): not the file's fault.
         raise TiffReadError(f"{name}: cannot read the file ({type(exc).__name__}: {exc}).") from exc
     except (EOFError, struct.error) as exc:
-        raise TiffReadError(
+        cut = TiffReadError(
             f"{name}: the TIFF header is cut short ({exc}): the file is truncated or still "
             "being written. Replace it, or leave it out (exclude=...)."
-        ) from exc
+        )
+        cut.__cause__ = exc
+        raise _HeaderCut(cut) from exc
     except (
         tifffile.TiffFileError,
         ValueError,
@@ -335,10 +476,43 @@ def read_layout(fh: IO[bytes] | str, name: str) -> FileLayout:
         IndexError,
     ) as exc:
         if "header=b''" in str(exc):
-            raise TiffReadError(f"{name}: the file is empty (0 bytes), not a TIFF.") from exc
-        raise TiffReadError(f"{name}: not a TIFF file tifffile can read ({exc}).") from exc
+            raise _HeaderCut(
+                TiffReadError(f"{name}: the file is empty (0 bytes), not a TIFF.")
+            ) from exc
+        raise _FileFault(f"{name}: not a TIFF file tifffile can read ({exc}).") from exc
     except Exception as exc:
-        raise TiffReadError(
+        raise _FileFault(
             f"{name}: reading the TIFF header failed ({type(exc).__name__}: {exc}). Check "
             "that tifffile.TiffFile opens it; if it does, please report this as a tiffstore bug."
         ) from exc
+
+
+def walk_pages(fh: IO[bytes] | str) -> tuple[str, ...]:
+    """Read every page directory of a file, not only those its series needs, and return
+    what tifffile logged (or raised) doing so: empty when the chain of directories is
+    whole. ImageJ files keep their later directories after the pixel data; a file cut
+    there reads as a whole series, and only this walk notices the lost pages."""
+    with _NOTES.kept() as notes:
+        try:
+            with open_tiff_file(fh) as tif:
+                len(tif.pages)  # loads every page's directory
+        except (tifffile.TiffFileError, EOFError, struct.error, ValueError, KeyError) as exc:
+            notes.append(f"{type(exc).__name__}: {exc}")
+    return tuple(notes)
+
+
+def first_ifd_offset(head: bytes) -> int | None:
+    """Where a TIFF's first page directory starts, by its first bytes (``None``: they
+    are not a TIFF header, or too few to say)."""
+    if head[:4] in (b"II*\x00", b"MM\x00*") and len(head) >= 8:
+        return int.from_bytes(head[4:8], "little" if head[:2] == b"II" else "big")
+    if head[:4] in (b"II+\x00", b"MM\x00+") and len(head) >= 16:
+        return int.from_bytes(head[8:16], "little" if head[:2] == b"II" else "big")
+    return None
+
+
+def is_tiff_start(head: bytes) -> bool:
+    """Whether ``head`` begins as a TIFF does (classic or BigTIFF, either byte order);
+    an empty or shorter start counts, being what a file just created holds."""
+    magics = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    return any(m.startswith(head[:4]) for m in magics)
