@@ -42,11 +42,12 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 @contextmanager
-def running(store: TiffStore) -> Iterator[str]:
-    """Serve ``store`` with uvicorn in a thread on a free loopback port; yield its URL."""
+def running(store: TiffStore, watch: float | None = None) -> Iterator[str]:
+    """Serve ``store`` (refreshed every ``watch`` seconds, if given) with uvicorn in a
+    thread on a free loopback port; yield its URL."""
     sock = open_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(make_app(store), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(make_app(store, watch=watch), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

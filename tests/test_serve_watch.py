@@ -8,22 +8,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import uvicorn
 
 import tiffstore
 from tests.conftest import stack_files
-from tests.test_serve import browser, check_drawn, request, wait_drawn
-from tiffstore.apps.serve import make_app, open_socket
-from tiffstore.read.store import TiffStore
+from tests.test_serve import browser, check_drawn, request, running, wait_drawn
 from tiffstore.sample import sample_name, write_sample
 
 pytestmark = pytest.mark.network
@@ -32,27 +25,6 @@ __all__ = ["browser"]  # the fixture, shared with the viewer tests
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (4, 40, 30)
-
-
-@contextmanager
-def running(store: TiffStore, watch: float) -> Iterator[str]:
-    """Serve ``store`` with ``watch=`` in a uvicorn thread on a free port; yield its URL."""
-    sock = open_socket("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(make_app(store, watch=watch), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 @pytest.fixture
