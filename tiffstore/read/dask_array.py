@@ -1,10 +1,10 @@
 """The virtual array as a dask array whose tasks read chunks straight from the TIFFs.
 
-``dask.array.from_zarr(store)`` goes through zarr's codec pipeline, which copies
-every chunk once more (in its single event-loop thread) into a freshly zeroed
-array. :func:`to_dask` skips that: each task reads its chunk's bytes with one
-ranged read into the block dask hands on, so ``da.store`` and reductions see one
-copy less. The chunks, dtype and values are the same as through zarr.
+``dask.array.from_zarr(store)`` goes through zarr's event loop: each chunk is read
+on another thread than the dask task that uses it (and, with zarr's own codec
+pipeline, copied once more). :func:`to_dask` skips that: each task reads its
+chunk's bytes with one ranged read into the block dask hands on, on the task's own
+thread. The chunks, dtype and values are the same as through zarr.
 """
 
 from __future__ import annotations

@@ -228,7 +228,8 @@ class TiffStore(Store):
         """A dask array reading chunks straight from the TIFFs (see
         :func:`tiffstore.read.dask_array.to_dask`).
 
-        Same values and chunks as ``dask.array.from_zarr(store)``, one copy less per chunk.
+        Same values and chunks as ``dask.array.from_zarr(store)``, each chunk read on the
+        thread that uses it.
         ``gpu=True`` (or ``meta=`` a CuPy array) gives CuPy chunks in GPU memory.
         """
         return to_dask(self, name, **options)
