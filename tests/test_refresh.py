@@ -246,6 +246,8 @@ def test_a_rewritten_file_is_refused(acquisition: tuple[Path, Path]) -> None:
     with pytest.raises(GrowthError, match=sample_name(0, 1)) as err:
         old.refresh()
     assert "changed" in str(err.value) and "again" in str(err.value)
+    # Users catch it by its top-level name, beside the other errors.
+    assert isinstance(err.value, tiffstore.GrowthError)
 
 
 def test_a_touched_file_is_refused(acquisition: tuple[Path, Path]) -> None:

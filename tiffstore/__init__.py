@@ -22,6 +22,7 @@ from tiffstore._version import __version__
 from tiffstore.errors import (
     FileChangedError,
     GpuError,
+    GrowthError,
     LayoutMismatchError,
     MaterializeError,
     NamingError,
@@ -54,6 +55,7 @@ __all__ = [
     "FileChangedError",
     "FileTables",
     "GpuError",
+    "GrowthError",
     "LayoutMismatchError",
     "Manifest",
     "MaterializeError",
