@@ -1,9 +1,10 @@
 """tiffstore's read path, with default settings, beside the limits and zarr's own floor.
 
 - full read: ``da.store(da.from_zarr(tiffstore.open(dir)), out)`` into a preallocated array
-  as users write it (``import tiffstore`` made tiffstore's codec pipeline zarr's), the
-  same with zarr's own pipeline (``tiffstore.use_codec_pipeline(False)``, what
-  ``TIFFSTORE_CODEC_PIPELINE=0`` gives), in Zarr format 3 sharded
+  as users write it (``import tiffstore`` made tiffstore's codec pipeline zarr's and
+  tiffstore's optimization dask's), the same all through zarr's own read path (both
+  off, what ``TIFFSTORE_CODEC_PIPELINE=0`` and ``TIFFSTORE_DASK_OPTIMIZE=0`` give),
+  in Zarr format 3 sharded
   (``chunks=store.chunks``: dask's ``from_zarr`` would otherwise make one task per
   page), and through ``store.to_dask()`` (chunks read into dask's blocks, no zarr
   pipeline);
@@ -17,7 +18,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import dask.array as da
@@ -152,23 +154,6 @@ def run(ctx: Context) -> list[Row]:
         cases.full_read(
             ctx,
             ds,
-            "full/tiffstore_zarr_pipeline",
-            "tiffstore: da.store(da.from_zarr(store), out), zarr's own codec pipeline",
-            "tiffstore",
-            with_zarrs_pipeline(lambda: da.from_zarr(tiffstore.open(path))),
-            out,
-        ),
-        cases.total(
-            ctx,
-            ds,
-            "sum/tiffstore_zarr_pipeline",
-            "tiffstore: da.from_zarr(store).sum(), zarr's own codec pipeline",
-            "tiffstore",
-            with_zarrs_pipeline(lambda: da.from_zarr(tiffstore.open(path))),
-        ),
-        cases.full_read(
-            ctx,
-            ds,
             "full/tiffstore_v3",
             "tiffstore, format 3 sharded: da.store(da.from_zarr(store, chunks=store.chunks), out)",
             "tiffstore",
@@ -193,6 +178,26 @@ def run(ctx: Context) -> list[Row]:
             case=ZARR_READ,
         ),
     ]
+    with zarrs_own_read_path():
+        rows += [
+            cases.full_read(
+                ctx,
+                ds,
+                "full/tiffstore_zarr_pipeline",
+                "tiffstore: da.store(da.from_zarr(store), out), zarr's own read path",
+                "tiffstore",
+                lambda: da.from_zarr(tiffstore.open(path)),
+                out,
+            ),
+            cases.total(
+                ctx,
+                ds,
+                "sum/tiffstore_zarr_pipeline",
+                "tiffstore: da.from_zarr(store).sum(), zarr's own read path",
+                "tiffstore",
+                lambda: da.from_zarr(tiffstore.open(path)),
+            ),
+        ]
 
     default = tiffstore.open(path)
     default_z = zarr.open_array(default, mode="r")
@@ -303,6 +308,19 @@ def with_zarrs_pipeline(make: Callable[[], Any]) -> Callable[[], Any]:
             tiffstore.use_codec_pipeline(was_on)
 
     return made
+
+
+@contextmanager
+def zarrs_own_read_path() -> Iterator[None]:
+    """``da.from_zarr(store)`` read all the way through zarr, as with both off switches
+    (``TIFFSTORE_CODEC_PIPELINE=0``, ``TIFFSTORE_DASK_OPTIMIZE=0``)."""
+    pipeline = tiffstore.use_codec_pipeline(False)
+    optimization = tiffstore.use_dask_optimization(False)
+    try:
+        yield
+    finally:
+        tiffstore.use_dask_optimization(optimization)
+        tiffstore.use_codec_pipeline(pipeline)
 
 
 def from_zarr_v3(path: Any) -> da.Array:

@@ -8,6 +8,7 @@ import pytest
 import zarr
 
 import tiffstore
+from tiffstore.read.dask_graph import DirectArray, read_directly
 
 distributed = pytest.importorskip("distributed")
 
@@ -28,6 +29,10 @@ def test_compute_with_two_worker_processes(make_sample, options):
         distributed.Client(cluster) as client,
     ):
         arr = da.from_zarr(store, chunks=store.chunks)
+        # dask's optimization (tiffstore's) sends the workers the array as a DirectArray:
+        # it pickles, and reads on the workers' task threads.
+        layers = read_directly(arr.__dask_graph__()).layers.values()
+        assert any(type(v) is DirectArray for layer in layers for v in layer.values())
         np.testing.assert_array_equal(client.compute(arr).result(), ref)
         np.testing.assert_array_equal(client.compute(store.to_dask()).result(), ref)
         # Reads really happened in other processes.

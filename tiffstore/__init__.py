@@ -7,7 +7,9 @@ URLs, reference files) giving a :class:`TiffStore`, with its options as one
 the array (:class:`Manifest`, its :class:`ChunkPlan` s of :class:`Piece` s, made by
 :func:`plan_chunk`); :func:`use_codec_pipeline` (importing tiffstore makes its codec
 pipeline zarr's, for TiffStore arrays only, unless another was chosen or
-``TIFFSTORE_CODEC_PIPELINE=0``); and the errors. Everything else
+``TIFFSTORE_CODEC_PIPELINE=0``); :func:`use_dask_optimization` (importing tiffstore
+makes dask's array optimization read TiffStore chunks on the task's thread, unless
+``array_optimize`` is set or ``TIFFSTORE_DASK_OPTIMIZE=0``); and the errors. Everything else
 (the stage folders' modules, and names starting with an underscore) may change
 between releases.
 
@@ -45,6 +47,7 @@ from tiffstore.options import OpenOptions
 from tiffstore.outputs.materialize.journal import materialize_status
 from tiffstore.outputs.materialize.run import MaterializeSummary, materialize
 from tiffstore.outputs.references import write_references
+from tiffstore.read.dask_graph import use_dask_optimization
 from tiffstore.read.pipeline import PIPELINE_PATH, TiffCodecPipeline, use_codec_pipeline
 from tiffstore.read.store import TiffMapping, TiffStore
 from tiffstore.sources.settings import RemoteSettings
@@ -83,6 +86,7 @@ __all__ = [
     "plan_chunk",
     "to_icechunk",
     "use_codec_pipeline",
+    "use_dask_optimization",
     "verify_manifest",
     "write_references",
 ]

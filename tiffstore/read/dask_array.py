@@ -23,7 +23,7 @@ from tiffstore.read.gpu import device_prototype
 if TYPE_CHECKING:
     import dask.array as da
 
-__all__ = ["ChunkStore", "read_block", "read_block_into", "to_dask"]
+__all__ = ["ChunkStore", "read_block", "read_block_into", "read_cell", "to_dask"]
 
 
 class ChunkStore(Protocol):
@@ -46,10 +46,16 @@ class ChunkStore(Protocol):
 
 def read_block(store: ChunkStore, index: tuple[int, ...]) -> np.ndarray:
     """Read chunk ``index`` of ``store``, trimmed to the array's edge."""
-    m = store.manifest
+    return read_cell(store.reader, index)
+
+
+def read_cell(reader: ChunkReader, index: tuple[int, ...]) -> np.ndarray:
+    """Read chunk ``index`` of ``reader``'s manifest, trimmed to the array's edge (the
+    fill value where no file contributes)."""
+    m = reader.manifest
     starts, stops = m.chunk_bounds(index)
     shape = tuple(e - s for s, e in zip(starts, stops, strict=True))
-    chunk = store.reader.read_chunk(index)
+    chunk = reader.read_chunk(index)
     if chunk is None:
         return np.full(shape, m.fill_value, dtype=m.dtype)
     if shape != chunk.shape:

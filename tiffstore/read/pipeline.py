@@ -55,7 +55,13 @@ if TYPE_CHECKING:
 
     from tiffstore._compat import ArrayMetadata, ArraySpec, SelectorTuple
 
-__all__ = ["PIPELINE_PATH", "SWITCH_VARIABLE", "TiffCodecPipeline", "use_codec_pipeline"]
+__all__ = [
+    "PIPELINE_PATH",
+    "SWITCH_VARIABLE",
+    "TiffCodecPipeline",
+    "passes_bytes_through",
+    "use_codec_pipeline",
+]
 
 #: The value of zarr's ``codec_pipeline.path`` setting that selects this pipeline.
 PIPELINE_PATH = "tiffstore.read.pipeline.TiffCodecPipeline"
@@ -91,6 +97,24 @@ def _passes_bytes_through(codecs: Sequence[Any], dtype: np.dtype[Any]) -> bool:
     return False
 
 
+def _metadata_codecs(array_metadata: ArrayMetadata) -> list[Any]:
+    """The codecs an array's metadata lists (format 2's filters and compressor as one)."""
+    if isinstance(array_metadata, ArrayV3Metadata):
+        return list(array_metadata.codecs)
+    if isinstance(array_metadata, ArrayV2Metadata):
+        return [V2Codec(filters=array_metadata.filters, compressor=array_metadata.compressor)]
+    raise NotImplementedError(f"unknown metadata {type(array_metadata).__name__}")
+
+
+def passes_bytes_through(array_metadata: ArrayMetadata, dtype: np.dtype[Any]) -> bool:
+    """Whether an array's chunks, as its metadata says, are their stored bytes as they are."""
+    try:
+        codecs = _metadata_codecs(array_metadata)
+    except NotImplementedError:
+        return False
+    return _passes_bytes_through(codecs, dtype)
+
+
 @dataclass(frozen=True)
 class TiffCodecPipeline(BatchedCodecPipeline):
     """zarr's batched pipeline, reading whole chunks of a :class:`TiffStore` in place.
@@ -115,13 +139,7 @@ class TiffCodecPipeline(BatchedCodecPipeline):
         if not isinstance(store, TiffStore):
             # zarr then builds the pipeline with from_codecs: its own class.
             raise NotImplementedError("not a TiffStore: zarr builds its own pipeline")
-        if isinstance(array_metadata, ArrayV3Metadata):
-            codecs = list(array_metadata.codecs)
-        elif isinstance(array_metadata, ArrayV2Metadata):
-            codecs = [V2Codec(filters=array_metadata.filters, compressor=array_metadata.compressor)]
-        else:
-            raise NotImplementedError(f"unknown metadata {type(array_metadata).__name__}")
-        return cls._reading(codecs, store)
+        return cls._reading(_metadata_codecs(array_metadata), store)
 
     @classmethod
     def from_codecs(  # type: ignore[override]

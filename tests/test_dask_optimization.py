@@ -1,0 +1,300 @@
+"""``import tiffstore`` makes ``da.from_zarr(store)``'s tasks read a TiffStore's chunks themselves.
+
+dask's array optimization becomes :func:`tiffstore.read.dask_graph.optimize`: a zarr
+array of a TiffStore's pixels in the graph is swapped for a :class:`DirectArray`,
+whose whole-chunk reads run on the task's own thread; any other selection, and any
+other store's array, goes through zarr as before. Values always equal tifffile's; an
+``array_optimize`` set elsewhere is never replaced; ``TIFFSTORE_DASK_OPTIMIZE=0`` and
+``use_dask_optimization(False)`` turn it off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from dask.highlevelgraph import HighLevelGraph
+
+import tiffstore
+from tiffstore.read.assemble import ChunkReader
+from tiffstore.read.dask_graph import (
+    CONFIG_KEY,
+    SWITCH_VARIABLE,
+    DirectArray,
+    direct_array,
+    optimize,
+    read_directly,
+)
+
+FORMATS = [
+    pytest.param({}, id="format2"),
+    pytest.param({"zarr_format": 3}, id="format3-sharded"),
+    pytest.param({"zarr_format": 3, "sharded": False}, id="format3"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _tiffstores_default():
+    """These tests start from what ``import tiffstore`` set, and leave it so."""
+    if os.environ.get(SWITCH_VARIABLE, "").lower() in ("0", "false", "no", "off"):
+        pytest.skip(f"{SWITCH_VARIABLE} turns tiffstore's optimization off here")
+    if dask.config.config.get(CONFIG_KEY) is not optimize:
+        pytest.skip("dask's array_optimize was set outside tiffstore in this environment")
+    yield
+    tiffstore.use_dask_optimization(True)
+
+
+def _direct(x: da.Array) -> list[DirectArray]:
+    """The DirectArrays the optimization puts into ``x``'s graph."""
+    graph = read_directly(x.__dask_graph__())
+    return [v for layer in graph.layers.values() for v in layer.values() if type(v) is DirectArray]
+
+
+@pytest.fixture
+def read_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread of every chunk read, as they happen."""
+    names: list[str] = []
+    real = ChunkReader.read_chunk
+
+    def read_chunk(self, index, out=None):  # type: ignore[no-untyped-def]
+        names.append(threading.current_thread().name)
+        return real(self, index, out)
+
+    monkeypatch.setattr(ChunkReader, "read_chunk", read_chunk)
+    return names
+
+
+# -- TiffStore arrays: read on the task's thread, the same values ---------------------------
+
+
+@pytest.mark.parametrize("options", FORMATS)
+@pytest.mark.parametrize("chunks", ["default", "store"])
+def test_from_zarr_reads_on_the_tasks_thread(sample_dir, read_threads, options, chunks):
+    directory, ref = sample_dir
+    store = tiffstore.open(directory, **options)
+    x = da.from_zarr(store, **({"chunks": store.chunks} if chunks == "store" else {}))
+    assert [d.store for d in _direct(x)] == [store]
+    np.testing.assert_array_equal(x.compute(scheduler="sync"), ref)
+    # Every chunk (the missing file's too: filled) was read by the one thread that ran
+    # the tasks, none on zarr's event loop or its workers.
+    assert read_threads
+    assert set(read_threads) == {threading.main_thread().name}
+    assert x.sum(dtype="u8").compute() == ref.sum(dtype="u8")
+
+
+def test_off_reads_through_zarr(sample_dir, read_threads):
+    """The test above can fail: with the optimization off the reads leave the task's thread."""
+    directory, ref = sample_dir
+    store = tiffstore.open(directory)
+    assert tiffstore.use_dask_optimization(False) is True
+    x = da.from_zarr(store)
+    np.testing.assert_array_equal(x.compute(scheduler="sync"), ref)
+    assert read_threads
+    assert threading.main_thread().name not in read_threads
+
+
+@pytest.mark.parametrize("options", FORMATS)
+def test_other_selections_go_through_zarr(sample_dir, options):
+    directory, ref = sample_dir
+    store = tiffstore.open(directory, **options)
+    x = da.from_zarr(store)
+    picks = [
+        (1, 2, slice(1, 4), slice(5, 20), slice(None, None, 2)),
+        (slice(None), 2, 3),
+        (Ellipsis, slice(7, 9)),
+        (slice(None), slice(None), 4, [0, 5, 31]),
+    ]
+    for pick in picks:
+        np.testing.assert_array_equal(x[pick].compute(), ref[pick])
+    # dask chunks on no chunk boundary of the store
+    odd = da.from_zarr(store, chunks=(2, 3, 4, 10, 7))
+    assert _direct(odd)
+    np.testing.assert_array_equal(odd.compute(), ref)
+    np.testing.assert_array_equal(odd.max(axis=2).compute(), ref.max(axis=2))
+
+
+def test_direct_array_selections(sample_dir):
+    directory, ref = sample_dir
+    store = tiffstore.open(directory, zarr_format=3)
+    direct = direct_array(zarr.open_array(store, mode="r"))
+    assert isinstance(direct, DirectArray)
+    assert (direct.shape, direct.dtype, direct.ndim) == (ref.shape, ref.dtype, ref.ndim)
+    whole = tuple(slice(0, n) for n in store.chunks)
+    page = (slice(0, 1), slice(0, 1), slice(2, 3), slice(None), slice(None))
+    for sel in [whole, page, (slice(2, 3), slice(2, 3), slice(0, 6), slice(0, 32), slice(0, 24))]:
+        got = direct[sel]
+        np.testing.assert_array_equal(got, ref[sel])
+        assert got.flags.writeable
+    np.testing.assert_array_equal(direct[1, 2], ref[1, 2])
+    # It pickles as its array and store.
+    again = pickle.loads(pickle.dumps(direct))
+    assert again.store == store
+    np.testing.assert_array_equal(again[whole], ref[whole])
+
+
+@pytest.mark.parametrize("options", FORMATS)
+def test_group_view_pixels_are_direct(sample_dir, options):
+    directory, ref = sample_dir
+    store = tiffstore.open(directory, **options)
+    group = zarr.open_group(store, mode="r", path="group" if options else "")
+    image = group[store.documents.image_name]
+    x = da.from_array(image, chunks=image.chunks)
+    assert _direct(x)
+    np.testing.assert_array_equal(x.compute(), ref)
+    # Coordinate arrays of the same store are not the pixels: zarr reads them.
+    for name in store.coords:
+        coord = group[name]
+        assert direct_array(coord) is None
+        np.testing.assert_array_equal(da.from_array(coord).compute(), coord[...])
+
+
+def test_big_endian_files(make_sample):
+    directory, ref = make_sample(channels=2, stacks=2, dtype=">u2")
+    store = tiffstore.open(directory)
+    x = da.from_zarr(store)
+    assert _direct(x)
+    got = x.compute()
+    assert got.dtype == zarr.open_array(store, mode="r").dtype
+    np.testing.assert_array_equal(got, ref)
+
+
+# -- everything else is left as it is ------------------------------------------------------
+
+
+def test_other_array_kinds_are_left_to_zarr(sample_dir, monkeypatch):
+    """With zarr giving another kind of array (CuPy, under ``enable_gpu``), zarr reads."""
+    from zarr.buffer import cpu
+
+    from tiffstore.read import dask_graph
+
+    class OtherNDBuffer(cpu.NDBuffer):
+        pass
+
+    other = cpu.buffer_prototype._replace(nd_buffer=OtherNDBuffer)
+    monkeypatch.setattr(dask_graph, "default_buffer_prototype", lambda: other)
+    store = tiffstore.open(sample_dir[0])
+    assert direct_array(zarr.open_array(store, mode="r")) is None
+    assert not _direct(da.from_zarr(store))
+
+
+def test_other_stores_arrays_are_left_alone(tmp_path, sample_dir):
+    data = np.arange(6 * 10 * 12, dtype="u2").reshape(6, 10, 12)
+    others = [
+        zarr.create_array(zarr.storage.MemoryStore(), data=data, chunks=(2, 5, 6)),
+        zarr.create_array(tmp_path / "a.zarr", data=data, chunks=(2, 5, 6), compressors=None),
+    ]
+    for arr in others:
+        x = da.from_zarr(arr)
+        graph = x.__dask_graph__()
+        assert read_directly(graph) is graph
+        np.testing.assert_array_equal(x.compute(), data)
+    # In one graph with a TiffStore array, only that one is swapped.
+    store = tiffstore.open(sample_dir[0])
+    both = da.from_zarr(store)[0, 0, :, :10, :12] + da.from_zarr(others[0])
+    assert [d.store for d in _direct(both)] == [store]
+    np.testing.assert_array_equal(both.compute(), sample_dir[1][0, 0, :, :10, :12] + data)
+
+
+def test_non_graphs_and_inlined_arrays(sample_dir):
+    directory, ref = sample_dir
+    store = tiffstore.open(directory)
+    plain = {"a": 1}
+    assert read_directly(plain) is plain
+    inlined = da.from_zarr(store, inline_array=True)
+    assert not _direct(inlined)
+    np.testing.assert_array_equal(inlined.compute(), ref)
+    # optimize_graph=False skips dask's optimizations, this one too: still right.
+    (got,) = dask.compute(da.from_zarr(store), optimize_graph=False)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_graph_of_the_array_is_not_changed(sample_dir):
+    store = tiffstore.open(sample_dir[0])
+    x = da.from_zarr(store)
+    before = dict(x.__dask_graph__())
+    x.sum().compute()
+    assert isinstance(x.__dask_graph__(), HighLevelGraph)
+    assert dict(x.__dask_graph__()) == before
+
+
+# -- the switch ------------------------------------------------------------------------------
+
+
+def test_off_and_on_in_process(sample_dir):
+    directory, ref = sample_dir
+    x = da.from_zarr(tiffstore.open(directory))
+    assert tiffstore.use_dask_optimization(False) is True
+    assert CONFIG_KEY not in dask.config.config
+    assert tiffstore.use_dask_optimization(False) is False
+    np.testing.assert_array_equal(x.compute(), ref)
+    assert tiffstore.use_dask_optimization(True) is False
+    assert dask.config.config[CONFIG_KEY] is optimize
+    np.testing.assert_array_equal(x.compute(), ref)
+
+
+def test_off_puts_back_what_it_replaced():
+    def mine(dsk, keys, **kwargs):  # type: ignore[no-untyped-def]
+        return dsk
+
+    tiffstore.use_dask_optimization(False)
+    with dask.config.set({CONFIG_KEY: mine}):
+        assert tiffstore.use_dask_optimization(True) is False
+        assert dask.config.config[CONFIG_KEY] is optimize
+        assert tiffstore.use_dask_optimization(False) is True
+        assert dask.config.config[CONFIG_KEY] is mine
+
+
+_PROBE = """
+import json, sys, dask
+{before}
+import tiffstore, dask.array as da
+value = dask.config.config.get("array_optimize", "unset")
+name = f"{{value.__module__}}.{{value.__name__}}" if callable(value) else str(value)
+x = da.from_zarr(tiffstore.open(sys.argv[1]))
+print(json.dumps({{"optimize": name, "sum": int(x.sum(dtype="u8").compute())}}))
+"""
+
+OURS = "tiffstore.read.dask_graph.optimize"
+
+
+def _probe(directory: Path, env: dict[str, str], before: str = "") -> dict[str, object]:
+    """``import tiffstore`` in a fresh interpreter: dask's ``array_optimize`` and a sum."""
+    clean = {
+        k: v for k, v in os.environ.items() if not k.upper().startswith(("DASK_", "TIFFSTORE_"))
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(before=before), str(directory)],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_nothing_configured_tiffstores_optimization(sample_dir):
+    directory, ref = sample_dir
+    assert _probe(directory, {}) == {"optimize": OURS, "sum": int(ref.sum(dtype="u8"))}
+
+
+def test_config_set_before_import_is_kept(sample_dir):
+    directory, ref = sample_dir
+    before = "dask.config.set(array_optimize=False)"
+    assert _probe(directory, {}, before) == {"optimize": "False", "sum": int(ref.sum(dtype="u8"))}
+
+
+@pytest.mark.parametrize("value", ["0", "off", "False"])
+def test_off_switch(sample_dir, value):
+    directory, ref = sample_dir
+    got = _probe(directory, {SWITCH_VARIABLE: value})
+    assert got == {"optimize": "unset", "sum": int(ref.sum(dtype="u8"))}
