@@ -4,6 +4,7 @@ servers (an S3-compatible moto server, nginx) on free loopback ports."""
 from __future__ import annotations
 
 import grp
+import json
 import logging
 import os
 import pwd
@@ -11,6 +12,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -61,6 +63,31 @@ def write_positions(
         data = rng.integers(0, 4000, shape, dtype=np.uint16)
         tifffile.imwrite(directory / f"pos{i}.tif", data, **options)
     return np.stack([tifffile.imread(directory / f"pos{i}.tif") for i in range(n)])
+
+
+#: The three ways a store serves its array (pytest parameters of ``tiffstore.open``'s options).
+STORE_FORMATS = [
+    pytest.param({}, id="format2"),
+    pytest.param({"zarr_format": 3}, id="format3-sharded"),
+    pytest.param({"zarr_format": 3, "sharded": False}, id="format3"),
+]
+
+
+def fresh_interpreter(
+    code: str, *args: str, env: dict[str, str], clear: tuple[str, ...] = ()
+) -> Any:
+    """Run ``code`` in a fresh interpreter (``sys.argv[1:]`` = ``args``) and return the
+    JSON of its last printed line; environment variables starting with ``clear`` are
+    left out, ``env`` added."""
+    kept = {k: v for k, v in os.environ.items() if not k.upper().startswith(clear)}
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env={**kept, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture

@@ -10,11 +10,7 @@ other store's array, goes through zarr as before. Values always equal tifffile's
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -26,6 +22,7 @@ import zarr
 from dask.highlevelgraph import HighLevelGraph
 
 import tiffstore
+from tests.conftest import STORE_FORMATS, fresh_interpreter
 from tiffstore.read.assemble import ChunkReader
 from tiffstore.read.dask_graph import (
     CONFIG_KEY,
@@ -35,18 +32,15 @@ from tiffstore.read.dask_graph import (
     optimize,
     read_directly,
 )
+from tiffstore.read.pipeline import switched_off
 
-FORMATS = [
-    pytest.param({}, id="format2"),
-    pytest.param({"zarr_format": 3}, id="format3-sharded"),
-    pytest.param({"zarr_format": 3, "sharded": False}, id="format3"),
-]
+FORMATS = STORE_FORMATS
 
 
 @pytest.fixture(autouse=True)
 def _tiffstores_default():
     """These tests start from what ``import tiffstore`` set, and leave it so."""
-    if os.environ.get(SWITCH_VARIABLE, "").lower() in ("0", "false", "no", "off"):
+    if switched_off(SWITCH_VARIABLE):
         pytest.skip(f"{SWITCH_VARIABLE} turns tiffstore's optimization off here")
     if dask.config.config.get(CONFIG_KEY) is not optimize:
         pytest.skip("dask's array_optimize was set outside tiffstore in this environment")
@@ -269,17 +263,8 @@ OURS = "tiffstore.read.dask_graph.optimize"
 
 def _probe(directory: Path, env: dict[str, str], before: str = "") -> dict[str, object]:
     """``import tiffstore`` in a fresh interpreter: dask's ``array_optimize`` and a sum."""
-    clean = {
-        k: v for k, v in os.environ.items() if not k.upper().startswith(("DASK_", "TIFFSTORE_"))
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(before=before), str(directory)],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    code = _PROBE.format(before=before)
+    return fresh_interpreter(code, str(directory), env=env, clear=("DASK_", "TIFFSTORE_"))
 
 
 def test_nothing_configured_tiffstores_optimization(sample_dir):

@@ -9,10 +9,6 @@ turn it off.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dask.array as da
@@ -22,27 +18,25 @@ import zarr
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 
 import tiffstore
+from tests.conftest import STORE_FORMATS, fresh_interpreter
 from tiffstore.read.pipeline import (
     PIPELINE_PATH,
     SWITCH_VARIABLE,
     ZARR_PIPELINE_PATH,
     TiffCodecPipeline,
+    switched_off,
 )
 
 #: A pipeline a user might choose (zarrs'); never imported here, only configured.
 ZARRS = "zarrs.ZarrsCodecPipeline"
 
-FORMATS = [
-    pytest.param({}, id="format2"),
-    pytest.param({"zarr_format": 3}, id="format3-sharded"),
-    pytest.param({"zarr_format": 3, "sharded": False}, id="format3"),
-]
+FORMATS = STORE_FORMATS
 
 
 @pytest.fixture(autouse=True)
 def _tiffstores_default():
     """These tests start from what ``import tiffstore`` set, and leave it so."""
-    if os.environ.get(SWITCH_VARIABLE, "").lower() in ("0", "false", "no", "off"):
+    if switched_off(SWITCH_VARIABLE):
         pytest.skip(f"{SWITCH_VARIABLE} turns tiffstore's pipeline off here")
     if zarr.config.get("codec_pipeline.path") != PIPELINE_PATH:
         pytest.skip("a codec pipeline was chosen outside tiffstore in this environment")
@@ -230,17 +224,8 @@ print(json.dumps({{"path": path, "pipeline": pipeline}}))
 
 def _probe(directory: Path, env: dict[str, str], before: str = "") -> dict[str, object]:
     """``import tiffstore`` in a fresh interpreter: zarr's pipeline setting and a TiffStore's pipeline."""
-    clean = {
-        k: v for k, v in os.environ.items() if not k.upper().startswith(("ZARR_", "TIFFSTORE_"))
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(before=before), str(directory)],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    code = _PROBE.format(before=before)
+    return fresh_interpreter(code, str(directory), env=env, clear=("ZARR_", "TIFFSTORE_"))
 
 
 def test_nothing_configured_tiffstores_pipeline(sample_dir):

@@ -23,7 +23,6 @@ and other values in the graph, are left as they are.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import dask.config
@@ -33,7 +32,7 @@ from zarr.buffer import cpu, default_buffer_prototype
 
 from tiffstore.read.assemble import ChunkReader
 from tiffstore.read.dask_array import read_cell
-from tiffstore.read.pipeline import passes_bytes_through
+from tiffstore.read.pipeline import passes_bytes_through, switched_off
 from tiffstore.read.store import TiffStore
 
 __all__ = ["SWITCH_VARIABLE", "DirectArray", "optimize", "read_directly", "use_dask_optimization"]
@@ -44,8 +43,6 @@ SWITCH_VARIABLE = "TIFFSTORE_DASK_OPTIMIZE"
 
 #: The ``dask.config`` key dask reads its array optimization from.
 CONFIG_KEY = "array_optimize"
-
-_OFF = frozenset({"0", "false", "no", "off"})
 
 # What use_dask_optimization(True) replaced (a value, or absent), to put back.
 _replaced: list[tuple[bool, Any]] = []
@@ -246,7 +243,7 @@ def use_dask_optimization(on: bool = True) -> bool:
 
 def _use_by_default() -> None:
     """``use_dask_optimization(True)`` unless switched off or ``array_optimize`` is set."""
-    if os.environ.get(SWITCH_VARIABLE, "").strip().lower() in _OFF:
+    if switched_off(SWITCH_VARIABLE):
         return
     if CONFIG_KEY not in dask.config.config:
         use_dask_optimization(True)

@@ -60,6 +60,7 @@ __all__ = [
     "SWITCH_VARIABLE",
     "TiffCodecPipeline",
     "passes_bytes_through",
+    "switched_off",
     "use_codec_pipeline",
 ]
 
@@ -74,6 +75,12 @@ ZARR_PIPELINE_PATH = "zarr.core.codec_pipeline.BatchedCodecPipeline"
 SWITCH_VARIABLE = "TIFFSTORE_CODEC_PIPELINE"
 
 _OFF = frozenset({"0", "false", "no", "off"})
+
+
+def switched_off(variable: str) -> bool:
+    """Whether the environment variable ``variable`` says off (``0``, ``false``, ``no``, ``off``)."""
+    return os.environ.get(variable, "").strip().lower() in _OFF
+
 
 # What use_codec_pipeline(True) replaced, for use_codec_pipeline(False) to put back.
 _replaced: list[str] = []
@@ -338,7 +345,7 @@ def _chosen_outside() -> bool:
 
 def _use_by_default() -> None:
     """``use_codec_pipeline(True)`` unless switched off or a pipeline was chosen elsewhere."""
-    if os.environ.get(SWITCH_VARIABLE, "").strip().lower() in _OFF:
+    if switched_off(SWITCH_VARIABLE):
         return
     default = _zarrs_default()
     # A zarr whose default is another pipeline keeps it: this one extends the batched one.
