@@ -28,8 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from itertools import repeat
-from operator import attrgetter
+from itertools import compress, repeat
 
 import numpy as np
 
@@ -53,7 +52,7 @@ from tiffstore.opening import (
 )
 from tiffstore.options import OpenOptions
 from tiffstore.read.store import TiffStore
-from tiffstore.sources.base import SourceFile
+from tiffstore.sources.files import NO_MTIME
 from tiffstore.tiff.layout import FileLayout
 
 __all__ = ["extend_names", "known_layouts", "refresh"]
@@ -71,13 +70,15 @@ def known_layouts(old: Manifest, files: Sequence[int]) -> dict[str, FileLayout]:
     layout object, as they did in the scan that made ``old``, so that a manifest built
     from them stays as small.
     """
-    t = old.tables
-    geometry, start, offset = old.file_layout.tolist(), t.start.tolist(), t.data_offset.tolist()
+    t, numbers = old.tables, np.asarray(files, np.int64)
+    # Only these files' rows: a refresh passes two of 100,000.
+    geometry = old.file_layout[numbers].tolist()
+    start, offset = t.start[numbers].tolist(), t.data_offset[numbers].tolist()
     shared: dict[tuple[int, int, int], FileLayout] = {}
     known: dict[str, FileLayout] = {}
-    for i in files:
+    for k, i in enumerate(numbers.tolist()):
         name = old.files[i]
-        key = (geometry[i], start[i], offset[i])
+        key = (geometry[k], start[k], offset[k])
         layout = shared.get(key)
         if layout is None:
             layout = shared[key] = old.file_layout_of(i)
@@ -85,32 +86,31 @@ def known_layouts(old: Manifest, files: Sequence[int]) -> dict[str, FileLayout]:
     return known
 
 
-def _what_is_new(store: TiffStore, listing: Listing) -> tuple[list[SourceFile], np.ndarray]:
-    """The listed files the old manifest does not hold (strays it left out aside), and
-    per listed file its number in the old manifest (-1: not there).
+def _what_is_new(store: TiffStore, listing: Listing) -> tuple[np.ndarray, np.ndarray]:
+    """The listed files the old manifest does not hold (strays it left out aside), as
+    numbers in the listing, and per listed file its number in the old manifest (-1:
+    not there).
 
     Raises :class:`GrowthError` for a file of the old manifest that is gone, or listed
     with another size, modification time or version than when it was read.
     """
     old, files = store.manifest, listing.files
+    names = files.names
     number = dict(zip(old.files, range(len(old.files)), strict=True))
     # Whole columns at once, with the loops in C: this runs on every file, every refresh.
-    names = list(map(attrgetter("name"), files))
-    at = np.fromiter(map(number.get, names, repeat(-1)), np.int64, len(files))
+    at = np.fromiter(map(number.get, names, repeat(-1)), np.int64, len(names))
     held = np.flatnonzero(at >= 0)
-    sizes = np.fromiter(map(attrgetter("size"), files), np.int64, len(files))
-    changed = old.file_sizes[at[held]] != sizes[held]
-    if old.file_mtimes is not None:
-        listed = np.array(list(map(attrgetter("mtime_ns"), files)), dtype=object)[held]
-        then = old.file_mtimes[at[held]]
-        known = (then >= 0) & (listed != None)  # noqa: E711 - elementwise
-        changed |= known & (listed != then)
-    if old.file_versions:
+    was = at[held]
+    changed = old.file_sizes[was] != files.sizes[held]
+    if old.file_mtimes is not None and files.mtimes is not None:
+        listed, then = files.mtimes[held], old.file_mtimes[was]
+        changed |= (then >= 0) & (listed != NO_MTIME) & (listed != then)
+    if old.file_versions and files.versions is not None:
+        versions = files.versions
         changed |= np.array(
             [
-                bool(files[k].version and old.file_versions[i])
-                and files[k].version != old.file_versions[i]
-                for k, i in zip(held.tolist(), at[held].tolist(), strict=True)
+                bool(versions[k] and old.file_versions[i]) and versions[k] != old.file_versions[i]
+                for k, i in zip(held.tolist(), was.tolist(), strict=True)
             ],
             bool,
         )
@@ -120,8 +120,8 @@ def _what_is_new(store: TiffStore, listing: Listing) -> tuple[list[SourceFile], 
         removed = [name for name in old.files if name not in listed_names]
     refuse_changes(old, removed, [names[k] for k in held[changed].tolist()])
     strays = set(store.left_out)
-    new = [files[k] for k in np.flatnonzero(at < 0).tolist() if names[k] not in strays]
-    return new, at
+    new = [k for k in np.flatnonzero(at < 0).tolist() if names[k] not in strays]
+    return np.array(new, np.int64), at
 
 
 def extend_names(old: Manifest, names: Sequence[str]) -> NameGrid | None:
@@ -206,13 +206,14 @@ def _merged(old: Manifest, part: Manifest, listing: Listing, at: np.ndarray) -> 
     # being written). Old files that rode along in ``part`` are taken from ``old``.
     pick = at.copy()
     from_part = np.zeros(len(at), bool)
+    listed = listing.files.names
     for k in np.flatnonzero(at < 0).tolist():
-        j = in_part.get(listing.files[k].name)
+        j = in_part.get(listed[k])
         if j is not None:
             pick[k], from_part[k] = j, True
     kept = pick >= 0
     from_part, index = from_part[kept], pick[kept]
-    names = [f.name for f, keep in zip(listing.files, kept.tolist(), strict=True) if keep]
+    names = list(compress(listed, kept.tolist()))
     o, q = index[~from_part], index[from_part]
 
     def gather(a: np.ndarray, b: np.ndarray, shift: int = 0) -> np.ndarray:
@@ -281,24 +282,25 @@ def _grown_by_parts(
     store: TiffStore,
     listing: Listing,
     at: np.ndarray,
-    new: Sequence[SourceFile],
+    new: np.ndarray,
     grid: NameGrid,
     options: OpenOptions,
     progress: Progress | None,
 ) -> tuple[Manifest, tuple[str, ...]]:
-    """The grown manifest from the new files' headers alone, and those still being written."""
+    """The grown manifest from the headers of ``new`` (numbers in the listing) alone,
+    and those still being written."""
     old = store.manifest
     # A few old files, already read, ride along: siblings to compare the new ones with.
     listed = np.flatnonzero(at >= 0)
     picked = listed[np.linspace(0, len(listed) - 1, _SIBLINGS).astype(int)] if len(listed) else []
     siblings = sorted({int(k) for k in picked})
-    files = [*new, *(listing.files[k] for k in siblings)]
+    files = listing.files.take([*new.tolist(), *siblings])
     old_numbers = [int(at[k]) for k in siblings]
     positions = [*grid.positions, *_old_file_places(old, old_numbers)]
     part_grid = dataclasses.replace(grid, positions=tuple(positions))
     known = known_layouts(old, old_numbers)
     part, incomplete = read_headers(
-        Listing(listing.source, tuple(files)), part_grid, options, progress, known=known
+        Listing(listing.source, files), part_grid, options, progress, known=known
     )
     if part.layout.shape != old.layout.shape or part.dtype != old.dtype:
         raise GrowthError(
@@ -356,14 +358,14 @@ def refresh(store: TiffStore, progress: Progress | None = None) -> TiffStore:
     options = opened.options
     listing = list_files(opened.source, options, progress)
     new, at = _what_is_new(store, listing)
-    if not new:
+    if not len(new):
         growth = Growth(old.dims, old.shape, old.shape, (), (), int((old.file_index < 0).sum()))
         return _store(old, opened, store.left_out, (), growth)
     # The old chunks, not the request: a request resolves against the axes' sizes.
     pinned = dataclasses.replace(options, chunks=old.chunks)
     grid = None
     if not options.checksum and options.tiles == "keep":
-        grid = extend_names(old, [f.name for f in new])
+        grid = extend_names(old, [listing.files.names[k] for k in new.tolist()])
     if grid is not None:
         manifest, incomplete = _grown_by_parts(store, listing, at, new, grid, pinned, progress)
         left_out = store.left_out
@@ -373,7 +375,7 @@ def refresh(store: TiffStore, progress: Progress | None = None) -> TiffStore:
         if len(full_grid.axes) == len(old.name_axes):
             options = pinned  # (where the names now have other axes, grow() says so)
         number = dict(zip(old.files, range(len(old.files)), strict=True))
-        known = known_layouts(old, [number[f.name] for f in listing.files if f.name in number])
+        known = known_layouts(old, [number[n] for n in listing.files.names if n in number])
         if options.checksum:
             # Every file's bytes again: a checksum table covers the whole listing.
             listing = take_checksums(listing, progress)

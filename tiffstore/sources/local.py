@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from tiffstore.detect import is_tiff_name
+from tiffstore.detect import TIFF_SUFFIXES, is_tiff_name
 from tiffstore.errors import FileChangedError, SourceError, TiffReadError
-from tiffstore.sources.base import FileSource, SourceFile
+from tiffstore.sources.base import FileSource
+from tiffstore.sources.files import ListedFiles
 
 __all__ = ["LocalSource", "list_local"]
 
@@ -138,9 +139,13 @@ class LocalSource(FileSource):
             yield fh
 
 
-def _walk_local(root: Path, recursive: bool = True) -> list[SourceFile]:
-    found: list[SourceFile] = []
-    append = found.append
+def _walk_local(root: Path, recursive: bool = True) -> ListedFiles:
+    # Three columns, not an object per file: at 100,000 files a record each costs
+    # half as much again as listing the folder and stat-ing every file.
+    names: list[str] = []
+    sizes: list[int] = []
+    mtimes: list[int] = []
+    add_name, add_size, add_mtime = names.append, sizes.append, mtimes.append
     stack: list[tuple[str | Path, str]] = [(root, "")]
     # Folders are followed through links, each once: a link to a parent ends.
     seen: set[tuple[int, int]] = set()
@@ -161,11 +166,14 @@ def _walk_local(root: Path, recursive: bool = True) -> list[SourceFile]:
                 if name[0] == ".":
                     continue
                 try:
-                    # The suffix first: most entries are TIFF files, and a directory
-                    # named like one is caught by is_file (from d_type: no syscall).
-                    if is_tiff_name(name) and entry.is_file():
+                    # The suffix first (is_tiff_name, inlined: this runs per entry):
+                    # most entries are TIFF files, and a directory named like one is
+                    # caught by is_file (from d_type: no syscall).
+                    if name.lower().endswith(TIFF_SUFFIXES) and entry.is_file():
                         st = entry.stat()
-                        append(SourceFile(prefix + name, st.st_size, st.st_mtime_ns))
+                        add_name(prefix + name)
+                        add_size(st.st_size)
+                        add_mtime(st.st_mtime_ns)
                     elif recursive and entry.is_dir():
                         stack.append((entry.path, f"{prefix}{name}/"))
                     elif entry.is_symlink() and not os.path.exists(entry.path):
@@ -173,7 +181,7 @@ def _walk_local(root: Path, recursive: bool = True) -> list[SourceFile]:
                 except OSError as exc:
                     # A link loop, or a file removed while listing: not a file to read.
                     logger.warning("%s: left out (%s)", entry.path, exc.strerror)
-    return found
+    return ListedFiles(names, sizes, mtimes)
 
 
 def _common_root(paths: Sequence[str]) -> str:
@@ -183,7 +191,7 @@ def _common_root(paths: Sequence[str]) -> str:
 
 def list_local(
     source: str | os.PathLike[str] | Sequence[Any], recursive: bool = True
-) -> tuple[LocalSource, list[SourceFile]]:
+) -> tuple[LocalSource, ListedFiles]:
     if isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
         path = Path(text).expanduser()
@@ -221,9 +229,10 @@ def list_local(
                 + (f" (and {len(absent) - 1} more)." if len(absent) > 1 else ".")
             )
     root = _common_root(paths)
-    files = []
+    names, sizes, mtimes = [], [], []
     for p in paths:
         st = os.stat(p)
-        name = PurePosixPath(Path(os.path.relpath(p, root))).as_posix()
-        files.append(SourceFile(name, st.st_size, st.st_mtime_ns))
-    return LocalSource(root), files
+        names.append(PurePosixPath(Path(os.path.relpath(p, root))).as_posix())
+        sizes.append(st.st_size)
+        mtimes.append(st.st_mtime_ns)
+    return LocalSource(root), ListedFiles(names, sizes, mtimes)
