@@ -118,8 +118,11 @@ def _step(progress: Progress | None, name: str, total: int | None, message: str)
         progress(name, 0, total)
 
 
-def list_files(source: Source, options: OpenOptions, progress: Progress | None = None) -> Listing:
-    """The listing stage: every TIFF file of ``source``, with sizes and versions."""
+def list_files(
+    source: Source, options: OpenOptions, progress: Progress | None = None, *, sort: bool = True
+) -> Listing:
+    """The listing stage: every TIFF file of ``source``, with sizes and versions, sorted
+    by name (``sort=False``: in the order listed)."""
     _step(progress, "listing", None, f"listing {source}")
     reader, files = resolve_source(
         source,
@@ -128,6 +131,7 @@ def list_files(source: Source, options: OpenOptions, progress: Progress | None =
         include=options.include,
         exclude=options.exclude,
         remote=options.remote,
+        sort=sort,
     )
     return Listing(reader, files)
 

@@ -255,6 +255,7 @@ def resolve_source(
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
     remote: RemoteSettings | None = None,
+    sort: bool = True,
 ) -> tuple[FileSource, ListedFiles]:
     """List an acquisition's TIFF files.
 
@@ -272,6 +273,9 @@ def resolve_source(
     remote
         Time limits and retries of remote listing and reads (default
         :class:`~tiffstore.sources.settings.RemoteSettings`).
+    sort
+        Sort the files by name (default); ``False`` keeps the order listed, for a
+        caller that sorts only the names it needs (a refresh).
 
     Returns
     -------
@@ -303,4 +307,4 @@ def resolve_source(
     files = select_files(files, include, exclude)
     # A plain sort, for a deterministic order: where each file belongs in the
     # array comes from its name's parsed fields, never from this order.
-    return reader, files.sorted()
+    return reader, files.sorted() if sort else files

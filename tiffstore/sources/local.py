@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -139,6 +140,13 @@ class LocalSource(FileSource):
             yield fh
 
 
+#: TIFF suffixes as most names have them, all lower or all upper case: a name ending
+#: so needs no lower-cased copy to be told a TIFF file's.
+_CASED_SUFFIXES = TIFF_SUFFIXES + tuple(suffix.upper() for suffix in TIFF_SUFFIXES)
+
+_name, _size, _mtime = attrgetter("name"), attrgetter("st_size"), attrgetter("st_mtime_ns")
+
+
 def _walk_local(root: Path, recursive: bool = True) -> ListedFiles:
     # Three columns, not an object per file: at 100,000 files a record each costs
     # half as much again as listing the folder and stat-ing every file.
@@ -161,26 +169,48 @@ def _walk_local(root: Path, recursive: bool = True) -> ListedFiles:
         except OSError as exc:
             raise SourceError(f"{folder}: cannot list the folder ({exc.strerror}).") from exc
         with it:
-            for entry in it:
-                name = entry.name
-                if name[0] == ".":
-                    continue
-                try:
-                    # The suffix first (is_tiff_name, inlined: this runs per entry):
-                    # most entries are TIFF files, and a directory named like one is
-                    # caught by is_file (from d_type: no syscall).
-                    if name.lower().endswith(TIFF_SUFFIXES) and entry.is_file():
-                        st = entry.stat()
-                        add_name(prefix + name)
-                        add_size(st.st_size)
-                        add_mtime(st.st_mtime_ns)
-                    elif recursive and entry.is_dir():
-                        stack.append((entry.path, f"{prefix}{name}/"))
-                    elif entry.is_symlink() and not os.path.exists(entry.path):
-                        logger.warning("%s: left out: a link to nothing", entry.path)
-                except OSError as exc:
-                    # A link loop, or a file removed while listing: not a file to read.
-                    logger.warning("%s: left out (%s)", entry.path, exc.strerror)
+            entries = list(it)
+        try:
+            # Most folders hold TIFF files only: those are taken whole, by comprehensions
+            # (their loops in C); anything else, or all of a folder where an entry
+            # raises, goes through the loop below, entry by entry. The suffix first
+            # (is_tiff_name, inlined): a folder named like a TIFF file is caught by
+            # is_file (from d_type: no syscall).
+            tiffs = [
+                e
+                for e in entries
+                if e.name[0] != "."
+                and (e.name.endswith(_CASED_SUFFIXES) or e.name.lower().endswith(TIFF_SUFFIXES))
+                and e.is_file()
+            ]
+            stats = [e.stat() for e in tiffs]
+        except OSError:
+            tiffs, stats = [], []
+        names += [prefix + e.name for e in tiffs] if prefix else map(_name, tiffs)
+        sizes += map(_size, stats)
+        mtimes += map(_mtime, stats)
+        if len(tiffs) == len(entries):
+            continue
+        if tiffs:
+            taken = set(tiffs)
+            entries = [e for e in entries if e not in taken]
+        for entry in entries:
+            name = entry.name
+            if name[0] == ".":
+                continue
+            try:
+                if is_tiff_name(name) and entry.is_file():
+                    st = entry.stat()
+                    add_name(prefix + name)
+                    add_size(st.st_size)
+                    add_mtime(st.st_mtime_ns)
+                elif recursive and entry.is_dir():
+                    stack.append((entry.path, f"{prefix}{name}/"))
+                elif entry.is_symlink() and not os.path.exists(entry.path):
+                    logger.warning("%s: left out: a link to nothing", entry.path)
+            except OSError as exc:
+                # A link loop, or a file removed while listing: not a file to read.
+                logger.warning("%s: left out (%s)", entry.path, exc.strerror)
     return ListedFiles(names, sizes, mtimes)
 
 
