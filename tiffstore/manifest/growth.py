@@ -9,8 +9,8 @@ manifests in, plain data out, no I/O.
 
 The API (used by :mod:`tiffstore.refresh` and by Icechunk appends)::
 
-    grow(old, new, incomplete=()) -> Growth          raises GrowthError
-    changed_chunks(old, new)      -> bool array over new.chunk_grid
+    grow(old, new, incomplete=(), *, old_at=None) -> Growth    raises GrowthError
+    changed_chunks(old, new)                        -> bool array over new.chunk_grid
 
 ``old`` and ``new`` are manifests of one source made with the same options, ``new``
 later, and the same chunks: the default chunks depend on the axes' sizes, so open the
