@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import fsspec
 import numpy as np
 import pytest
@@ -10,6 +12,8 @@ import tifffile
 import tiffstore
 from tiffstore.errors import NamingError, SourceError
 from tiffstore.sample import sample_name
+from tiffstore.sources.base import SourceFile
+from tiffstore.sources.files import NO_MTIME, ListedFiles
 from tiffstore.sources.listing import matches_glob, resolve_source
 
 
@@ -67,6 +71,32 @@ def test_fsspec_listing_obeys_recursive_and_globs(with_mips):
         np.testing.assert_array_equal(store.to_dask().compute(), ref)
     finally:
         fs.rm(root, recursive=True)
+
+
+def test_listed_files_are_columns_and_a_sequence_of_source_files():
+    records = [
+        SourceFile("b.tif", 2, 20),
+        SourceFile("a.tif", 1, None),
+        SourceFile("c.tif", 3, 30, version="v3"),
+    ]
+    files = ListedFiles.of(records)
+    assert files.names == ("b.tif", "a.tif", "c.tif")
+    assert files.sizes.tolist() == [2, 1, 3]
+    assert files.mtimes is not None and files.mtimes.tolist() == [20, NO_MTIME, 30]
+    assert files.versions == (None, None, "v3")
+    # Made again from the columns, the records are the ones given.
+    again = ListedFiles(files.names, files.sizes, files.mtimes, files.versions)
+    assert list(again) == records and again[1] == records[1] and again == records
+    assert [f.name for f in again.sorted()] == ["a.tif", "b.tif", "c.tif"]
+    assert again.take([2, 0]).names == ("c.tif", "b.tif")
+    assert again.take(np.array([False, True, False])).names == ("a.tif",)
+    assert list(again[1:]) == records[1:]
+    assert again.mtimes_or_unknown().tolist() == [20, -1, 30]  # as manifests keep them
+    assert again.stamps() == {"b.tif": (2, 20), "c.tif": (3, 30)}
+    assert pickle.loads(pickle.dumps(again)) == records
+    # No time, no version known: no column (local files have no version, remote no time).
+    bare = ListedFiles(["a.tif"], [1], [NO_MTIME], [None])
+    assert bare.mtimes is None and bare.versions is None and bare.mtimes_or_unknown() is None
 
 
 def test_block_file_keeps_every_block_a_read_needs(tmp_path):

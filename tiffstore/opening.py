@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from tiffstore.detect import is_reference_file
 from tiffstore.manifest.build import build_with_incomplete, with_fill_value, with_scale
 from tiffstore.manifest.chunking import rechunk
@@ -31,8 +33,9 @@ from tiffstore.manifest.saved import manifest_of_references
 from tiffstore.names.grid import NameGrid, understand_names
 from tiffstore.options import OpenOptions
 from tiffstore.read.store import TiffStore
-from tiffstore.sources.base import FileSource, SourceFile
+from tiffstore.sources.base import FileSource
 from tiffstore.sources.checksums import ChecksummedSource, compute_checksums
+from tiffstore.sources.files import NO_MTIME, ListedFiles
 from tiffstore.sources.listing import resolve_source
 from tiffstore.tiff.layout import FileLayout
 
@@ -84,19 +87,29 @@ class OpenedFrom:
 
 @dataclass(frozen=True)
 class Listing:
-    """What the listing stage found: the files and the source that reads them."""
+    """What the listing stage found: the files and the source that reads them.
+
+    ``files`` may be given as any sequence of
+    :class:`~tiffstore.sources.base.SourceFile`; it is kept as columns
+    (:class:`~tiffstore.sources.files.ListedFiles`).
+    """
 
     source: FileSource
-    files: tuple[SourceFile, ...]
+    files: ListedFiles
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.files, ListedFiles):
+            object.__setattr__(self, "files", ListedFiles.of(self.files))
 
     @property
     def names(self) -> list[str]:
-        return [f.name for f in self.files]
+        return list(self.files.names)
 
     def without(self, names: Sequence[str]) -> Listing:
         """The listing less ``names``."""
         out = set(names)
-        return dataclasses.replace(self, files=tuple(f for f in self.files if f.name not in out))
+        kept = [k for k, name in enumerate(self.files.names) if name not in out]
+        return dataclasses.replace(self, files=self.files.take(kept))
 
 
 def _step(progress: Progress | None, name: str, total: int | None, message: str) -> None:
@@ -105,8 +118,11 @@ def _step(progress: Progress | None, name: str, total: int | None, message: str)
         progress(name, 0, total)
 
 
-def list_files(source: Source, options: OpenOptions, progress: Progress | None = None) -> Listing:
-    """The listing stage: every TIFF file of ``source``, with sizes and versions."""
+def list_files(
+    source: Source, options: OpenOptions, progress: Progress | None = None, *, sort: bool = True
+) -> Listing:
+    """The listing stage: every TIFF file of ``source``, with sizes and versions, sorted
+    by name (``sort=False``: in the order listed)."""
     _step(progress, "listing", None, f"listing {source}")
     reader, files = resolve_source(
         source,
@@ -115,8 +131,9 @@ def list_files(source: Source, options: OpenOptions, progress: Progress | None =
         include=options.include,
         exclude=options.exclude,
         remote=options.remote,
+        sort=sort,
     )
-    return Listing(reader, tuple(files))
+    return Listing(reader, files)
 
 
 def read_names(
@@ -145,17 +162,15 @@ def take_checksums(listing: Listing, progress: Progress | None = None) -> Listin
     """
     files = listing.files
     n = len(files)
-    logger.info(
-        "reading all %.3g GB of %d files for checksums", sum(f.size for f in files) / 1e9, n
-    )
+    logger.info("reading all %.3g GB of %d files for checksums", files.sizes.sum() / 1e9, n)
     if progress is not None:
         progress("checksums", 0, n)
     reader = listing.source
-    reader.expect({f.name: (f.size, f.mtime_ns) for f in files if f.mtime_ns is not None})
+    reader.expect(files.stamps())
     checked = compute_checksums(
         reader,
-        [f.name for f in files],
-        [f.size for f in files],
+        list(files.names),
+        files.sizes.tolist(),
         progress=None if progress is None else lambda done: progress("checksums", done, n),
     )
     return dataclasses.replace(listing, source=checked)
@@ -254,18 +269,13 @@ def open_references(
         manifest = with_scale(manifest, options.scale)
     if options.checksum and not isinstance(manifest.source, ChecksummedSource):
         # (Saved checksums are kept: they describe the files as referenced.)
+        mtimes = manifest.file_mtimes
         listing = Listing(
             manifest.source,
-            tuple(
-                SourceFile(name, size, None if mtime < 0 else mtime)
-                for name, size, mtime in zip(
-                    manifest.files,
-                    manifest.file_sizes.tolist(),
-                    manifest.file_mtimes.tolist()
-                    if manifest.file_mtimes is not None
-                    else [-1] * len(manifest.files),
-                    strict=True,
-                )
+            ListedFiles(
+                manifest.files,
+                manifest.file_sizes,
+                None if mtimes is None else np.where(mtimes < 0, NO_MTIME, mtimes),
             ),
         )
         manifest = dataclasses.replace(manifest, source=take_checksums(listing, progress).source)

@@ -4,7 +4,8 @@ A store remembers how it was opened (:class:`~tiffstore.opening.OpenedFrom`: the
 as given and the options). A refresh lists the source again (a listing is what says
 what is new) and then does work in proportion to what is new, not to the acquisition::
 
-    list_files      the source listed again
+    list_files      the source listed again, in the order listed (only new names are
+                    sorted: the old manifest's files are in name order already)
     what is new     files the old manifest does not hold (and those that were still
                     being written); a file of the old manifest removed, or listed with
                     another size, time or version, is refused (GrowthError)
@@ -14,7 +15,8 @@ what is new) and then does work in proportion to what is new, not to the acquisi
                     name again, as an open does
     read_headers    headers of the new files only (a few old files ride along, read
                     before, as siblings to compare sizes and page counts with)
-    merge           the old manifest and the new files' part, in the listing's order
+    merge           the old manifest and the new files' part, the new files put in
+                    between the old ones by name
     grow            the result checked to be the old array grown (manifest/growth.py)
     make_store      a new store, with ``growth``: what was added, what is still missing
 
@@ -27,9 +29,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from bisect import bisect_left
+from collections.abc import Collection, Sequence
 from itertools import repeat
-from operator import attrgetter
+from typing import TypeVar
 
 import numpy as np
 
@@ -53,12 +56,14 @@ from tiffstore.opening import (
 )
 from tiffstore.options import OpenOptions
 from tiffstore.read.store import TiffStore
-from tiffstore.sources.base import SourceFile
+from tiffstore.sources.files import NO_MTIME
 from tiffstore.tiff.layout import FileLayout
 
 __all__ = ["extend_names", "known_layouts", "refresh"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Old files whose headers ride along with the new ones: siblings to compare with.
 _SIBLINGS = 2
@@ -71,13 +76,15 @@ def known_layouts(old: Manifest, files: Sequence[int]) -> dict[str, FileLayout]:
     layout object, as they did in the scan that made ``old``, so that a manifest built
     from them stays as small.
     """
-    t = old.tables
-    geometry, start, offset = old.file_layout.tolist(), t.start.tolist(), t.data_offset.tolist()
+    t, numbers = old.tables, np.asarray(files, np.int64)
+    # Only these files' rows: a refresh passes two of 100,000.
+    geometry = old.file_layout[numbers].tolist()
+    start, offset = t.start[numbers].tolist(), t.data_offset[numbers].tolist()
     shared: dict[tuple[int, int, int], FileLayout] = {}
     known: dict[str, FileLayout] = {}
-    for i in files:
+    for k, i in enumerate(numbers.tolist()):
         name = old.files[i]
-        key = (geometry[i], start[i], offset[i])
+        key = (geometry[k], start[k], offset[k])
         layout = shared.get(key)
         if layout is None:
             layout = shared[key] = old.file_layout_of(i)
@@ -85,32 +92,31 @@ def known_layouts(old: Manifest, files: Sequence[int]) -> dict[str, FileLayout]:
     return known
 
 
-def _what_is_new(store: TiffStore, listing: Listing) -> tuple[list[SourceFile], np.ndarray]:
-    """The listed files the old manifest does not hold (strays it left out aside), and
-    per listed file its number in the old manifest (-1: not there).
+def _what_is_new(store: TiffStore, listing: Listing) -> tuple[np.ndarray, np.ndarray]:
+    """The listed files the old manifest does not hold (strays it left out aside), as
+    numbers in the listing in their names' order, and per listed file its number in
+    the old manifest (-1: not there). The listing may be in any order.
 
     Raises :class:`GrowthError` for a file of the old manifest that is gone, or listed
     with another size, modification time or version than when it was read.
     """
     old, files = store.manifest, listing.files
+    names = files.names
     number = dict(zip(old.files, range(len(old.files)), strict=True))
     # Whole columns at once, with the loops in C: this runs on every file, every refresh.
-    names = list(map(attrgetter("name"), files))
-    at = np.fromiter(map(number.get, names, repeat(-1)), np.int64, len(files))
+    at = np.fromiter(map(number.get, names, repeat(-1)), np.int64, len(names))
     held = np.flatnonzero(at >= 0)
-    sizes = np.fromiter(map(attrgetter("size"), files), np.int64, len(files))
-    changed = old.file_sizes[at[held]] != sizes[held]
-    if old.file_mtimes is not None:
-        listed = np.array(list(map(attrgetter("mtime_ns"), files)), dtype=object)[held]
-        then = old.file_mtimes[at[held]]
-        known = (then >= 0) & (listed != None)  # noqa: E711 - elementwise
-        changed |= known & (listed != then)
-    if old.file_versions:
+    was = at[held]
+    changed = old.file_sizes[was] != files.sizes[held]
+    if old.file_mtimes is not None and files.mtimes is not None:
+        listed, then = files.mtimes[held], old.file_mtimes[was]
+        changed |= (then >= 0) & (listed != NO_MTIME) & (listed != then)
+    if old.file_versions and files.versions is not None:
+        versions = files.versions
         changed |= np.array(
             [
-                bool(files[k].version and old.file_versions[i])
-                and files[k].version != old.file_versions[i]
-                for k, i in zip(held.tolist(), at[held].tolist(), strict=True)
+                bool(versions[k] and old.file_versions[i]) and versions[k] != old.file_versions[i]
+                for k, i in zip(held.tolist(), was.tolist(), strict=True)
             ],
             bool,
         )
@@ -118,10 +124,11 @@ def _what_is_new(store: TiffStore, listing: Listing) -> tuple[list[SourceFile], 
     if len(held) < len(old.files):
         listed_names = set(names)
         removed = [name for name in old.files if name not in listed_names]
-    refuse_changes(old, removed, [names[k] for k in held[changed].tolist()])
+    refuse_changes(old, removed, sorted(names[k] for k in held[changed].tolist()))
     strays = set(store.left_out)
-    new = [files[k] for k in np.flatnonzero(at < 0).tolist() if names[k] not in strays]
-    return new, at
+    new = [k for k in np.flatnonzero(at < 0).tolist() if names[k] not in strays]
+    new.sort(key=names.__getitem__)
+    return np.array(new, np.int64), at
 
 
 def extend_names(old: Manifest, names: Sequence[str]) -> NameGrid | None:
@@ -155,7 +162,7 @@ def extend_names(old: Manifest, names: Sequence[str]) -> NameGrid | None:
         # The open sorts an axis's values: the old ones must still come first.
         if NameField(a.name, 0, merged, a.label).distinct != list(merged):
             return None
-        at = {v: k for k, v in enumerate(merged)}
+        at = dict(zip(merged, range(len(merged)), strict=True))
         axes.append(dataclasses.replace(a, values=merged))
         places.append([at[v] for v in values])
     positions = list(zip(*places, strict=True)) if places else [()] * len(names)
@@ -198,27 +205,49 @@ def _old_file_places(old: Manifest, files: Sequence[int]) -> list[tuple[int, ...
     ]
 
 
-def _merged(old: Manifest, part: Manifest, listing: Listing, at: np.ndarray) -> Manifest:
-    """``old`` and ``part`` (the new files, on the grown grid) as one manifest whose
-    files are in the listing's order; ``at`` is each listed file's number in ``old``."""
-    in_part = {name: i for i, name in enumerate(part.files)}
-    # A listed file is old, or new and in ``part``, or neither (a stray, a file still
-    # being written). Old files that rode along in ``part`` are taken from ``old``.
-    pick = at.copy()
-    from_part = np.zeros(len(at), bool)
-    for k in np.flatnonzero(at < 0).tolist():
-        j = in_part.get(listing.files[k].name)
-        if j is not None:
-            pick[k], from_part[k] = j, True
-    kept = pick >= 0
-    from_part, index = from_part[kept], pick[kept]
-    names = [f.name for f, keep in zip(listing.files, kept.tolist(), strict=True) if keep]
-    o, q = index[~from_part], index[from_part]
+def _in_name_order(names: Sequence[str]) -> bool:
+    """Whether ``names`` are sorted, as a listing sorts them."""
+    # Sorting sorted names is one comparison each, in C.
+    return sorted(names) == list(names)
+
+
+def _spliced(olds: Sequence[T], slots: Sequence[int], news: Sequence[T]) -> list[T]:
+    """``olds`` with each of ``news`` put in before ``olds[slot]`` (``slots`` ascending)."""
+    out: list[T] = []
+    start = 0
+    for slot, item in zip(slots, news, strict=True):
+        out.extend(olds[start:slot])
+        out.append(item)
+        start = slot
+    out.extend(olds[start:])
+    return out
+
+
+def _merged(
+    old: Manifest, part: Manifest, siblings: Collection[str]
+) -> tuple[Manifest, np.ndarray]:
+    """``old`` and ``part`` (the new files on the grown grid, and ``siblings``: old files
+    that rode along) as one manifest whose files are in name order, as a listing sorts
+    them, and each old file's number in it.
+
+    ``old``'s files are in name order, so the new ones are put in between them: no
+    work per old file but copying its columns.
+    """
+    q_list = [j for j, name in enumerate(part.files) if name not in siblings]
+    q_list.sort(key=part.files.__getitem__)
+    added = [part.files[j] for j in q_list]
+    q = np.array(q_list, np.int64)
+    # Each new file goes in before the first old file named after it.
+    slots = np.array([bisect_left(old.files, name) for name in added], np.int64)
+    n_old = len(old.files)
+    n = n_old + len(added)
+    new_at = slots + np.arange(len(added))
+    old_at = np.arange(n_old) + np.searchsorted(slots, np.arange(n_old), side="right")
 
     def gather(a: np.ndarray, b: np.ndarray, shift: int = 0) -> np.ndarray:
-        out = np.empty(len(names), a.dtype)
-        out[~from_part] = a[o]
-        out[from_part] = np.where(b[q] >= 0, b[q] + shift, b[q])
+        out = np.empty(n, a.dtype)
+        out[old_at] = a
+        out[new_at] = np.where(b[q] >= 0, b[q] + shift, b[q])
         return out
 
     layouts = list(old.layouts)
@@ -230,16 +259,15 @@ def _merged(old: Manifest, part: Manifest, listing: Listing, at: np.ndarray) -> 
         offsets=np.concatenate([t.offsets, u.offsets]),
         bytecounts=np.concatenate([t.bytecounts, u.bytecounts]),
     )
-    file_layout = np.empty(len(names), np.int32)
-    file_layout[~from_part] = old.file_layout[o]
-    file_layout[from_part] = geometry[part.file_layout[q]]
-    numbers = np.arange(len(names))
-    old_to_new = np.full(len(old.files) + 1, -1, np.int64)  # [-1] stays -1: no file
-    old_to_new[o] = numbers[~from_part]
-    part_to_new = np.full(len(part.files) + 1, -1, np.int64)
-    part_to_new[q] = numbers[from_part]
+    file_layout = np.empty(n, np.int32)
+    file_layout[old_at] = old.file_layout
+    file_layout[new_at] = geometry[part.file_layout[q]]
+    old_to_new = np.full(n_old + 1, -1, np.int64)  # [-1] stays -1: no file
+    old_to_new[:n_old] = old_at
+    part_to_new = np.full(len(part.files) + 1, -1, np.int64)  # siblings: their old cells
+    part_to_new[q] = new_at
     file_index = part_to_new[part.file_index]
-    region = tuple(slice(0, n) for n in old.file_index.shape)
+    region = tuple(slice(0, k) for k in old.file_index.shape)
     file_index[region] = np.where(
         file_index[region] >= 0, file_index[region], old_to_new[old.file_index]
     )
@@ -249,12 +277,11 @@ def _merged(old: Manifest, part: Manifest, listing: Listing, at: np.ndarray) -> 
     versions: tuple[str, ...] = ()
     if old.file_versions and part.file_versions:
         versions = tuple(
-            part.file_versions[i] if p else old.file_versions[i]
-            for i, p in zip(index.tolist(), from_part.tolist(), strict=True)
+            _spliced(old.file_versions, slots.tolist(), [part.file_versions[j] for j in q_list])
         )
-    return dataclasses.replace(
+    merged = dataclasses.replace(
         old,
-        files=tuple(names),
+        files=tuple(_spliced(old.files, slots.tolist(), added)),
         file_sizes=gather(old.file_sizes, part.file_sizes),
         file_index=file_index,
         file_layout=file_layout,
@@ -268,6 +295,7 @@ def _merged(old: Manifest, part: Manifest, listing: Listing, at: np.ndarray) -> 
         file_mtimes=mtimes,
         file_versions=versions,
     )
+    return merged, old_at
 
 
 def _place(layouts: list[FileLayout], layout: FileLayout) -> int:
@@ -281,31 +309,35 @@ def _grown_by_parts(
     store: TiffStore,
     listing: Listing,
     at: np.ndarray,
-    new: Sequence[SourceFile],
+    new: np.ndarray,
     grid: NameGrid,
     options: OpenOptions,
     progress: Progress | None,
-) -> tuple[Manifest, tuple[str, ...]]:
-    """The grown manifest from the new files' headers alone, and those still being written."""
+) -> tuple[Manifest, tuple[str, ...], np.ndarray]:
+    """The grown manifest from the headers of ``new`` (numbers in the listing) alone,
+    those still being written, and each old file's number in the grown manifest."""
     old = store.manifest
-    # A few old files, already read, ride along: siblings to compare the new ones with.
-    listed = np.flatnonzero(at >= 0)
-    picked = listed[np.linspace(0, len(listed) - 1, _SIBLINGS).astype(int)] if len(listed) else []
-    siblings = sorted({int(k) for k in picked})
-    files = [*new, *(listing.files[k] for k in siblings)]
-    old_numbers = [int(at[k]) for k in siblings]
+    # A few old files, already read, ride along: siblings to compare the new ones with,
+    # spread over the old files (in name order).
+    old_numbers = sorted({int(i) for i in np.linspace(0, len(old.files) - 1, _SIBLINGS)})
+    listed_as = np.full(len(old.files), -1, np.int64)
+    held = np.flatnonzero(at >= 0)
+    listed_as[at[held]] = held
+    siblings = listed_as[old_numbers].tolist()
+    files = listing.files.take([*new.tolist(), *siblings])
     positions = [*grid.positions, *_old_file_places(old, old_numbers)]
     part_grid = dataclasses.replace(grid, positions=tuple(positions))
     known = known_layouts(old, old_numbers)
     part, incomplete = read_headers(
-        Listing(listing.source, tuple(files)), part_grid, options, progress, known=known
+        Listing(listing.source, files), part_grid, options, progress, known=known
     )
     if part.layout.shape != old.layout.shape or part.dtype != old.dtype:
         raise GrowthError(
             f"{old.url(0)}: the new files hold {part.layout.describe()}, the old ones "
             f"{old.layout.describe()}. Open the source again (tiffstore.open)."
         )
-    return _merged(old, part, listing, at), incomplete
+    merged, old_at = _merged(old, part, {old.files[i] for i in old_numbers})
+    return merged, incomplete, old_at
 
 
 def _opened_from(store: TiffStore) -> OpenedFrom:
@@ -354,31 +386,37 @@ def refresh(store: TiffStore, progress: Progress | None = None) -> TiffStore:
     opened = _opened_from(store)
     old = store.manifest
     options = opened.options
-    listing = list_files(opened.source, options, progress)
+    # In the order listed: only the new names are sorted (the old ones are, in the
+    # manifest), unless every name is read again below.
+    listing = list_files(opened.source, options, progress, sort=False)
     new, at = _what_is_new(store, listing)
-    if not new:
+    if not len(new):
         growth = Growth(old.dims, old.shape, old.shape, (), (), int((old.file_index < 0).sum()))
         return _store(old, opened, store.left_out, (), growth)
     # The old chunks, not the request: a request resolves against the axes' sizes.
     pinned = dataclasses.replace(options, chunks=old.chunks)
     grid = None
-    if not options.checksum and options.tiles == "keep":
-        grid = extend_names(old, [f.name for f in new])
+    old_at: np.ndarray | None = None
+    if not options.checksum and options.tiles == "keep" and _in_name_order(old.files):
+        grid = extend_names(old, [listing.files.names[k] for k in new.tolist()])
     if grid is not None:
-        manifest, incomplete = _grown_by_parts(store, listing, at, new, grid, pinned, progress)
+        manifest, incomplete, old_at = _grown_by_parts(
+            store, listing, at, new, grid, pinned, progress
+        )
         left_out = store.left_out
     else:
+        listing = dataclasses.replace(listing, files=listing.files.sorted())
         listing, full_grid = read_names(listing, options, progress)
         left_out = full_grid.left_out
         if len(full_grid.axes) == len(old.name_axes):
             options = pinned  # (where the names now have other axes, grow() says so)
         number = dict(zip(old.files, range(len(old.files)), strict=True))
-        known = known_layouts(old, [number[f.name] for f in listing.files if f.name in number])
+        known = known_layouts(old, [number[n] for n in listing.files.names if n in number])
         if options.checksum:
             # Every file's bytes again: a checksum table covers the whole listing.
             listing = take_checksums(listing, progress)
         manifest, incomplete = read_headers(listing, full_grid, options, progress, known=known)
-    growth = grow(old, manifest, incomplete)
+    growth = grow(old, manifest, incomplete, old_at=old_at)
     logger.info(
         "refreshed %s: %s (%d headers read)",
         old.source.url(""),

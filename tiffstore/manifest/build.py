@@ -28,6 +28,7 @@ from tiffstore.manifest.tables import columnize
 from tiffstore.names.axes import Axis, Coordinate
 from tiffstore.names.grid import NameGrid
 from tiffstore.sources.base import FileSource, SourceFile
+from tiffstore.sources.files import ListedFiles
 from tiffstore.tiff.layout import FileLayout
 from tiffstore.tiff.scale import VoxelSize, unit_name
 
@@ -130,18 +131,11 @@ def _fits(value: int | float, dtype: np.dtype) -> bool:
     return bool(np.can_cast(np.min_scalar_type(value), dtype, casting="same_kind"))
 
 
-def _mtimes(files: Sequence[SourceFile]) -> np.ndarray | None:
-    """Each file's listed modification time (ns; -1 unknown), or ``None`` if none is known."""
-    if all(f.mtime_ns is None for f in files):
-        return None
-    return np.array([-1 if f.mtime_ns is None else f.mtime_ns for f in files], np.int64)
-
-
-def _versions(files: Sequence[SourceFile]) -> tuple[str, ...]:
+def _versions(files: ListedFiles) -> tuple[str, ...]:
     """Each file's listed version (``""`` unknown), or ``()`` if none is known."""
-    if all(f.version is None for f in files):
+    if files.versions is None:
         return ()
-    return tuple(f.version or "" for f in files)
+    return tuple(v or "" for v in files.versions)
 
 
 def build_manifest(
@@ -225,7 +219,8 @@ def build_with_incomplete(
     refresh), which are taken as they are. The other parameters are
     :func:`build_manifest`'s.
     """
-    names = [f.name for f in files]
+    files = ListedFiles.of(files)
+    names = files.names
     if len(grid.positions) != len(names) or any(p is None for p in grid.positions):
         raise ValueError("build_manifest: the grid must place every file given, in order")
     scan = scan_headers(source, files, validate, workers, progress, known)
@@ -233,8 +228,8 @@ def build_with_incomplete(
     incomplete = {names[i]: w for i, w in why.items()}
     if why:
         keep = [i for i in range(len(files)) if i not in why]
-        files = [files[i] for i in keep]
-        names = [names[i] for i in keep]
+        files = files.take(keep)
+        names = files.names
         scan = scan.subset(keep)
         grid = dataclasses.replace(grid, positions=tuple(grid.positions[i] for i in keep))
     full = [lay for lay in scan.layouts if lay is not None]
@@ -259,8 +254,8 @@ def build_with_incomplete(
     array_axes = tuple(a for k, a in enumerate(name_axes) if k not in folded)
     manifest = Manifest(
         source=source,
-        files=tuple(names),
-        file_sizes=np.array([f.size for f in files], np.int64),
+        files=names,
+        file_sizes=files.sizes,
         file_index=grid.file_index(),
         file_layout=file_layout,
         layouts=geometries,
@@ -275,7 +270,7 @@ def build_with_incomplete(
         coords=coords,
         template=grid.template,
         stitched=stitched,
-        file_mtimes=_mtimes(files),
+        file_mtimes=files.mtimes_or_unknown(),
         file_versions=_versions(files),
     )
     logger.info(

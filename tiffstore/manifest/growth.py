@@ -9,8 +9,8 @@ manifests in, plain data out, no I/O.
 
 The API (used by :mod:`tiffstore.refresh` and by Icechunk appends)::
 
-    grow(old, new, incomplete=()) -> Growth          raises GrowthError
-    changed_chunks(old, new)      -> bool array over new.chunk_grid
+    grow(old, new, incomplete=(), *, old_at=None) -> Growth    raises GrowthError
+    changed_chunks(old, new)                        -> bool array over new.chunk_grid
 
 ``old`` and ``new`` are manifests of one source made with the same options, ``new``
 later, and the same chunks: the default chunks depend on the axes' sizes, so open the
@@ -242,7 +242,8 @@ def _check_bytes(old: Manifest, new: Manifest, at: np.ndarray) -> None:
     # Geometries: compared once per (old, new) pair of geometry numbers.
     theirs = new.file_layout[at].astype(np.int64)
     width = len(new.layouts)
-    pairs = np.unique(old.file_layout.astype(np.int64) * width + theirs).tolist()
+    keys = old.file_layout.astype(np.int64) * width + theirs
+    pairs = np.flatnonzero(np.bincount(keys, minlength=len(old.layouts) * width)).tolist()
     for ko, kn in (divmod(p, width) for p in pairs):
         if old.layouts[ko] != new.layouts[kn]:
             i = int(np.flatnonzero((old.file_layout == ko) & (theirs == kn))[0])
@@ -273,7 +274,13 @@ def _rewritten(old: Manifest, file: int) -> None:
     )
 
 
-def grow(old: Manifest, new: Manifest, incomplete: Sequence[str] = ()) -> Growth:
+def grow(
+    old: Manifest,
+    new: Manifest,
+    incomplete: Sequence[str] = (),
+    *,
+    old_at: np.ndarray | None = None,
+) -> Growth:
     """What grew from ``old`` to ``new``, checked to be growth only.
 
     Parameters
@@ -282,6 +289,9 @@ def grow(old: Manifest, new: Manifest, incomplete: Sequence[str] = ()) -> Growth
         Manifests of one source, made with the same options; ``new`` later.
     incomplete
         Files the new manifest left out as still being written (reported as given).
+    old_at
+        Each old file's number in ``new``, where the caller made ``new`` from ``old``
+        and so knows them (a refresh's merge): not looked up again by name.
 
     Returns
     -------
@@ -306,21 +316,23 @@ def grow(old: Manifest, new: Manifest, incomplete: Sequence[str] = ()) -> Growth
     """
     _check_same_array(old, new)
     _grown_axes(old, new)
-    at = _old_at(old, new)
+    at = _old_at(old, new) if old_at is None else old_at
     _check_kept(old, new, at)
     kept = np.zeros(len(new.files), bool)
     kept[at] = True
     added = np.flatnonzero(~kept)
     # Files added inside the old grid filled a cell that had no file.
-    inside = np.zeros(new.file_index.shape, bool)
-    inside[tuple(slice(0, n) for n in old.file_index.shape)] = True
-    filled = set(new.file_index[inside & (new.file_index >= 0)].tolist()) - set(at.tolist())
+    # (Marks, not np.unique: a hash table per call costs more than the rest of grow.)
+    inside = new.file_index[tuple(slice(0, n) for n in old.file_index.shape)]
+    in_old_grid = np.zeros(len(new.files), bool)
+    in_old_grid[inside[inside >= 0]] = True
+    filled = np.flatnonzero(in_old_grid & ~kept)
     return Growth(
         dims=new.dims,
         old_shape=old.shape,
         new_shape=new.shape,
         added_files=tuple(new.files[j] for j in added.tolist()),
-        filled_files=tuple(new.files[j] for j in sorted(filled)),
+        filled_files=tuple(new.files[j] for j in filled.tolist()),
         still_missing_cells=int((new.file_index < 0).sum()),
         incomplete=tuple(incomplete),
     )

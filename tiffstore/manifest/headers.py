@@ -42,6 +42,7 @@ from tiffstore.errors import FileChangedError, LayoutMismatchError, TiffReadErro
 from tiffstore.manifest.model import Manifest
 from tiffstore.manifest.tables import columnize
 from tiffstore.sources.base import FileSource, SourceFile
+from tiffstore.sources.files import ListedFiles
 from tiffstore.tiff.header import HeaderRead, read_header, read_layout
 from tiffstore.tiff.layout import FileLayout
 
@@ -184,27 +185,28 @@ def scan_headers(
     (:func:`tiffstore.manifest.incomplete.split_incomplete` judges it).
     """
     known = known or {}
+    listed = ListedFiles.of(files)  # its columns: no record per file
     by_size: dict[int, list[int]] = defaultdict(list)
     layouts: list[FileLayout | None] = [None] * len(files)
     reads: dict[int, HeaderRead] = {}
     verified = np.zeros(len(files), dtype=bool)
     counter = _Counter(progress)
     empty = HeaderRead(None, None, cut=True)
-    for i, f in enumerate(files):
-        if f.name in known:
-            layouts[i] = known[f.name]
+    for i, (name, size) in enumerate(zip(listed.names, listed.sizes.tolist(), strict=True)):
+        if name in known:
+            layouts[i] = known[name]
             verified[i] = True
-        elif f.size == 0:
+        elif size == 0:
             reads[i] = empty  # nothing to parse
         else:
-            by_size[f.size].append(i)
+            by_size[size].append(i)
     unread = len(files) - sum(map(len, by_size.values()))
     if unread:
         counter.add(unread)
     signatures: list[bytes] = []
     file_signature = np.full(len(files), -1, np.int32)
     refs = [members[0] for members in by_size.values()]
-    ref_reads = _parse_all(source, [files[i].name for i in refs], workers, counter)
+    ref_reads = _parse_all(source, [listed.names[i] for i in refs], workers, counter)
     to_parse: list[int] = []
     for members, ref_read in zip(by_size.values(), ref_reads, strict=True):
         ref = members[0]
@@ -218,7 +220,7 @@ def scan_headers(
         if (
             validate
             or ref_layout is None
-            or not _sound(ref_read, files[ref].size)
+            or not _sound(ref_read, int(listed.sizes[ref]))
             or ref_layout.storage != "contiguous"
             or ref_layout.data_offset is None
             or ref_layout.data_offset > MAX_SIGNATURE_BYTES
@@ -228,8 +230,8 @@ def scan_headers(
         end = ref_layout.data_offset
         sample = sorted({members[len(members) // 2], members[-1]} - {ref})
         try:
-            sig = source.read_header(files[ref].name, end)
-            heads = _heads(source, [files[i].name for i in sample], end, workers)
+            sig = source.read_header(listed.names[ref], end)
+            heads = _heads(source, [listed.names[i] for i in sample], end, workers)
         except FileChangedError:
             to_parse.extend(rest)  # one of them changed since the listing: parse each
             continue
@@ -243,13 +245,13 @@ def scan_headers(
         for i in rest:
             layouts[i] = ref_layout
     if to_parse:
-        parsed = _parse_all(source, [files[i].name for i in to_parse], workers, counter)
+        parsed = _parse_all(source, [listed.names[i] for i in to_parse], workers, counter)
         for i, read in zip(to_parse, parsed, strict=True):
             verified[i] = True
             layouts[i] = read.layout
             if read.layout is None or read.notes:
                 reads[i] = read
-    given = frozenset(i for i, f in enumerate(files) if f.name in known)
+    given = frozenset(i for i, name in enumerate(listed.names) if name in known)
     return HeaderScan(layouts, signatures, file_signature, verified, reads, given)
 
 
@@ -285,12 +287,14 @@ def check_plausible(
 ) -> None:
     """Raise :class:`TiffReadError` naming a file whose header declares an absurd image."""
     declared_of: dict[int, int] = {}  # files written alike share one layout: work it out once
-    for f, lay in zip(files, layouts, strict=True):
+    listed = ListedFiles.of(files)  # its columns: no record per file
+    for i, (size, lay) in enumerate(zip(listed.sizes.tolist(), layouts, strict=True)):
         declared = declared_of.get(id(lay))
         if declared is None:
             declared = math.prod(lay.shape) * np.dtype(lay.dtype).itemsize
             declared_of[id(lay)] = declared
-        if declared > max(PLAUSIBLE_FLOOR, PLAUSIBLE_EXPANSION * f.size):
+        if declared > max(PLAUSIBLE_FLOOR, PLAUSIBLE_EXPANSION * size):
+            f = listed[i]
             raise TiffReadError(
                 f"{source.url(f.name)}: its header declares an image of {lay.shape} "
                 f"{np.dtype(lay.dtype).name} ({declared:,} bytes) in a file of {f.size:,} "

@@ -31,6 +31,7 @@ from tiffstore.manifest.headers import (
     data_end,
 )
 from tiffstore.sources.base import FileSource, SourceFile
+from tiffstore.sources.files import ListedFiles
 from tiffstore.sources.local import LocalSource
 from tiffstore.tiff.header import HeaderRead, first_ifd_offset, is_tiff_start, walk_pages
 from tiffstore.tiff.layout import FileLayout
@@ -204,7 +205,7 @@ def split_incomplete(
         still being written; and when every file does.
     """
     n = len(files)
-    sizes = np.fromiter((f.size for f in files), np.int64, n)
+    sizes = ListedFiles.of(files).sizes
     known = scan.known
     read_now = np.flatnonzero(scan.verified).tolist() + list(scan.reads)
     changed = _changed(source, files, sorted(set(read_now) - known))

@@ -44,6 +44,7 @@ from tiffstore.options import OpenOptions
 from tiffstore.outputs.virtual_chunks import CoordinateValues, VirtualChunks, virtual_chunks
 from tiffstore.sources.base import FileSource, SourceFile
 from tiffstore.sources.blockfile import BlockFile
+from tiffstore.sources.files import ListedFiles
 from tiffstore.sources.listing import select_files
 from tiffstore.sources.settings import RemoteSettings
 
@@ -221,17 +222,18 @@ def list_registry(url: str, registry: ObjectStoreRegistry, options: OpenOptions)
     except Exception as exc:
         raise SourceError(f"{url}: cannot list ({exc}).") from exc
     cut = len(prefix) + 1 if prefix else 0
-    files = [
+    listed = ListedFiles.of(
         SourceFile(e["path"][cut:], int(e["size"]), version=e.get("e_tag") or None)
         for e in entries
         if is_tiff_name(e["path"]) and (options.recursive or "/" not in e["path"][cut:])
-    ]
-    if not files:
+    )
+    if not listed:
         raise SourceError(f"{url}: no TIFF files found there.")
-    files = select_files(files, options.include, options.exclude)
-    files.sort(key=lambda f: f.name)
-    source = RegistrySource(store, root, prefix, {f.name: f.size for f in files})
-    return Listing(source, tuple(files))
+    files = select_files(listed, options.include, options.exclude).sorted()
+    source = RegistrySource(
+        store, root, prefix, dict(zip(files.names, files.sizes.tolist(), strict=True))
+    )
+    return Listing(source, files)
 
 
 # -- the ManifestStore ----------------------------------------------------------

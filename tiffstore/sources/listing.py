@@ -9,7 +9,6 @@ concurrently where it does not.
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import glob as globmod
 import logging
@@ -22,7 +21,8 @@ from urllib.parse import unquote
 from tiffstore._compat import fs_info, gather_in_chunks, has_own_find, strip_protocol
 from tiffstore.detect import is_tiff_name, is_url
 from tiffstore.errors import SourceError
-from tiffstore.sources.base import FileSource, SourceFile
+from tiffstore.sources.base import FileSource
+from tiffstore.sources.files import ListedFiles
 from tiffstore.sources.local import list_local
 from tiffstore.sources.network import (
     WEB_PROTOCOLS,
@@ -131,7 +131,7 @@ def _list_fsspec(
     storage_options: dict[str, Any],
     recursive: bool,
     settings: RemoteSettings,
-) -> tuple[FsspecSource, list[SourceFile]]:
+) -> tuple[FsspecSource, ListedFiles]:
     urls = [source] if isinstance(source, str) else list(source)
     # A new open sees the files as they are now, not a listing cached by an earlier one.
     fs, _ = open_filesystem(urls[0], storage_options, settings)
@@ -181,13 +181,13 @@ def _list_fsspec(
     sizes = _sizes(fs, found, root is not None, timeout)
     if root is None:
         root = _common_parent(list(sizes))
-    files = [
-        SourceFile(p[len(root) :].lstrip("/"), size, version=version)
-        for p, (size, version) in sizes.items()
-    ]
+    names = [p[len(root) :].lstrip("/") for p in sizes]
     if protocol in WEB_PROTOCOLS:
         # Index pages link to quoted names ("run%201.tif"): read the names as they are.
-        files = [dataclasses.replace(f, name=unquote(f.name)) for f in files]
+        names = [unquote(name) for name in names]
+    files = ListedFiles(
+        names, [size for size, _ in sizes.values()], versions=[v for _, v in sizes.values()]
+    )
     reader = FsspecSource(fs.unstrip_protocol(root), protocol, dict(storage_options), settings)
     reader.remember_sizes(files)
     return reader, files
@@ -225,26 +225,26 @@ def matches_glob(name: str, patterns: Sequence[str]) -> bool:
 
 
 def select_files(
-    files: list[SourceFile],
+    files: ListedFiles,
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
-) -> list[SourceFile]:
+) -> ListedFiles:
     """The files that match an ``include`` glob (all when none given) and no ``exclude`` glob."""
     inc, exc = _globs(include), _globs(exclude)
     if not inc and not exc:
         return files
     kept = [
-        f
-        for f in files
-        if (not inc or matches_glob(f.name, inc)) and not (exc and matches_glob(f.name, exc))
+        k
+        for k, name in enumerate(files.names)
+        if (not inc or matches_glob(name, inc)) and not (exc and matches_glob(name, exc))
     ]
     if not kept:
         raise SourceError(
             f"None of the {len(files)} TIFF files is left after include={inc} exclude={exc} "
-            f"(first: {files[0].name!r}). Globs are matched against names relative to the "
+            f"(first: {files.names[0]!r}). Globs are matched against names relative to the "
             "folder, such as 'MIPs/*' or '*_MIP_z.tif'."
         )
-    return kept
+    return files.take(kept)
 
 
 def resolve_source(
@@ -255,7 +255,8 @@ def resolve_source(
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
     remote: RemoteSettings | None = None,
-) -> tuple[FileSource, list[SourceFile]]:
+    sort: bool = True,
+) -> tuple[FileSource, ListedFiles]:
     """List an acquisition's TIFF files.
 
     Parameters
@@ -272,11 +273,15 @@ def resolve_source(
     remote
         Time limits and retries of remote listing and reads (default
         :class:`~tiffstore.sources.settings.RemoteSettings`).
+    sort
+        Sort the files by name (default); ``False`` keeps the order listed, for a
+        caller that sorts only the names it needs (a refresh).
 
     Returns
     -------
-    (FileSource, list of SourceFile)
-        The reader for the root and the files below it, sorted by name.
+    (FileSource, ListedFiles)
+        The reader for the root and the files below it, sorted by name: a sequence of
+        :class:`~tiffstore.sources.base.SourceFile` held as columns.
     """
     if isinstance(source, (str, os.PathLike)):
         first: str | os.PathLike[str] = source
@@ -302,5 +307,4 @@ def resolve_source(
     files = select_files(files, include, exclude)
     # A plain sort, for a deterministic order: where each file belongs in the
     # array comes from its name's parsed fields, never from this order.
-    files.sort(key=lambda f: f.name)
-    return reader, files
+    return reader, files.sorted() if sort else files
