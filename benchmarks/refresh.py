@@ -4,8 +4,10 @@ An acquisition of ``n`` small uniform files (``--many``; the open benchmark's da
 opened with its last 1% of stacks (every channel) not there yet; they then arrive
 (renamed into place) and ``store.refresh()`` is timed, beside a full
 ``tiffstore.open`` of the grown folder, tiffstore's own listing stage, and the
-limit: listing the folder and stat-ing every file. Each timed refresh starts from
-the same old store (a refresh leaves it unchanged), so each reads the same new headers.
+limit: listing the folder and stat-ing every file (and, for reference, the same
+through a descriptor of the folder, each ``stat`` relative to it, as the local
+listing does). Each timed refresh starts from the same old store (a refresh leaves
+it unchanged), so each reads the same new headers.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from tiffstore import opening
 
 from .data import Context, Dataset, warm
 from .harness import Row, Target, attempt, time_best, timed_row
-from .open_many import scandir_stat
+from .open_many import scandir_fd_stat, scandir_stat
 
 #: The share of files that arrive between the open and the refresh.
 NEW_SHARE = 0.01
@@ -83,6 +85,17 @@ def refresh_rows(ctx: Context, ds: Dataset, n: int) -> list[Row]:
     per_file = f"{len(late):,} new files"
     t = time_best(lambda: scandir_stat(ds.path), ctx.repeats)
     rows = [timed_row(limit, case(n), "limit: os.scandir + stat", "limit", t)]
+    t = time_best(lambda: scandir_fd_stat(ds.path), ctx.repeats)
+    rows.append(
+        timed_row(
+            f"refresh/{n}/scandir_fd_stat",
+            case(n),
+            "os.scandir(folder descriptor) + stat relative to it",
+            "limit",
+            t,
+            note="the listing's own system calls (for reference)",
+        )
+    )
     options = old.opened_from.options  # type: ignore[union-attr]
 
     def measure(key: str, tool: str, fn: object, note: str = "") -> Row:
