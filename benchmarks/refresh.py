@@ -90,7 +90,7 @@ def refresh_rows(ctx: Context, ds: Dataset, n: int) -> list[Row]:
         timed_row(
             f"refresh/{n}/scandir_fd_stat",
             case(n),
-            "os.scandir(folder descriptor) + stat relative to it",
+            "os.scandir(directory descriptor) + stat relative to it",
             "limit",
             t,
             note="the listing's own system calls (for reference)",

@@ -48,7 +48,9 @@ PEERS = ["recipe", "tifffile", "dask_image", "kerchunk", "virtualizarr"]
 def test_quick_run_writes_every_row(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     docs = tmp_path / "benchmarks.md"
-    docs.write_text("# Results\n<!-- results: begin -->\nold\n<!-- results: end -->\nafter\n")
+    docs.write_text(
+        "# Results\n<!-- results: begin -->\nstale-results\n<!-- results: end -->\nafter\n"
+    )
     proc = subprocess.run(
         [sys.executable, "benchmarks/run.py", "--quick", "--out", str(out), "--docs", str(docs)],
         cwd=ROOT,
@@ -80,7 +82,7 @@ def test_quick_run_writes_every_row(tmp_path: Path) -> None:
     # The table was printed, and the docs section replaced, keeping what is around it.
     assert "tiffstore benchmarks" in proc.stdout
     text = docs.read_text()
-    assert "old" not in text and "after" in text and "| case |" in text
+    assert "stale-results" not in text and "after" in text and "| case |" in text
 
 
 @pytest.mark.bench
