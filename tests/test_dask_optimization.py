@@ -60,7 +60,7 @@ def read_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     names: list[str] = []
     real = ChunkReader.read_chunk
 
-    def read_chunk(self, index, out=None):  # type: ignore[no-untyped-def]
+    def read_chunk(self, index, out=None):
         names.append(threading.current_thread().name)
         return real(self, index, out)
 
@@ -237,7 +237,7 @@ def test_off_and_on_in_process(sample_dir):
 
 
 def test_off_puts_back_what_it_replaced():
-    def mine(dsk, keys, **kwargs):  # type: ignore[no-untyped-def]
+    def mine(dsk, keys, **kwargs):
         return dsk
 
     tiffstore.use_dask_optimization(False)
