@@ -10,6 +10,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -71,6 +72,12 @@ STORE_FORMATS = [
     pytest.param({"zarr_format": 3}, id="format3-sharded"),
     pytest.param({"zarr_format": 3, "sharded": False}, id="format3"),
 ]
+
+
+def ctrl_c_reaches() -> None:
+    """``preexec_fn`` for a command a test stops with SIGINT: Ctrl-C reaches it as in a
+    terminal, even where the test runner's own SIGINT is ignored (a background job)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def fresh_interpreter(

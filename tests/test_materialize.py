@@ -17,6 +17,7 @@ import pytest
 import zarr
 
 import tiffstore
+from tests.conftest import ctrl_c_reaches
 from tiffstore import MaterializeError, materialize
 from tiffstore.cli.main import main
 from tiffstore.outputs.materialize.journal import stored_bytes
@@ -489,7 +490,9 @@ def test_ctrl_c_says_how_to_resume(make_sample, tmp_path):
     out = tmp_path / "out.zarr"
     command = [sys.executable, "-m", "tiffstore", "materialize", str(directory), str(out)]
     command += ["--chunks", "1,1,4,32,32", "--workers", "1", "--quiet"]
-    proc = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command, cwd=ROOT, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_reaches
+    )
     journal = out / JOURNAL / "image"
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:

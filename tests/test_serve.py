@@ -30,6 +30,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tiffstore
+from tests.conftest import ctrl_c_reaches
 from tiffstore.apps.serve import StoreIdentity, check_key, make_app, open_socket, parse_range
 from tiffstore.cli.main import main
 from tiffstore.errors import ServeError
@@ -272,6 +273,7 @@ def test_serve_command(make_sample: Callable[..., tuple[Path, np.ndarray]]) -> N
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=ctrl_c_reaches,
     )
     try:
         assert proc.stdout is not None

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import ctrl_c_reaches
 from tiffstore.sample import sample_name, write_sample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +36,7 @@ def watching(*args: str) -> Iterator[tuple[subprocess.Popen[str], queue.Queue[st
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=ctrl_c_reaches,
     )
     lines: queue.Queue[str] = queue.Queue()
     assert proc.stdout is not None
