@@ -23,8 +23,9 @@ from urllib.parse import quote
 
 from tiffstore._compat import s3_can_call, strip_protocol
 from tiffstore.errors import TiffReadError, TiffStoreError
-from tiffstore.sources.base import FileSource, SourceFile
+from tiffstore.sources.base import FileSource
 from tiffstore.sources.blockfile import BlockFile
+from tiffstore.sources.files import ListedFiles
 from tiffstore.sources.network import (
     MODIFIED,
     S3_PROTOCOLS,
@@ -118,13 +119,15 @@ class FsspecSource(FileSource):
             self.__dict__["_state"] = state
         return state
 
-    def remember_sizes(self, files: Sequence[SourceFile]) -> None:
+    def remember_sizes(self, files: ListedFiles) -> None:
         """Keep the sizes found by listing, so parsing a header does not ask for them again.
 
         Versions listed are expected from now on (:meth:`expect_versions`).
         """
-        self._local.sizes.update((f.name, f.size) for f in files)
-        self.expect_versions({f.name: f.version for f in files if f.version})
+        names = files.names
+        self._local.sizes.update(zip(names, files.sizes.tolist(), strict=True))
+        if files.versions is not None:
+            self.expect_versions({n: v for n, v in zip(names, files.versions, strict=True) if v})
 
     def expect_versions(self, versions: dict[str, str]) -> None:
         """Record each file's version (ETag, or ``modified:`` time) as listed.
