@@ -3,7 +3,7 @@
 Through zarr, every read runs on zarr's event loop or its worker threads, never on the
 dask thread that asked: the chunk is written by one core and summed (or copied on) by
 another. On two cores that costs about a fifth of a sum's speed, however fast the
-read itself (``docs/benchmarks.md``, "Why the sum through zarr trails ``to_dask``"),
+read itself (``docs/benchmarks.md``, "Why the sum through zarr trailed ``to_dask``"),
 and zarr offers a store or a codec pipeline no way to run on the caller's thread.
 
 dask puts the zarr array that ``da.from_zarr`` (``da.from_array``) was given into the
