@@ -9,6 +9,8 @@
   page), and through ``store.to_dask()`` (chunks read into dask's blocks, no zarr
   pipeline);
 - sum: the same four ways;
+- full read and sum of the dask array ``xr.open_zarr(tiffstore.open(dir))["image"]``
+  holds, as xarray users get it;
 - ``zarr.open_array(store)[...]``;
 - one plane with default chunks (format 2, and format 3 sharded) and with
   ``chunks="page"``: the store's own read of the chunk (``store.mapping[key]``),
@@ -71,6 +73,20 @@ TARGETS = [
     ),
     Target(
         "from_zarr: sum >= 0.9 of to_dask", "sum/tiffstore", "sum/tiffstore_to_dask", "ratio", 0.9
+    ),
+    Target(
+        "xr.open_zarr: full read >= 0.9 of from_zarr",
+        "full/tiffstore_xarray",
+        "full/tiffstore",
+        "ratio",
+        0.9,
+    ),
+    Target(
+        "xr.open_zarr: sum >= 0.9 of from_zarr",
+        "sum/tiffstore_xarray",
+        "sum/tiffstore",
+        "ratio",
+        0.9,
     ),
     Target(
         "format 3 sharded, default chunks: [c,s,z] >= 20x faster than tifffile",
@@ -167,6 +183,23 @@ def run(ctx: Context) -> list[Row]:
             "tiffstore, format 3 sharded: da.from_zarr(store, chunks=store.chunks).sum()",
             "tiffstore",
             lambda: from_zarr_v3(path),
+        ),
+        cases.full_read(
+            ctx,
+            ds,
+            "full/tiffstore_xarray",
+            'tiffstore: da.store(xr.open_zarr(store)["image"].data, out)',
+            "tiffstore",
+            lambda: open_xarray(path),
+            out,
+        ),
+        cases.total(
+            ctx,
+            ds,
+            "sum/tiffstore_xarray",
+            'tiffstore: xr.open_zarr(store)["image"].data.sum()',
+            "tiffstore",
+            lambda: open_xarray(path),
         ),
         cases.into_array(
             ctx,
@@ -327,6 +360,14 @@ def from_zarr_v3(path: Any) -> da.Array:
     """``da.from_zarr`` of the format 3 sharded store, one task per shard."""
     store = tiffstore.open(path, zarr_format=3)
     return da.from_zarr(store, chunks=store.chunks)
+
+
+def open_xarray(path: Any) -> da.Array:
+    """The dask array of ``xr.open_zarr(tiffstore.open(path))["image"]``."""
+    import xarray as xr
+
+    data: da.Array = xr.open_zarr(tiffstore.open(path))["image"].data
+    return data
 
 
 def to_dask(store: tiffstore.TiffStore) -> da.Array:

@@ -27,6 +27,8 @@ EXPECTED = [
     "sum/tiffstore_zarr_pipeline",
     "full/tiffstore_v3",
     "sum/tiffstore_v3",
+    "full/tiffstore_xarray",
+    "sum/tiffstore_xarray",
     "plane/tiffstore_v3_sharded",
     "plane/tiffstore_page_zarr_pipeline",
     "zarr/tiffstore",

@@ -1,7 +1,8 @@
 """``import tiffstore`` makes ``da.from_zarr(store)``'s tasks read a TiffStore's chunks themselves.
 
 dask's array optimization becomes :func:`tiffstore.read.dask_graph.optimize`: a zarr
-array of a TiffStore's pixels in the graph is swapped for a :class:`DirectArray`,
+array of a TiffStore's pixels in the graph (bare, or inside the lazy wrappers
+``xr.open_zarr`` gives dask) is swapped for a :class:`DirectArray`,
 whose whole-chunk reads run on the task's own thread; any other selection, and any
 other store's array, goes through zarr as before. Values always equal tifffile's; an
 ``array_optimize`` set elsewhere is never replaced; ``TIFFSTORE_DASK_OPTIMIZE=0`` and
@@ -18,11 +19,13 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+import xarray as xr
 import zarr
 from dask.highlevelgraph import HighLevelGraph
 
 import tiffstore
 from tests.conftest import STORE_FORMATS, fresh_interpreter
+from tiffstore._compat import xarray_zarr_array
 from tiffstore.read.assemble import ChunkReader
 from tiffstore.read.dask_graph import (
     CONFIG_KEY,
@@ -160,6 +163,110 @@ def test_big_endian_files(make_sample):
     got = x.compute()
     assert got.dtype == zarr.open_array(store, mode="r").dtype
     np.testing.assert_array_equal(got, ref)
+
+
+# -- xarray: xr.open_zarr(store) and engine="tiffstore" -------------------------------------
+
+
+def _open_xarray(store: tiffstore.TiffStore, options: dict[str, object]) -> xr.Dataset:
+    """The store's group view in xarray, with dask, as the README opens it."""
+    if options.get("zarr_format") == 3:
+        return xr.open_zarr(store, group="group", zarr_format=3, consolidated=False)
+    return xr.open_zarr(store)
+
+
+@pytest.mark.parametrize("options", FORMATS)
+def test_open_zarr_reads_on_the_tasks_thread(sample_dir, read_threads, options):
+    directory, ref = sample_dir
+    store = tiffstore.open(directory, **options)
+    image = _open_xarray(store, options)["image"]
+    assert [d.store for d in _direct(image.data)] == [store]
+    np.testing.assert_array_equal(image.compute(scheduler="sync").values, ref)
+    assert read_threads
+    assert set(read_threads) == {threading.main_thread().name}
+    assert int(image.sum(dtype="u8")) == ref.sum(dtype="u8")
+    assert image.max("z").values.tolist() == ref.max(axis=2).tolist()
+
+
+def test_xarray_off_reads_through_zarr(sample_dir, read_threads):
+    """The test above can fail: with the optimization off xarray's reads leave the thread."""
+    directory, ref = sample_dir
+    assert tiffstore.use_dask_optimization(False) is True
+    image = xr.open_zarr(tiffstore.open(directory))["image"]
+    np.testing.assert_array_equal(image.compute(scheduler="sync").values, ref)
+    assert read_threads
+    assert threading.main_thread().name not in read_threads
+
+
+@pytest.mark.parametrize("options", FORMATS)
+def test_engine_tiffstore_is_direct(sample_dir, options):
+    directory, ref = sample_dir
+    ds = xr.open_dataset(directory, engine="tiffstore", chunks={}, **options)
+    assert _direct(ds["image"].data)
+    np.testing.assert_array_equal(ds["image"].values, ref)
+    # Coordinates of the same store are not the pixels: xarray reads them through zarr.
+    lazy_coords = [c.data for c in ds.coords.values() if isinstance(c.data, da.Array)]
+    assert lazy_coords
+    assert not any(_direct(c) for c in lazy_coords)
+
+
+def test_xarray_selections_keep_xarrays_meaning(sample_dir):
+    """Any other selection goes to xarray's own wrapper: outer indexing stays outer."""
+    directory, ref = sample_dir
+    image = xr.open_zarr(tiffstore.open(directory))["image"]
+    lazy = xr.open_zarr(tiffstore.open(directory), chunks=None)["image"]
+    picks = [
+        {"ch": [0, 2], "y": [1, 5, 30]},
+        {"ch": 1, "stack": slice(1, 3), "z": [0, 5]},
+        {"z": slice(1, 5), "x": slice(None, None, 3)},
+    ]
+    for pick in picks:
+        got = image.isel(pick)
+        assert _direct(got.data)
+        np.testing.assert_array_equal(got.values, lazy.isel(pick).values)
+    np.testing.assert_array_equal(
+        image.isel(ch=[0, 2], y=[1, 5, 30]).values, ref[[0, 2]][:, :, :, [1, 5, 30]]
+    )
+    # dask chunks on no chunk boundary of the store
+    odd = image.chunk({"z": 4, "y": 10, "x": 7})
+    np.testing.assert_array_equal(odd.values, ref)
+    np.testing.assert_array_equal(odd.max("z").values, ref.max(axis=2))
+
+
+def test_xarray_variables_already_indexed_are_left_alone(sample_dir):
+    """A variable selected before dask chunks it is no longer the zarr array as it is."""
+    directory, ref = sample_dir
+    lazy = xr.open_zarr(tiffstore.open(directory), chunks=None)["image"]
+    part = lazy.isel(z=slice(2, 5)).chunk()
+    graph = part.data.__dask_graph__()
+    assert read_directly(graph) is graph
+    np.testing.assert_array_equal(part.values, ref[:, :, 2:5])
+    value = next(v for layer in graph.layers.values() for v in layer.values() if len(layer) == 1)
+    assert xarray_zarr_array(value) is None
+
+
+def test_xarray_of_other_stores_is_left_alone(tmp_path):
+    data = np.arange(6 * 10 * 12, dtype="u2").reshape(6, 10, 12)
+    xr.DataArray(data, dims=("z", "y", "x"), name="v").to_dataset().to_zarr(tmp_path / "o.zarr")
+    v = xr.open_zarr(tmp_path / "o.zarr")["v"]
+    graph = v.data.__dask_graph__()
+    # The chain is xarray's zarr backend's, but the array is not a TiffStore's.
+    value = next(v for layer in graph.layers.values() for v in layer.values() if len(layer) == 1)
+    assert isinstance(xarray_zarr_array(value), zarr.Array)
+    assert direct_array(value) is None
+    assert read_directly(graph) is graph
+    np.testing.assert_array_equal(v.values, data)
+    assert xarray_zarr_array(np.zeros(3)) is None
+
+
+def test_xarray_direct_array_pickles(sample_dir):
+    directory, ref = sample_dir
+    store = tiffstore.open(directory)
+    (direct,) = _direct(xr.open_zarr(store)["image"].data)
+    again = pickle.loads(pickle.dumps(direct))
+    whole = tuple(slice(0, n) for n in store.chunks)
+    np.testing.assert_array_equal(again[whole], ref[whole])
+    np.testing.assert_array_equal(np.asarray(again[0, 1:3]), ref[0, 1:3])
 
 
 # -- everything else is left as it is ------------------------------------------------------

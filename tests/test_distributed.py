@@ -5,6 +5,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
+import xarray as xr
 import zarr
 
 import tiffstore
@@ -44,3 +45,8 @@ def test_compute_with_two_worker_processes(make_sample, options):
         assert set(paths.values()) == {zarr.config.get("codec_pipeline.path")}
         total = client.compute(arr.sum(dtype="u8")).result()
         assert total == ref.sum(dtype="u8")
+        # xarray's variable too: its wrapper of the zarr array goes as a DirectArray.
+        ds = xr.open_dataset(directory, engine="tiffstore", chunks={}, store_chunks=3, **options)
+        layers = read_directly(ds["image"].data.__dask_graph__()).layers.values()
+        assert any(type(v) is DirectArray for layer in layers for v in layer.values())
+        np.testing.assert_array_equal(ds["image"].compute().values, ref)

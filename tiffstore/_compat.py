@@ -8,7 +8,7 @@ moves something breaks one module, and a test (``tests/test_architecture.py``)
 keeps the rest of the package from reaching past it.
 
 Checked against: zarr 3.1.6 (Python 3.11) and 3.4.2 (Python 3.12); fsspec and s3fs
-2026.9.0; tifffile 2026.3.3 and 2026.11.8. CI also runs the tests against the newest
+2026.9.0; tifffile 2026.3.3 and 2026.11.8; xarray 2024.6.0 and 2026.9.0. CI also runs the tests against the newest
 releases the Python it runs on can install (``.ci/newest``).
 """
 
@@ -57,6 +57,7 @@ __all__ = [
     "s3_call",
     "s3_can_call",
     "strip_protocol",
+    "xarray_zarr_array",
     "zarr_sync",
 ]
 
@@ -147,3 +148,48 @@ def open_tiff_file(fh: IO[bytes] | str) -> tifffile.TiffFile:
     ``TiffSequence`` uses for this (tifffile 2023 to 2026.11).
     """
     return tifffile.TiffFile(fh, _multifile=False)
+
+
+# -- xarray -------------------------------------------------------------------------
+
+
+def xarray_zarr_array(value: Any) -> Any:
+    """The zarr array under the value xarray's zarr backend puts into a dask graph, or ``None``.
+
+    ``xr.open_zarr(store)`` (``open_dataset(..., chunks=...)``) gives each variable's
+    ``da.from_array`` the wrappers of ``xarray.core.indexing``, whose classes xarray
+    does not export::
+
+        ImplicitToExplicitIndexingAdapter(
+            CopyOnWriteArray(LazilyIndexedArray(ZarrArrayWrapper(zarr_array), key)))
+
+    Only that exact chain is recognised, with no selection taken yet (``key`` every
+    dim's whole slice) and the wrapper's dtype the zarr array's: then ``value[sel]``
+    for a tuple of slices holds what ``zarr_array[sel]`` reads. Any wrapper more (CF
+    decoding: mask, scale, byte order, ...), a cache, or another backend gives ``None``.
+    Classes and attributes as in xarray 2024.6.0 to 2026.9.0.
+    """
+    if not type(value).__module__.startswith("xarray."):
+        return None
+    from xarray.backends.zarr import ZarrArrayWrapper
+    from xarray.core import indexing
+
+    if type(value) is not indexing.ImplicitToExplicitIndexingAdapter:
+        return None
+    if value.indexer_cls not in (indexing.BasicIndexer, indexing.OuterIndexer):
+        return None
+    inner = value.array
+    if type(inner) is indexing.CopyOnWriteArray:
+        inner = inner.array
+    if type(inner) is not indexing.LazilyIndexedArray:
+        return None
+    key = inner.key
+    if type(key) is not indexing.BasicIndexer or any(k != slice(None) for k in key.tuple):
+        return None
+    wrapper = inner.array
+    if type(wrapper) is not ZarrArrayWrapper:
+        return None
+    array = wrapper.get_array()
+    if wrapper.dtype != array.dtype or tuple(wrapper.shape) != tuple(array.shape):
+        return None
+    return array

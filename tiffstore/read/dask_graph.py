@@ -7,13 +7,15 @@ read itself (``docs/benchmarks.md``, "Why the sum through zarr trailed ``to_dask
 and zarr offers a store or a codec pipeline no way to run on the caller's thread.
 
 dask puts the zarr array that ``da.from_zarr`` (``da.from_array``) was given into the
-graph once, as the one value of a layer of its own, and every task indexes it. Before
-dask's own array optimization, :func:`optimize` swaps each such zarr array of a
-:class:`TiffStore`'s pixels for a :class:`DirectArray`: indexed with exactly one chunk
-of the store (or, sharded, one inner chunk), it reads it as ``store.to_dask()``'s
-tasks do, on the task's thread; indexed any other way, it hands the selection to the
-zarr array. Graph keys, chunks and values stay as they were; arrays of other stores,
-and other values in the graph, are left as they are.
+graph once, as the one value of a layer of its own, and every task indexes it;
+``xr.open_zarr(store)`` does the same with the zarr array inside xarray's lazy
+indexing wrappers. Before dask's own array optimization, :func:`optimize` swaps each
+such value that reads a :class:`TiffStore`'s pixels for a :class:`DirectArray`:
+indexed with exactly one chunk of the store (or, sharded, one inner chunk), it reads
+it as ``store.to_dask()``'s tasks do, on the task's thread; indexed any other way, it
+hands the selection to the value it stands for. Graph keys, chunks and values stay as
+they were; arrays of other stores, xarray variables that decode or were already
+indexed, and other values in the graph, are left as they are.
 
 ``import tiffstore`` makes :func:`optimize` dask's array optimization
 (``dask.config``'s ``array_optimize``) unless something else already set that key.
@@ -30,6 +32,7 @@ import numpy as np
 import zarr
 from zarr.buffer import cpu, default_buffer_prototype
 
+from tiffstore._compat import xarray_zarr_array
 from tiffstore.read.assemble import ChunkReader
 from tiffstore.read.dask_array import read_cell
 from tiffstore.read.pipeline import passes_bytes_through, switched_off
@@ -57,21 +60,25 @@ class DirectArray:
         The zarr array of the store's pixels that it stands for.
     store
         The store that ``array`` reads.
+    value
+        What the graph held, indexed for every other selection: ``array`` itself
+        (the default), or xarray's wrapper of it.
 
     Notes
     -----
     ``a[sel]`` where ``sel`` is exactly one chunk of the store, a step-1 slice per dim
     cut at the array's edge (what dask's tasks ask), reads it with one plan of the
     store's reader; of a format 3 sharded store, an inner chunk (a page) too. Any other
-    selection is ``array[sel]``. It pickles as its array and store, so dask.distributed
-    workers read with readers of their own.
+    selection is ``value[sel]``. It pickles as its array, store and value, so
+    dask.distributed workers read with readers of their own.
     """
 
-    __slots__ = ("array", "store")
+    __slots__ = ("array", "store", "value")
 
-    def __init__(self, array: zarr.Array, store: TiffStore) -> None:
+    def __init__(self, array: zarr.Array, store: TiffStore, value: Any = None) -> None:
         self.array = array
         self.store = store
+        self.value = array if value is None else value
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -92,15 +99,15 @@ class DirectArray:
     def __getitem__(self, selection: Any) -> Any:
         cell = self._cell(selection)
         if cell is None:
-            return self.array[selection]
+            return self.value[selection]
         reader, index = cell
         return read_cell(reader, index)
 
-    def __getstate__(self) -> tuple[zarr.Array, TiffStore]:
-        return self.array, self.store
+    def __getstate__(self) -> tuple[zarr.Array, TiffStore, Any]:
+        return self.array, self.store, self.value
 
-    def __setstate__(self, state: tuple[zarr.Array, TiffStore]) -> None:
-        self.array, self.store = state
+    def __setstate__(self, state: tuple[zarr.Array, TiffStore, Any]) -> None:
+        self.array, self.store, self.value = state
 
     def __repr__(self) -> str:
         return f"<DirectArray of {self.store!r}>"
@@ -137,29 +144,36 @@ def _one_cell(
 
 
 def direct_array(value: Any) -> DirectArray | None:
-    """A :class:`DirectArray` for ``value`` if it is a zarr array of a :class:`TiffStore`'s
+    """A :class:`DirectArray` for ``value`` if it reads a zarr array of a :class:`TiffStore`'s
     pixels whose chunks are the files' bytes as they are, read into NumPy arrays; else
-    ``None``."""
-    if not isinstance(value, zarr.Array):
+    ``None``.
+
+    ``value`` is that zarr array, or xarray's lazy wrapper of it as ``xr.open_zarr``
+    puts it into the graph, taken only where indexing it reads the zarr array and
+    nothing more (:func:`tiffstore._compat.xarray_zarr_array`).
+    """
+    array = value if isinstance(value, zarr.Array) else xarray_zarr_array(value)
+    if not isinstance(array, zarr.Array):
         return None
-    store = value.store
+    store = array.store
     if not isinstance(store, TiffStore):
         return None
     m = store.manifest
-    if value.path not in ("", store.documents.image_prefix.rstrip("/")):
+    if array.path not in ("", store.documents.image_prefix.rstrip("/")):
         return None
-    if tuple(value.shape) != m.shape or np.dtype(value.dtype) != m.dtype:
+    if tuple(array.shape) != m.shape or np.dtype(array.dtype) != m.dtype:
         return None
-    if not passes_bytes_through(value.metadata, m.dtype):
+    if not passes_bytes_through(array.metadata, m.dtype):
         return None
     if default_buffer_prototype().nd_buffer is not cpu.NDBuffer:
         # zarr gives arrays of another kind (CuPy, with zarr.config.enable_gpu()).
         return None
-    return DirectArray(value, store)
+    return DirectArray(array, store, value)
 
 
 def read_directly(graph: Any) -> Any:
-    """``graph`` with every zarr array of a :class:`TiffStore`'s pixels a :class:`DirectArray`.
+    """``graph`` with every zarr array of a :class:`TiffStore`'s pixels (bare, or as
+    ``xr.open_zarr`` wraps it) a :class:`DirectArray`.
 
     Parameters
     ----------
