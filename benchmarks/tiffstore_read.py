@@ -11,6 +11,8 @@
 - sum: the same four ways;
 - full read and sum of the dask array ``xr.open_zarr(tiffstore.open(dir))["image"]``
   holds, as xarray users get it;
+- the sum without dask: every chunk's bytes from ``store.mapping`` summed with NumPy
+  in a thread pool, one thread per core (what dask's scheduling costs the rows above);
 - ``zarr.open_array(store)[...]``;
 - one plane with default chunks (format 2, and format 3 sharded) and with
   ``chunks="page"``: the store's own read of the chunk (``store.mapping[key]``),
@@ -20,7 +22,9 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,12 +35,13 @@ import zarr
 import tiffstore
 
 from . import cases
-from .data import Context, warm
-from .harness import Row, Target
-from .limits import COPY_LIMIT, PLANE_LIMIT, SUM_LIMIT
+from .data import Context, Dataset, cores, warm
+from .harness import Row, Target, attempt, time_best, timed_row
+from .limits import COPY_LIMIT, PLANE_LIMIT, SUM, SUM_LIMIT
 from .peers import ZARR_READ
 
 TOOL = "tiffstore"
+THREADS = f"tiffstore, no dask: store.mapping[key] + np.sum, {cores()} threads"
 MEMORY_FLOOR = "plane/zarr_memory"
 
 TARGETS = [
@@ -201,6 +206,7 @@ def run(ctx: Context) -> list[Row]:
             "tiffstore",
             lambda: open_xarray(path),
         ),
+        sum_without_dask(ctx, ds),
         cases.into_array(
             ctx,
             ds,
@@ -360,6 +366,29 @@ def from_zarr_v3(path: Any) -> da.Array:
     """``da.from_zarr`` of the format 3 sharded store, one task per shard."""
     store = tiffstore.open(path, zarr_format=3)
     return da.from_zarr(store, chunks=store.chunks)
+
+
+def sum_without_dask(ctx: Context, ds: Dataset) -> Row:
+    """Every chunk's bytes from ``store.mapping``, summed with NumPy in one thread per core."""
+    store = tiffstore.open(ds.path)
+    grid = [range(-(-n // c)) for n, c in zip(store.shape, store.chunks, strict=True)]
+    keys = [".".join(map(str, index)) for index in itertools.product(*grid)]
+    mapping = store.mapping
+
+    def chunk_sum(key: str) -> int:
+        return int(np.frombuffer(mapping[key], dtype=store.dtype).sum(dtype="u8"))
+
+    def measure() -> Row:
+        with ThreadPoolExecutor(cores()) as pool:
+            got: list[int] = []
+            t = time_best(lambda: got.append(sum(pool.map(chunk_sum, keys))), ctx.repeats)
+        if got[-1] != cases.expected_sum(ds):
+            raise AssertionError(f"sum is {got[-1]}, expected {cases.expected_sum(ds)}")
+        return timed_row(
+            "sum/tiffstore_threads", SUM, THREADS, "tiffstore", t, nbytes=ds.nbytes, limit=SUM_LIMIT
+        )
+
+    return attempt("sum/tiffstore_threads", SUM, THREADS, "tiffstore", measure, unit="GB/s")
 
 
 def open_xarray(path: Any) -> da.Array:

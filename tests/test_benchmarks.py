@@ -29,6 +29,7 @@ EXPECTED = [
     "sum/tiffstore_v3",
     "full/tiffstore_xarray",
     "sum/tiffstore_xarray",
+    "sum/tiffstore_threads",
     "plane/tiffstore_v3_sharded",
     "plane/tiffstore_page_zarr_pipeline",
     "zarr/tiffstore",
