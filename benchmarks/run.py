@@ -47,6 +47,7 @@ from benchmarks import (
     scaling,
     small_files,
     tiffstore_read,
+    virtualizarr_parser,
 )
 from benchmarks import materialize as materialize_bench
 from benchmarks import reference_size as refsize
@@ -77,9 +78,11 @@ GROUPS: dict[str, ModuleType] = {
     "materialize": materialize_bench,
     # (Not benchmarks/icechunk.py: run as a script, it would shadow the icechunk package.)
     "icechunk": icechunk_repository,
+    # (Not benchmarks/virtualizarr.py either: it would shadow the virtualizarr package.)
+    "virtualizarr": virtualizarr_parser,
 }
 #: Groups that run only when asked for with ``--only``.
-OPTIONAL = {"materialize", "icechunk"}
+OPTIONAL = {"materialize", "icechunk", "virtualizarr"}
 
 DOCS_BEGIN = "<!-- results: begin -->"
 DOCS_END = "<!-- results: end -->"

@@ -11,7 +11,9 @@ beside virtual-tiff's parser on a sample of the same files, per file.
 (Not ``benchmarks/virtualizarr.py``: run as a script, ``benchmarks/run.py`` puts this
 folder first on the path, where it would shadow the ``virtualizarr`` package.)
 
-Run on its own: ``python -m benchmarks.virtualizarr_parser --many 1000``.
+Run with the others: ``python benchmarks/run.py --only virtualizarr --many 1000``
+(an optional group: only with ``--only``), or on its own:
+``python -m benchmarks.virtualizarr_parser --many 1000``.
 """
 
 from __future__ import annotations
