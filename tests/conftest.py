@@ -97,6 +97,68 @@ def fresh_interpreter(
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+ICECHUNK_READER = """
+import json, sys
+import icechunk, numpy as np, zarr
+how = json.loads(sys.argv[1])
+if "s3" in how:
+    s3 = how["s3"]
+    keys = {"access_key_id": s3.get("key", "testing"), "secret_access_key": s3.get("secret", "testing")}
+    storage = icechunk.s3_storage(
+        bucket=s3["bucket"], prefix=s3["prefix"], region="us-east-1", endpoint_url=s3["endpoint"],
+        allow_http=True, force_path_style=True, **keys,
+    )
+    credentials = icechunk.s3_credentials(**keys)
+else:
+    storage = icechunk.local_filesystem_storage(how["path"])
+    credentials = None
+prefixes = icechunk.Repository.open(storage).config.virtual_chunk_containers or {}
+repo = icechunk.Repository.open(
+    storage,
+    authorize_virtual_chunk_access=icechunk.containers_credentials(
+        {prefix: credentials for prefix in prefixes}
+    ),
+)
+if how.get("snapshot"):
+    session = repo.readonly_session(snapshot_id=how["snapshot"])
+else:
+    session = repo.readonly_session(branch="main")
+group = zarr.open_group(session.store, mode="r")
+arrays, info = {}, {}
+for name, node in group.arrays():
+    values = np.asarray(node[...])
+    arrays[name] = values.astype(str) if node.dtype.kind in "OT" else values
+    info[name] = {"dims": list(node.metadata.dimension_names), "shape": list(node.shape)}
+np.savez(how["out"], **arrays)
+print(json.dumps(info))
+assert "tiffstore" not in sys.modules, "the reader imported tiffstore"
+"""
+
+
+def read_icechunk_elsewhere(
+    tmp_path: Path, how: dict[str, Any]
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, list[Any]]]]:
+    """Every array of an Icechunk repository, read in a fresh process that imports only
+    icechunk and zarr (never tiffstore), with each array's dims and shape.
+
+    ``how``: ``{"path": folder}`` or ``{"s3": {"bucket", "prefix", "endpoint"}}`` (moto's
+    keys unless ``"key"``/``"secret"`` are given), and a ``"snapshot"`` to read instead
+    of the main branch. Every virtual chunk container of the repository's config is
+    authorized (with the S3 keys on S3).
+    """
+    out = tmp_path / "icechunk-read.npz"
+    result = subprocess.run(
+        [sys.executable, "-c", ICECHUNK_READER, json.dumps(dict(how, out=str(out)))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,  # not the checkout: tiffstore must not be importable by accident
+    )
+    assert result.returncode == 0, result.stderr
+    with np.load(out) as npz:
+        return dict(npz), json.loads(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture
 def make_sample(tmp_path: Path) -> Callable[..., tuple[Path, np.ndarray]]:
     """Write a seed-named acquisition and return its folder and the reference array."""

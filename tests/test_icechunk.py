@@ -3,11 +3,8 @@ to the TIFFs; appends as new commits; refusals that name the file and the way ou
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +15,7 @@ import tifffile
 import zarr
 
 import tiffstore
-from tests.conftest import upload_folder, write_positions
+from tests.conftest import read_icechunk_elsewhere, upload_folder, write_positions
 from tiffstore.cli.main import main
 from tiffstore.errors import GrowthError, OutputError, ReferenceError
 from tiffstore.manifest.headers import verify_manifest
@@ -31,42 +28,6 @@ from tiffstore.sample import write_sample
 #: What a reader runs: icechunk, zarr and numpy, as docs/icechunk.md says. It
 #: authorizes the repository's virtual chunk containers (with S3 credentials where
 #: the TIFFs are on S3) and must never import tiffstore.
-READER = """
-import json, sys
-import icechunk, numpy as np, zarr
-how = json.loads(sys.argv[1])
-if "path" in how:
-    storage = icechunk.local_filesystem_storage(how["path"])
-else:
-    storage = icechunk.s3_storage(
-        bucket=how["bucket"], prefix=how["prefix"], region="us-east-1",
-        endpoint_url=how["endpoint"], allow_http=True, force_path_style=True,
-        access_key_id="testing", secret_access_key="testing",
-    )
-credentials = None
-if "endpoint" in how:
-    credentials = icechunk.s3_credentials(access_key_id="testing", secret_access_key="testing")
-prefixes = icechunk.Repository.open(storage).config.virtual_chunk_containers
-repo = icechunk.Repository.open(
-    storage,
-    authorize_virtual_chunk_access=icechunk.containers_credentials(
-        {prefix: credentials for prefix in prefixes}
-    ),
-)
-if how.get("snapshot"):
-    session = repo.readonly_session(snapshot_id=how["snapshot"])
-else:
-    session = repo.readonly_session(branch="main")
-group = zarr.open_group(session.store, mode="r")
-image = group["image"]
-arrays = {"image": image[...]}
-for name, node in group.arrays():
-    if name != "image":
-        arrays["coord_" + name] = np.asarray(node[...]).astype(str if node.dtype.kind in "OT" else node.dtype)
-np.savez(how["out"], **arrays)
-print(json.dumps({"dims": list(image.metadata.dimension_names), "shape": list(image.shape)}))
-assert "tiffstore" not in sys.modules, "the reader imported tiffstore"
-"""
 
 LAYOUTS: dict[str, dict[str, Any]] = {
     "raw": {},
@@ -78,17 +39,9 @@ LAYOUTS: dict[str, dict[str, Any]] = {
 
 
 def _read_elsewhere(tmp_path: Path, how: dict[str, Any]) -> tuple[dict[str, np.ndarray], Any]:
-    out = tmp_path / "read.npz"
-    result = subprocess.run(
-        [sys.executable, "-c", READER, json.dumps(dict(how, out=str(out)))],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,  # not the checkout: tiffstore must not be importable by accident
-    )
-    assert result.returncode == 0, result.stderr
-    with np.load(out) as npz:
-        return dict(npz), json.loads(result.stdout.strip().splitlines()[-1])
+    """The repository's arrays read by icechunk + zarr alone, and the image's dims and shape."""
+    arrays, info = read_icechunk_elsewhere(tmp_path, how)
+    return arrays, info["image"]
 
 
 def _local(repo: Path, snapshot: str | None = None) -> dict[str, Any]:
@@ -250,11 +203,11 @@ def test_append_commits_the_new_files_only(tmp_path):
     assert updated == [[c, s, 0, 0, 0] for c in range(2) for s in (2, 3)]
     got, meta = _read_elsewhere(tmp_path, _local(repo))
     np.testing.assert_array_equal(got["image"], zarr.open_array(grown, mode="r")[...])
-    np.testing.assert_array_equal(got["coord_stack"], [0, 1, 2, 3])
+    np.testing.assert_array_equal(got["stack"], [0, 1, 2, 3])
     old, old_meta = _read_elsewhere(tmp_path, _local(repo, first))
     assert old_meta["shape"] == [2, 2, 4, 16, 12] and meta["shape"] == [2, 4, 4, 16, 12]
     np.testing.assert_array_equal(old["image"], got["image"][:, :2])
-    np.testing.assert_array_equal(old["coord_stack"], [0, 1])
+    np.testing.assert_array_equal(old["stack"], [0, 1])
 
 
 def test_append_with_nothing_new_commits_nothing(tmp_path):
@@ -362,12 +315,8 @@ def test_tiffs_and_repository_on_s3(tmp_path, s3_bucket, s3_server, layout):
     upload_folder(tmp_path / "raw", f"{bucket}/raw", options)
     store = tiffstore.open(f"{bucket}/raw/", storage_options=options)
     snapshot = to_icechunk(store, f"{bucket}/repo", storage_options=options)
-    how = {
-        "bucket": bucket.removeprefix("s3://"),
-        "prefix": "repo",
-        "endpoint": s3_server.endpoint,
-        "snapshot": snapshot,
-    }
+    s3 = {"bucket": bucket.removeprefix("s3://"), "prefix": "repo", "endpoint": s3_server.endpoint}
+    how = {"s3": s3, "snapshot": snapshot}
     got, _ = _read_elsewhere(tmp_path, how)
     np.testing.assert_array_equal(got["image"], ref)
 
@@ -389,7 +338,7 @@ def test_append_on_s3(tmp_path, s3_bucket, s3_server):
     store = tiffstore.open(f"{bucket}/raw/", storage_options=options)
     second = to_icechunk(store, repo, storage_options=options, append=True)
     assert second != first
-    how = {"bucket": bucket.removeprefix("s3://"), "prefix": "repo", "endpoint": s3_server.endpoint}
-    got, meta = _read_elsewhere(tmp_path, how)
+    s3 = {"bucket": bucket.removeprefix("s3://"), "prefix": "repo", "endpoint": s3_server.endpoint}
+    got, meta = _read_elsewhere(tmp_path, {"s3": s3})
     assert meta["shape"] == [3, 3, 40, 30]
     np.testing.assert_array_equal(got["image"], ref)

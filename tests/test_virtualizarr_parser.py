@@ -5,7 +5,6 @@ no tiffstore, locally and over a moto S3 server."""
 
 from __future__ import annotations
 
-import json
 import pickle
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from virtualizarr import open_virtual_dataset  # noqa: E402
 from virtualizarr.manifests import ManifestArray  # noqa: E402
 
 import tiffstore  # noqa: E402
-from tests.conftest import S3Server, upload_folder  # noqa: E402
+from tests.conftest import S3Server, read_icechunk_elsewhere, upload_folder  # noqa: E402
 from tests.test_references import _read_elsewhere  # noqa: E402
 from tiffstore.outputs.virtual_chunks import virtual_chunks  # noqa: E402
 from tiffstore.outputs.virtualizarr import TiffStoreParser  # noqa: E402
@@ -41,34 +40,6 @@ LAYOUTS: dict[str, dict[str, Any]] = {
 WAVELENGTHS = (488, 561)
 
 #: What a reader of the Icechunk repository runs: icechunk and zarr, never tiffstore.
-ICECHUNK_READER = """
-import json, sys
-import icechunk
-import numpy as np
-import zarr
-cfg, out = json.loads(sys.argv[1]), sys.argv[2]
-prefix = cfg["prefix"]
-if "s3" in cfg:
-    s3 = cfg["s3"]
-    keys = {"access_key_id": s3["key"], "secret_access_key": s3["secret"]}
-    place = {"region": s3["region"], "endpoint_url": s3["endpoint"], "allow_http": True}
-    storage = icechunk.s3_storage(
-        bucket=s3["bucket"], prefix=s3["repo"], force_path_style=True, **place, **keys
-    )
-    credentials = icechunk.s3_credentials(**keys)
-else:
-    storage = icechunk.local_filesystem_storage(cfg["repo"])
-    credentials = None
-repo = icechunk.Repository.open(
-    storage,
-    authorize_virtual_chunk_access=icechunk.containers_credentials({prefix: credentials}),
-)
-group = zarr.open_group(repo.readonly_session("main").store, mode="r")
-np.savez(out, **{name: group[name][...] for name in group.array_keys()})
-json.dump({n: list(group[n].metadata.dimension_names) for n in group.array_keys()},
-          open(out + ".dims.json", "w"))
-assert "tiffstore" not in sys.modules, "the reader imported tiffstore"
-"""
 
 
 def write_acquisition(directory: Path, **options: Any) -> np.ndarray:
@@ -121,19 +92,10 @@ def assert_same_as_open(vds: Any, store: tiffstore.TiffStore) -> None:
     assert references(vds.image.data.manifest) == expected_references(store)
 
 
-def read_icechunk(tmp_path: Path, cfg: dict[str, Any]) -> tuple[dict[str, np.ndarray], Any]:
-    out = tmp_path / "icechunk-read.npz"
-    result = subprocess.run(
-        [sys.executable, "-c", ICECHUNK_READER, json.dumps(cfg), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,  # not the checkout: tiffstore must not be importable by accident
-    )
-    assert result.returncode == 0, result.stderr
-    with np.load(out) as arrays:
-        values = {k: arrays[k] for k in arrays.files}
-    return values, json.loads(Path(f"{out}.dims.json").read_text())
+def read_icechunk(tmp_path: Path, how: dict[str, Any]) -> tuple[dict[str, np.ndarray], Any]:
+    """The repository's arrays read by icechunk + zarr alone, and each array's dims."""
+    arrays, info = read_icechunk_elsewhere(tmp_path, how)
+    return arrays, {name: v["dims"] for name, v in info.items()}
 
 
 def write_icechunk(vds: Any, storage: Any, container: Any) -> None:
@@ -171,7 +133,7 @@ def test_local_folder_equals_open_and_round_trips(tmp_path, layout):
         f"file://{tmp_path}/", icechunk.local_filesystem_store(str(tmp_path))
     )
     write_icechunk(vds, icechunk.local_filesystem_storage(str(repo)), container)
-    values, dims = read_icechunk(tmp_path, {"repo": str(repo), "prefix": f"file://{tmp_path}/"})
+    values, dims = read_icechunk(tmp_path, {"path": str(repo)})
     assert_read_back(values, dims, ref)
 
 
@@ -291,8 +253,7 @@ def test_s3_tiffs_and_repository(tmp_path, s3_bucket, s3_server: S3Server):
     vds.vz.to_kerchunk(str(refs), format="json")
     np.testing.assert_array_equal(_read_elsewhere(tmp_path, str(refs), "s3", options), ref)
 
-    s3 = {**keys, "bucket": bucket, "repo": "repo", "region": "us-east-1"}
-    s3["endpoint"] = s3_server.endpoint
+    s3 = {**keys, "bucket": bucket, "prefix": "repo", "endpoint": s3_server.endpoint}
     place = {"region": "us-east-1", "endpoint_url": s3_server.endpoint, "allow_http": True}
     credentials = {"access_key_id": keys["key"], "secret_access_key": keys["secret"]}
     storage = icechunk.s3_storage(
@@ -303,5 +264,5 @@ def test_s3_tiffs_and_repository(tmp_path, s3_bucket, s3_server: S3Server):
         icechunk.s3_store(**place, s3_compatible=True, force_path_style=True),
     )
     write_icechunk(vds, storage, container)
-    values, dims = read_icechunk(tmp_path, {"prefix": f"{bucket_url}/raw/", "s3": s3})
+    values, dims = read_icechunk(tmp_path, {"s3": s3})
     assert_read_back(values, dims, ref)
