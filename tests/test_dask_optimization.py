@@ -120,9 +120,33 @@ def test_other_selections_go_through_zarr(sample_dir, options):
     np.testing.assert_array_equal(odd.max(axis=2).compute(), ref.max(axis=2))
 
 
+@pytest.mark.parametrize("options", FORMATS)
+def test_integer_picks_of_one_long_chunks_read_on_the_tasks_thread(
+    sample_dir, read_threads, options
+):
+    directory, ref = sample_dir
+    store = tiffstore.open(directory, chunks="file", **options)  # (1, 1, 6, 32, 24)
+    x = da.from_zarr(store, chunks=store.chunks)
+    for pick in [(1,), (slice(None), 2), (-1, 0), (1, 2)]:  # (1, 2): the missing file
+        np.testing.assert_array_equal(x[pick].compute(scheduler="sync"), ref[pick])
+    assert read_threads
+    assert set(read_threads) == {threading.main_thread().name}
+    image = _open_xarray(store, options)["image"]
+    assert int(image.isel(ch=2).sum(dtype="u8")) == ref[2].sum(dtype="u8")
+
+
+def test_integer_picks_of_longer_chunks_go_through_zarr(sample_dir, read_threads):
+    """One plane of a 6-plane chunk is not a chunk: zarr reads it, not the whole chunk."""
+    directory, ref = sample_dir
+    x = da.from_zarr(tiffstore.open(directory, chunks="file"))
+    np.testing.assert_array_equal(x[:, :, 3].compute(scheduler="sync"), ref[:, :, 3])
+    # No whole chunk went through the store's reader: zarr read the plane's bytes only.
+    assert read_threads == []
+
+
 def test_direct_array_selections(sample_dir):
     directory, ref = sample_dir
-    store = tiffstore.open(directory, zarr_format=3)
+    store = tiffstore.open(directory, zarr_format=3, chunks="file")
     direct = direct_array(zarr.open_array(store, mode="r"))
     assert isinstance(direct, DirectArray)
     assert (direct.shape, direct.dtype, direct.ndim) == (ref.shape, ref.dtype, ref.ndim)
@@ -133,6 +157,14 @@ def test_direct_array_selections(sample_dir):
         np.testing.assert_array_equal(got, ref[sel])
         assert got.flags.writeable
     np.testing.assert_array_equal(direct[1, 2], ref[1, 2])
+    # Integers along one-long chunk dims pick a chunk; out of range is zarr's error.
+    for pick in [(1, 2, slice(0, 1), whole[3], whole[4]), (-1, 0, 5, whole[3], whole[4])]:
+        np.testing.assert_array_equal(direct[pick], ref[pick])
+    with pytest.raises(IndexError):
+        direct[(3, 0, 0, whole[3], whole[4])]
+    # Empty selections at the array's end are empty, as in NumPy.
+    empty = (slice(0, 1), slice(0, 1), slice(6, 6), slice(None), slice(None))
+    assert direct[empty].shape == ref[empty].shape == (1, 1, 0, 32, 24)
     # It pickles as its array and store.
     again = pickle.loads(pickle.dumps(direct))
     assert again.store == store
@@ -176,9 +208,10 @@ def _open_xarray(store: tiffstore.TiffStore, options: dict[str, object]) -> xr.D
 
 
 @pytest.mark.parametrize("options", FORMATS)
-def test_open_zarr_reads_on_the_tasks_thread(sample_dir, read_threads, options):
+@pytest.mark.parametrize("chunks", [None, 4], ids=["default-chunks", "4-planes"])
+def test_open_zarr_reads_on_the_tasks_thread(sample_dir, read_threads, options, chunks):
     directory, ref = sample_dir
-    store = tiffstore.open(directory, **options)
+    store = tiffstore.open(directory, chunks=chunks, **options)
     image = _open_xarray(store, options)["image"]
     assert [d.store for d in _direct(image.data)] == [store]
     np.testing.assert_array_equal(image.compute(scheduler="sync").values, ref)
@@ -234,15 +267,35 @@ def test_xarray_selections_keep_xarrays_meaning(sample_dir):
 
 
 def test_xarray_variables_already_indexed_are_left_alone(sample_dir):
-    """A variable selected before dask chunks it is no longer the zarr array as it is."""
+    """A variable selected before dask chunks it is no longer the zarr array as it is:
+    its chunks' reads must not be taken for the store's chunks of the same index."""
     directory, ref = sample_dir
-    lazy = xr.open_zarr(tiffstore.open(directory), chunks=None)["image"]
-    part = lazy.isel(z=slice(2, 5)).chunk()
+    store = tiffstore.open(directory, chunks="page")
+    # No cache (open_zarr's chunks=None would add one, which is left alone anyway): only
+    # the selection already taken tells this chain from one read as it is.
+    lazy = xr.open_dataset(store, engine="zarr", chunks=None, cache=False)["image"]
+    part = lazy.isel(z=slice(2, 5)).chunk(dict(zip(lazy.dims, (1, 1, 1, 32, 24), strict=True)))
     graph = part.data.__dask_graph__()
-    assert read_directly(graph) is graph
-    np.testing.assert_array_equal(part.values, ref[:, :, 2:5])
     value = next(v for layer in graph.layers.values() for v in layer.values() if len(layer) == 1)
     assert xarray_zarr_array(value) is None
+    assert read_directly(graph) is graph
+    np.testing.assert_array_equal(part.values, ref[:, :, 2:5])
+    # The same, selected nothing: swapped (so the check above is what keeps it out).
+    whole = lazy.chunk(dict(zip(lazy.dims, (1, 1, 1, 32, 24), strict=True)))
+    assert _direct(whole.data)
+    np.testing.assert_array_equal(whole.values, ref)
+
+
+def test_xarray_other_selections_go_to_xarrays_wrapper(sample_dir):
+    """Selections that are not one chunk keep xarray's meaning, which is not zarr's."""
+    directory, ref = sample_dir
+    (direct,) = _direct(xr.open_zarr(tiffstore.open(directory))["image"].data)
+    pairs = ([0, 1], [0, 2], [0, 5], [0, 31], [0, 23])
+    outer = np.asarray(direct[tuple(np.array(p) for p in pairs)])
+    assert outer.shape == (2, 2, 2, 2, 2)  # outer indexing, where zarr's would be (2,)
+    np.testing.assert_array_equal(outer, ref[np.ix_(*pairs)])
+    backwards = np.asarray(direct[(slice(None),) * 4 + (slice(None, None, -1),)])
+    np.testing.assert_array_equal(backwards, ref[..., ::-1])  # zarr refuses negative steps
 
 
 def test_xarray_of_other_stores_is_left_alone(tmp_path):

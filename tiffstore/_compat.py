@@ -8,7 +8,7 @@ moves something breaks one module, and a test (``tests/test_architecture.py``)
 keeps the rest of the package from reaching past it.
 
 Checked against: zarr 3.1.6 (Python 3.11) and 3.4.2 (Python 3.12); fsspec and s3fs
-2026.9.0; tifffile 2026.3.3 and 2026.11.8; xarray 2024.6.0 and 2026.9.0. CI also runs the tests against the newest
+2026.9.0; tifffile 2026.3.3 and 2026.11.8; xarray 2025.1.1 and 2026.9.0. CI also runs the tests against the newest
 releases the Python it runs on can install (``.ci/newest``).
 """
 
@@ -166,8 +166,9 @@ def xarray_zarr_array(value: Any) -> Any:
     Only that exact chain is recognised, with no selection taken yet (``key`` every
     dim's whole slice) and the wrapper's dtype the zarr array's: then ``value[sel]``
     for a tuple of slices holds what ``zarr_array[sel]`` reads. Any wrapper more (CF
-    decoding: mask, scale, byte order, ...), a cache, or another backend gives ``None``.
-    Classes and attributes as in xarray 2024.6.0 to 2026.9.0.
+    decoding: mask, scale, byte order, ...), a cache (``open_zarr(chunks=None)`` then
+    ``.chunk()``), or another backend gives ``None``. Classes and attributes as in
+    xarray 2025.1.1 to 2026.9.0 (the chain is the same back to 2024.6).
     """
     if not type(value).__module__.startswith("xarray."):
         return None

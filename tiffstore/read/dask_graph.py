@@ -68,7 +68,9 @@ class DirectArray:
     -----
     ``a[sel]`` where ``sel`` is exactly one chunk of the store, a step-1 slice per dim
     cut at the array's edge (what dask's tasks ask), reads it with one plan of the
-    store's reader; of a format 3 sharded store, an inner chunk (a page) too. Any other
+    store's reader; of a format 3 sharded store, an inner chunk (a page) too. An
+    integer in place of the slice, along a dim whose chunks are one long, picks that
+    chunk and drops the dim (``x[1]`` of channels read one chunk each). Any other
     selection is ``value[sel]``. It pickles as its array, store and value, so
     dask.distributed workers read with readers of their own.
     """
@@ -100,8 +102,11 @@ class DirectArray:
         cell = self._cell(selection)
         if cell is None:
             return self.value[selection]
-        reader, index = cell
-        return read_cell(reader, index)
+        reader, index, picked = cell
+        chunk = read_cell(reader, index)
+        if not picked:
+            return chunk
+        return chunk[tuple(0 if d in picked else slice(None) for d in range(chunk.ndim))]
 
     def __getstate__(self) -> tuple[zarr.Array, TiffStore, Any]:
         return self.array, self.store, self.value
@@ -112,35 +117,50 @@ class DirectArray:
     def __repr__(self) -> str:
         return f"<DirectArray of {self.store!r}>"
 
-    def _cell(self, selection: Any) -> tuple[ChunkReader, tuple[int, ...]] | None:
-        """The reader and index of the one chunk ``selection`` is, or ``None``."""
+    def _cell(self, selection: Any) -> tuple[ChunkReader, tuple[int, ...], tuple[int, ...]] | None:
+        """The reader and index of the one chunk ``selection`` is, and the dims an
+        integer picked (dropped from the result); ``None`` for any other selection."""
         if not isinstance(selection, tuple) or len(selection) != self.ndim:
             return None
         store = self.store
-        index = _one_cell(selection, store.manifest.chunks, store.manifest.shape)
-        if index is not None:
-            return store.reader, index
+        cell = _one_cell(selection, store.manifest.chunks, store.manifest.shape)
+        if cell is not None:
+            return store.reader, *cell
         shards = store.shard_reader
         if shards is None:
             return None
         page = _one_cell(selection, shards.layout.inner, store.manifest.shape)
-        return None if page is None else (shards.page_reader, page)
+        return None if page is None else (shards.page_reader, *page)
 
 
 def _one_cell(
     selection: tuple[Any, ...], chunks: tuple[int, ...], shape: tuple[int, ...]
-) -> tuple[int, ...] | None:
-    """The index of the one cell of the ``chunks`` grid ``selection`` selects, or ``None``."""
-    index = []
-    for sel, c, n in zip(selection, chunks, shape, strict=True):
+) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The index of the one cell of the ``chunks`` grid ``selection`` selects, and the dims
+    where it is an integer; ``None`` if it selects anything else.
+
+    Each dim is a step-1 slice of exactly one cell (cut at the array's edge), or an
+    integer along a dim whose cells are one long (``x[1]`` of an array chunked one
+    channel at a time: that cell without the dim, read with no byte more than asked).
+    """
+    index: list[int] = []
+    picked: list[int] = []
+    for d, (sel, c, n) in enumerate(zip(selection, chunks, shape, strict=True)):
+        if isinstance(sel, (int, np.integer)) and not isinstance(sel, bool):
+            at = int(sel) + n if sel < 0 else int(sel)
+            if c != 1 or not 0 <= at < n:
+                return None
+            index.append(at)
+            picked.append(d)
+            continue
         if type(sel) is not slice or sel.step not in (None, 1):
             return None
         start = 0 if sel.start is None else sel.start
         stop = n if sel.stop is None else sel.stop
-        if start < 0 or start % c or stop != min(start + c, n):
+        if start < 0 or start >= n or start % c or stop != min(start + c, n):
             return None
         index.append(start // c)
-    return tuple(index)
+    return tuple(index), tuple(picked)
 
 
 def direct_array(value: Any) -> DirectArray | None:
