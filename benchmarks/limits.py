@@ -51,17 +51,22 @@ def pread_into(path: Path, view: memoryview, offset: int = 0) -> None:
 
 
 class FileReader:
-    """Reads whole files into slots of one preallocated buffer, one thread per core."""
+    """Reads whole files, one thread per core: into slots of one preallocated array of
+    all of them (``whole=True``, the copy limit), or each into a buffer its thread
+    reuses (the read+sum limit)."""
 
-    def __init__(self, ds: Dataset) -> None:
+    def __init__(self, ds: Dataset, *, whole: bool = False) -> None:
         self.ds = ds
         self.sizes = [f.stat().st_size for f in ds.files]
         self.starts = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int).tolist()
-        self.buffer = np.zeros(self.starts[-1], dtype=np.uint8)  # touched: no page faults timed
+        # Touched when made: no page faults are timed.
+        self.buffer = np.zeros(self.starts[-1], dtype=np.uint8) if whole else None
         self.pool = ThreadPoolExecutor(cores())
         self.local = threading.local()
 
     def read(self, i: int) -> memoryview:
+        if self.buffer is None:
+            raise RuntimeError("FileReader(whole=False) keeps no array of every file")
         view = self.buffer[self.starts[i] : self.starts[i + 1]].data
         pread_into(self.ds.files[i], view)
         return view
@@ -70,7 +75,7 @@ class FileReader:
         """File ``i`` into this thread's buffer, and the sum of its pixels."""
         size = self.sizes[i]
         own = getattr(self.local, "buffer", None)
-        if own is None or own.nbytes < size:
+        if own is None:
             own = self.local.buffer = np.ones(max(self.sizes), dtype=np.uint8)  # touched
         pread_into(self.ds.files[i], own[:size].data)
         count = int(np.prod(self.ds.shape))
@@ -90,7 +95,7 @@ class FileReader:
 
 def copy_limit(ctx: Context, ds: Dataset, key: str = COPY_LIMIT, case: str = FULL) -> Row:
     """Every byte of the files into one preallocated array."""
-    reader = FileReader(ds)
+    reader = FileReader(ds, whole=True)
     try:
         t = time_best(reader.copy_all, ctx.repeats)
     finally:

@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -371,8 +370,7 @@ def from_zarr_v3(path: Any) -> da.Array:
 def sum_without_dask(ctx: Context, ds: Dataset) -> Row:
     """Every chunk's bytes from ``store.mapping``, summed with NumPy in one thread per core."""
     store = tiffstore.open(ds.path)
-    grid = [range(-(-n // c)) for n, c in zip(store.shape, store.chunks, strict=True)]
-    keys = [".".join(map(str, index)) for index in itertools.product(*grid)]
+    keys = list(store.keys.root_chunk_keys())
     mapping = store.mapping
 
     def chunk_sum(key: str) -> int:
