@@ -72,6 +72,23 @@ def test_inspect_error_is_one_clear_line(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def test_inspect_starts_without_dask_array_or_xarray(sample_dir):
+    """dask.array pulls in xarray, pandas and scipy (a third of a second here): a command
+    that does not read pixels through dask must not pay for it."""
+    code = (
+        "import sys\n"
+        "from tiffstore.cli.main import main\n"
+        f"assert main(['inspect', {str(sample_dir[0])!r}]) == 0\n"
+        "heavy = sorted(m for m in ('dask.array', 'xarray', 'pandas') if m in sys.modules)\n"
+        "print('heavy:', heavy)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "heavy: []" in result.stdout
+
+
 @pytest.mark.slow
 def test_demo_runs_and_checks_itself():
     result = subprocess.run(

@@ -8,7 +8,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
 import tifffile
 import zarr
@@ -35,6 +34,10 @@ mip = stack.max(axis=2).compute()       # max projection along z, per channel an
 
 def demo_command(args: argparse.Namespace, console: Console) -> int:
     """``tiffstore demo``: the tour on built-in sample data."""
+    # dask.array (and what it pulls in) costs a third of a second: only the demo needs it,
+    # not every command the CLI parses.
+    import dask.array as da
+
     keep = args.dir is not None
     root = Path(args.dir) if keep else Path(tempfile.mkdtemp(prefix="tiffstore-demo-"))
     try:
