@@ -145,9 +145,12 @@ def test_viewer_sliders_extend_as_stacks_arrive(
             )
             assert page.evaluate("document.body.dataset.grown") == "2,4,4,40,30"
             ref = stack_files(growing, 2, 4, SHAPE, missing=[(1, 3)])
-            # The plane in view was drawn again: its file arrived, no reload.
+            # The plane in view was drawn again: its file arrived, no reload. Wait for
+            # the drawing to end ("contrast ..."), not only for the note to go: the
+            # status says "reading..." while the shard index and the plane are fetched.
             page.wait_for_function(
-                "!document.getElementById('status').innerText.includes('no file here')",
+                "(() => { const s = document.getElementById('status').innerText;"
+                " return s.includes('contrast') && !s.includes('no file here'); })()",
                 timeout=10_000,
             )
             check_drawn(page, ref[1, 1, 0])
