@@ -49,6 +49,7 @@ __all__ = [
     "GetResult",
     "SelectorTuple",
     "V2Codec",
+    "dask_array_of_layer",
     "fs_cat_file",
     "fs_info",
     "gather_in_chunks",
@@ -148,6 +149,37 @@ def open_tiff_file(fh: IO[bytes] | str) -> tifffile.TiffFile:
     ``TiffSequence`` uses for this (tifffile 2023 to 2026.11).
     """
     return tifffile.TiffFile(fh, _multifile=False)
+
+
+# -- dask ---------------------------------------------------------------------------
+
+
+def dask_array_of_layer(
+    layer: dict[Any, Any], name: str, chunks: tuple[tuple[int, ...], ...], meta: Any
+) -> Any:
+    """A dask array whose block ``index`` is the task ``layer[(name, *index)]``.
+
+    dask's own array (``dask.array.Array`` over a ``HighLevelGraph``), or, in dask's
+    array-expression mode (``array.query-planning``, off by default in dask 2026.8,
+    which says it will one day be on), an array of its graph expression: that mode's
+    ``Array`` takes an expression, not a graph, and dask has no public way to make one
+    from a graph. There, dask names the array itself (``name`` followed by a token of
+    its own), so the keys are not the same from one call to the next. Checked against
+    dask 2026.8.0 in both modes; a dask without ``dask.array.array_expr_enabled`` has
+    only the first.
+    """
+    import dask.array as da
+
+    enabled = getattr(da, "array_expr_enabled", None)  # dask >= 2025.1
+    if enabled is not None and enabled():
+        from dask.array._array_expr._collection import from_graph
+
+        keys = [k for k in layer if isinstance(k, tuple) and k[:1] == (name,)]
+        return from_graph(layer, meta, chunks, keys, name)
+    from dask.highlevelgraph import HighLevelGraph
+
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=())
+    return da.Array(graph, name, chunks, dtype=meta.dtype, meta=meta)
 
 
 # -- xarray -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from zarr.abc.buffer import Buffer, BufferPrototype
 
+from tiffstore._compat import dask_array_of_layer
 from tiffstore.errors import OptionError
 from tiffstore.manifest.model import Manifest
 from tiffstore.read.assemble import ChunkReader
@@ -104,7 +105,8 @@ def to_dask(
         The virtual store (from :func:`tiffstore.open`).
     name
         Dask key prefix; by default derived from the store's manifest, so opening
-        the same files twice gives the same graph keys.
+        the same files twice gives the same graph keys (in dask's array-expression
+        mode, ``array.query-planning``, dask adds a token of its own to it).
     gpu
         Give CuPy chunks in GPU memory, each read through pinned host memory and
         copied to the device once (needs ``pip install "tiffstore[gpu]"``).
@@ -128,9 +130,7 @@ def to_dask(
     >>> on_gpu = tiffstore.open("raw/").to_dask(gpu=True)  # CuPy chunks  # doctest: +SKIP
     >>> on_gpu.max(axis=2).compute()  # a cupy.ndarray  # doctest: +SKIP
     """
-    import dask.array as da
     from dask.base import tokenize
-    from dask.highlevelgraph import HighLevelGraph
 
     prototype = _prototype_for(gpu, meta, prototype)
     m = store.manifest
@@ -146,15 +146,12 @@ def to_dask(
     if prototype is None:
         for index in itertools.product(*(range(len(c)) for c in chunks)):
             layer[(token, *index)] = (read_block, store_key, index)
-        graph = HighLevelGraph.from_collections(token, layer, dependencies=())
-        empty = np.empty((0,) * len(chunks), m.dtype)
-        return da.Array(graph, token, chunks, dtype=m.dtype, meta=empty)
+        return dask_array_of_layer(layer, token, chunks, np.empty((0,) * len(chunks), m.dtype))
     for index in itertools.product(*(range(len(c)) for c in chunks)):
         layer[(token, *index)] = (read_block_into, store_key, index, prototype)
-    graph = HighLevelGraph.from_collections(token, layer, dependencies=())
     native = m.dtype.newbyteorder("=")
     like = prototype.nd_buffer.create(shape=(0,) * len(chunks), dtype=native).as_ndarray_like()
-    return da.Array(graph, token, chunks, dtype=native, meta=like)
+    return dask_array_of_layer(layer, token, chunks, like)
 
 
 def _prototype_for(
