@@ -84,16 +84,16 @@ def fresh_interpreter(
     code: str, *args: str, env: dict[str, str], clear: tuple[str, ...] = ()
 ) -> Any:
     """Run ``code`` in a fresh interpreter (``sys.argv[1:]`` = ``args``) and return the
-    JSON of its last printed line; environment variables starting with ``clear`` are
-    left out, ``env`` added."""
+    JSON of its last printed line (a failure shows the end of its stderr); environment
+    variables starting with ``clear`` are left out, ``env`` added."""
     kept = {k: v for k, v in os.environ.items() if not k.upper().startswith(clear)}
     result = subprocess.run(
         [sys.executable, "-c", code, *args],
         env={**kept, **env},
         capture_output=True,
         text=True,
-        check=True,
     )
+    assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

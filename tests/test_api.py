@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import dask.array as da
@@ -15,6 +12,7 @@ import tifffile
 import zarr
 
 import tiffstore
+from tests.conftest import fresh_interpreter
 from tiffstore.sample import sample_name
 
 
@@ -142,26 +140,25 @@ def test_to_dask_equals_from_zarr(make_sample, chunks):
 
 
 ARRAY_EXPRESSION_MODE = """
-import sys
+import json, sys
 import dask.array as da
 import numpy as np
 import xarray as xr
 import tiffstore
 
-assert da.array_expr_enabled(), "dask's array-expression mode is off"
 store = tiffstore.open(sys.argv[1], fill_value=7)
 ref = np.load(sys.argv[2])
 x = store.to_dask()
-assert type(x).__module__.startswith("dask.array._array_expr"), type(x)
-assert x.chunks == tuple(
-    tuple(min(c, n - i) for i in range(0, n, c)) for c, n in zip(store.chunks, store.shape)
-)
-np.testing.assert_array_equal(x.compute(), ref)
-np.testing.assert_array_equal(x[1, :, 2:5].max(axis=1).compute(), ref[1, :, 2:5].max(axis=1))
-assert int(x.sum().compute()) == int(ref.sum(dtype=np.uint64))
-image = xr.open_zarr(store)["image"]
-np.testing.assert_array_equal(image.data.compute(), ref)
-print("array-expression mode: ok")
+grid = tuple(tuple(min(c, n - i) for i in range(0, n, c)) for c, n in zip(store.chunks, store.shape))
+print(json.dumps({
+    "mode": da.array_expr_enabled(),
+    "module": type(x).__module__,
+    "chunks": x.chunks == grid,
+    "values": bool(np.array_equal(x.compute(), ref)),
+    "max": bool(np.array_equal(x[1, :, 2:5].max(axis=1).compute(), ref[1, :, 2:5].max(axis=1))),
+    "sum": [int(x.sum().compute()), int(ref.sum(dtype=np.uint64))],
+    "xarray": bool(np.array_equal(xr.open_zarr(store)["image"].data.compute(), ref)),
+}))
 """
 
 
@@ -171,19 +168,14 @@ def test_to_dask_and_open_zarr_in_dasks_array_expression_mode(make_sample, tmp_p
     directory, ref = make_sample(channels=2, stacks=3, shape=(9, 16, 12), missing=[(1, 2)])
     ref[1, 2] = 7
     np.save(tmp_path / "ref.npy", ref)
-    script = tmp_path / "expression_mode.py"
-    script.write_text(ARRAY_EXPRESSION_MODE)
-    repo = str(Path(tiffstore.__file__).resolve().parents[1])  # this tiffstore, installed or not
-    env = {**os.environ, "DASK_ARRAY__QUERY_PLANNING": "True", "PYTHONPATH": repo}
-    result = subprocess.run(
-        [sys.executable, str(script), str(directory), str(tmp_path / "ref.npy")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
+    env = {"DASK_ARRAY__QUERY_PLANNING": "True"}
+    got = fresh_interpreter(
+        ARRAY_EXPRESSION_MODE, str(directory), str(tmp_path / "ref.npy"), env=env
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "array-expression mode: ok" in result.stdout
+    assert got["mode"], "dask's array-expression mode is off"
+    assert got["module"].startswith("dask.array._array_expr"), got["module"]
+    assert got["chunks"] and got["values"] and got["max"] and got["xarray"], got
+    assert got["sum"][0] == got["sum"][1]
 
 
 def test_a_stray_thumbnail_is_left_out_and_listed(make_sample, caplog):
