@@ -154,6 +154,7 @@ print(json.dumps({
     "mode": da.array_expr_enabled(),
     "module": type(x).__module__,
     "chunks": x.chunks == grid,
+    "same_keys": x.name == tiffstore.open(sys.argv[1], fill_value=7).to_dask().name,
     "values": bool(np.array_equal(x.compute(), ref)),
     "max": bool(np.array_equal(x[1, :, 2:5].max(axis=1).compute(), ref[1, :, 2:5].max(axis=1))),
     "sum": [int(x.sum().compute()), int(ref.sum(dtype=np.uint64))],
@@ -175,6 +176,7 @@ def test_to_dask_and_open_zarr_in_dasks_array_expression_mode(make_sample, tmp_p
     assert got["mode"], "dask's array-expression mode is off"
     assert got["module"].startswith("dask.array._array_expr"), got["module"]
     assert got["chunks"] and got["values"] and got["max"] and got["xarray"], got
+    assert got["same_keys"], "the same files gave other keys"
     assert got["sum"][0] == got["sum"][1]
 
 

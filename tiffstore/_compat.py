@@ -159,14 +159,15 @@ def dask_array_of_layer(
 ) -> Any:
     """A dask array whose block ``index`` is the task ``layer[(name, *index)]``.
 
-    dask's own array (``dask.array.Array`` over a ``HighLevelGraph``), or, in dask's
+    ``layer`` may also hold tasks the blocks depend on (the store they share). dask's
+    own array (``dask.array.Array`` over a ``HighLevelGraph``), or, in dask's
     array-expression mode (``array.query-planning``, off by default in dask 2026.8,
     which says it will one day be on), an array of its graph expression: that mode's
     ``Array`` takes an expression, not a graph, and dask has no public way to make one
-    from a graph. There, dask names the array itself (``name`` followed by a token of
-    its own), so the keys are not the same from one call to the next. Checked against
-    dask 2026.8.0 in both modes; a dask without ``dask.array.array_expr_enabled`` has
-    only the first.
+    from a graph. There, dask names the array itself: ``name``, then a token of its
+    own, computed from the layer, so the same layer still gives the same keys. Checked
+    against dask 2026.8.0 in both modes; a dask without
+    ``dask.array.array_expr_enabled`` has only the first.
     """
     import dask.array as da
 

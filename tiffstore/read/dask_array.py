@@ -106,7 +106,8 @@ def to_dask(
     name
         Dask key prefix; by default derived from the store's manifest, so opening
         the same files twice gives the same graph keys (in dask's array-expression
-        mode, ``array.query-planning``, dask adds a token of its own to it).
+        mode, ``array.query-planning``, dask adds a token of its own to it, computed
+        from the graph: the keys still stay the same).
     gpu
         Give CuPy chunks in GPU memory, each read through pinned host memory and
         copied to the device once (needs ``pip install "tiffstore[gpu]"``).
